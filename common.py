@@ -1,0 +1,404 @@
+"""What the stages share: Lean text handling, prompts, proof extraction, format checks, pass@k,
+settings, run folders and the Parquet contracts between stages.
+
+Only the standard library is imported at the top, so `lean_client.py` (and anything that only
+verifies proofs) stays importable without torch, pandas or pyarrow. Heavier imports live inside
+the functions that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+RUNS_ROOT = Path(os.environ.get("PROVER_RUNS_DIR", PROJECT_ROOT / "runs"))
+
+# ---------------------------------------------------------------------------------------------
+# Lean text
+# ---------------------------------------------------------------------------------------------
+
+DECL_KEYWORDS = ("theorem", "lemma")
+
+
+def strip_lean_comments(code: str, keep_columns: bool = False) -> str:
+    """Remove `--` line comments and (nested) `/- ... -/` block comments, docstrings included.
+
+    Newlines inside comments are kept so that line numbers stay valid (with keep_columns, every
+    other comment character becomes a space, so columns stay valid too); string literals are
+    left alone (a `--` inside "..." is not a comment). Why it matters: the soundness gate must
+    not be fooled by a statement or a forbidden word that only appears inside a comment.
+    """
+    out: list[str] = []
+    i, n, depth = 0, len(code), 0
+    in_string = False
+    while i < n:
+        ch = code[i]
+        two = code[i:i + 2]
+        if depth:
+            if two == "/-":
+                depth += 1
+                i += 2
+                out.append("  " if keep_columns else "")
+            elif two == "-/":
+                depth -= 1
+                i += 2
+                out.append("  " if keep_columns else "")
+            else:
+                if ch == "\n":
+                    out.append("\n")
+                elif keep_columns:
+                    out.append(" ")
+                i += 1
+            continue
+        if in_string:
+            out.append(ch)
+            if ch == "\\" and i + 1 < n:
+                out.append(code[i + 1])
+                i += 2
+                continue
+            if ch == '"':
+                in_string = False
+            i += 1
+            continue
+        if two == "/-":
+            depth = 1
+            i += 2
+            out.append("  " if keep_columns else "")
+        elif two == "--":
+            j = code.find("\n", i)
+            j = n if j < 0 else j
+            out.append(" " * (j - i) if keep_columns else "")
+            i = j
+        else:
+            if ch == '"':
+                in_string = True
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def collapse_ws(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+_TRAILING_PROOF = re.compile(r"(:=\s*(by)?\s*(sorry)?\s*|\s+sorry\s*)$", re.S)
+
+
+def normalize_statement(statement: str) -> str:
+    """A theorem statement in the form every stage uses: comments kept, trailing `sorry` removed,
+    ending in `:= by` (Kimina: 'trailing sorry stripped, " by" appended if missing').
+
+    Raises ValueError when the text holds no `theorem`/`lemma` declaration.
+    """
+    text = statement.strip()
+    if not re.search(r"(^|\n)\s*(theorem|lemma)\s", text):
+        raise ValueError(f"no theorem/lemma declaration in statement: {text[:80]!r}")
+    body = _TRAILING_PROOF.sub("", text).rstrip()
+    if body.endswith(":="):
+        body = body[:-2].rstrip()
+    return body + " := by"
+
+
+def theorem_name(statement: str) -> str | None:
+    m = re.search(r"(?:^|\n)\s*(?:theorem|lemma)\s+([^\s:({\[]+)", strip_lean_comments(statement))
+    return m.group(1) if m else None
+
+
+_HEADER_LINE = re.compile(r"^\s*(import|set_option|open|universe|$)")
+
+
+def split_header(code: str) -> tuple[str, str]:
+    """Split a Lean file into (header, rest): the header is the leading run of import /
+    set_option / open / universe lines, blank lines and comments."""
+    lines = code.split("\n")
+    stripped = strip_lean_comments(code).split("\n")
+    cut = 0
+    for idx, line in enumerate(stripped):
+        if _HEADER_LINE.match(line):
+            cut = idx + 1
+            continue
+        break
+    # A line that was only a comment is blank after stripping and counts as header; give a
+    # trailing comment block (a docstring before the theorem) back to the body.
+    while cut > 0 and lines[cut - 1].strip() and not _HEADER_LINE.match(lines[cut - 1]):
+        cut -= 1
+    header = "\n".join(lines[:cut])
+    return (header + "\n" if cut else ""), "\n".join(lines[cut:])
+
+
+def import_line_count(code: str) -> int:
+    """Lines up to and including the last leading `import` line: what servers older than
+    Oct 2025 cut off before counting message positions."""
+    last = 0
+    for idx, line in enumerate(strip_lean_comments(code).split("\n")):
+        s = line.strip()
+        if s.startswith("import "):
+            last = idx + 1
+        elif s:
+            break
+    return last
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts (Kimina-Prover format, REFERENCE.md section 2)
+# ---------------------------------------------------------------------------------------------
+
+KIMINA_SYSTEM = "You are an expert in mathematics and proving theorems in Lean 4."
+KIMINA_USER = ("Think about and solve the following problems step by step in Lean 4.\n\n"
+               "# Problem:\n{informal}\n\n# Formal Statement:\n```lean4\n{formal}\n```\n")
+
+
+def kimina_messages(formal_statement: str, informal: str = "", header: str = "") -> list[dict]:
+    formal = (header + formal_statement).strip("\n")
+    return [{"role": "system", "content": KIMINA_SYSTEM},
+            {"role": "user", "content": KIMINA_USER.format(informal=informal.strip(), formal=formal)}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Proof extraction and format checks (Kimina reward = proof x format)
+# ---------------------------------------------------------------------------------------------
+
+_LEAN_BLOCK = re.compile(r"```lean4?[ \t]*\n(.*?)```", re.S)
+_TACTICS_BLOCK = re.compile(r"```tactics[ \t]*\n(.*?)```", re.S)
+
+
+def extract_proof(completion: str, statement: str) -> str | None:
+    """The tactic proof after `:= by` in the last lean4 block that contains the statement
+    verbatim, or None. The caller rebuilds header + statement + proof, so a model that edits
+    the statement gets None (and reward 0)."""
+    stmt = normalize_statement(statement)
+    for block in reversed(_LEAN_BLOCK.findall(completion)):
+        at = block.find(stmt)
+        if at >= 0:
+            return block[at + len(stmt):].rstrip()
+    return None
+
+
+def build_lean_code(header: str, statement: str, proof: str) -> str:
+    header = header if not header or header.endswith("\n") else header + "\n"
+    return f"{header}{normalize_statement(statement)}{proof}"
+
+
+def format_errors(completion: str, statement: str, *, require_tactic_blocks: bool = True,
+                  min_overlap: float = 0.7) -> list[str]:
+    """Kimina's format checks (REFERENCE.md section 2); an empty list means the format is fine.
+
+    Departure: Kimina's exact implementation is not public in our sources; the checks follow
+    the published list. `require_tactic_blocks=False` drops the two ```tactics checks, which
+    only make sense for models distilled on Kimina's long reasoning traces.
+    """
+    errors: list[str] = []
+    n_open, n_close = completion.count("<think>"), completion.count("</think>")
+    if n_open != 1 or n_close != 1 or completion.find("<think>") > completion.find("</think>"):
+        errors.append("think_block")
+    thinking, _, answer = completion.partition("</think>")
+    blocks = list(_LEAN_BLOCK.finditer(answer if n_close else completion))
+    if not blocks or (answer if n_close else completion)[blocks[-1].end():].strip():
+        errors.append("no_final_lean_block")
+    if len(blocks) > 1:
+        errors.append("multiple_lean_blocks")
+    counts: dict[str, int] = {}
+    for line in completion.split("\n"):
+        if len(line.split()) >= 10:
+            counts[line.strip()] = counts.get(line.strip(), 0) + 1
+    if any(c >= 6 for c in counts.values()):
+        errors.append("repeated_lines")
+    final_code = blocks[-1].group(1) if blocks else ""
+    if require_tactic_blocks:
+        tactic_blocks = _TACTICS_BLOCK.findall(thinking)
+        if len(tactic_blocks) < 2:
+            errors.append("few_tactic_blocks")
+        else:
+            tactic_lines = {l.strip() for b in tactic_blocks for l in b.split("\n") if l.strip()}
+            code_lines = {l.strip() for l in final_code.split("\n") if l.strip()}
+            if tactic_lines and len(tactic_lines & code_lines) / len(tactic_lines) < min_overlap:
+                errors.append("tactics_mismatch")
+    code_no_comments = strip_lean_comments(final_code)
+    if (re.search(r"(^|\s)axiom\s", code_no_comments) or "local_instance" in code_no_comments
+            or normalize_statement(statement) not in final_code):
+        errors.append("forbidden_or_changed_statement")
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with n samples of which c verify (Chen et al. 2021)."""
+    if not (0 <= c <= n) or k < 1:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and k >= 1 (n={n}, c={c}, k={k})")
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got n={n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: one dataclass per stage, checked command-line overrides, config.json
+# ---------------------------------------------------------------------------------------------
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def parse_settings(settings_cls, argv: Sequence[str] | None = None, *, description: str = ""):
+    """Build the stage's settings from its dataclass defaults and `--key value` overrides.
+    An unknown key or a badly typed value is an error (argparse exits with the message)."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(settings_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        typ = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str,
+                                                          "bool": bool}.get(f.type, str)
+        conv = _parse_bool if typ is bool else typ
+        parser.add_argument(f"--{f.name}", type=conv, default=default, metavar=typ.__name__.upper(),
+                            help=f"default: {default!r}")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    return settings_cls(**vars(args))
+
+
+def save_config(settings: Any, folder: Path, extra: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
+    if extra:
+        data.update(extra)
+    path = folder / "config.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def stage_dir(run_name: str, stage: str) -> Path:
+    """runs/<name>/<stage>, e.g. runs/smoke/01_data."""
+    if not run_name or "/" in run_name or run_name.startswith("."):
+        raise ValueError(f"bad run name {run_name!r}: use a plain folder name")
+    return RUNS_ROOT / run_name / stage
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, files: Iterable[Path], extra: dict | None = None) -> Path:
+    """Written last: its presence means the stage finished."""
+    entries = {}
+    for p in sorted(Path(f) for f in files):
+        entries[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    data = {"files": entries, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    data.update(extra or {})
+    path = folder / "manifest.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet contracts between stages
+# ---------------------------------------------------------------------------------------------
+
+class SchemaError(ValueError):
+    """A Parquet file that does not hold the columns a stage needs."""
+
+
+# column -> pyarrow type name; every stage validates what it reads against these.
+STATEMENT_COLUMNS = {
+    "statement_id": "string", "source": "string", "split": "string", "header": "string",
+    "formal_statement": "string", "informal_problem": "string",
+}
+SCHEMAS: dict[str, dict[str, str]] = {
+    "statements": STATEMENT_COLUMNS,                               # RL prompts and eval sets
+    "sft": {**STATEMENT_COLUMNS, "formal_proof": "string", "completion": "string",
+            "prev_attempt": "string", "lean_feedback": "string"},  # repair rows fill the last two
+    "rejects": {"statement_id": "string", "source": "string", "step": "string",
+                "reason": "string", "raw": "string"},
+    "samples": {"statement_id": "string", "benchmark": "string", "mode": "string",
+                "sample_idx": "int64", "round": "int64", "prompt": "string",
+                "completion": "string", "lean_code": "string", "status": "string",
+                "ok": "bool", "feedback": "string", "n_tokens": "int64"},
+    "proof_bank": {"statement_id": "string", "formal_statement": "string", "header": "string",
+                   "proof": "string", "source": "string", "run": "string"},
+}
+
+
+def _arrow_type(name: str):
+    import pyarrow as pa
+    return {"string": pa.string(), "int64": pa.int64(), "bool": pa.bool_(),
+            "float64": pa.float64()}[name]
+
+
+def arrow_schema(kind: str):
+    import pyarrow as pa
+    return pa.schema([(col, _arrow_type(t)) for col, t in SCHEMAS[kind].items()])
+
+
+def validate_table(table, kind: str, path: str | Path = "<memory>") -> None:
+    """Raise SchemaError naming the file and the first missing or mistyped column."""
+    want = SCHEMAS[kind]
+    have = {f.name: f.type for f in table.schema}
+    for col, typ in want.items():
+        if col not in have:
+            raise SchemaError(f"{path}: missing column {col!r} (a {kind} file needs "
+                              f"{', '.join(want)})")
+        if have[col] != _arrow_type(typ) and not (typ == "string" and str(have[col]) in
+                                                  ("large_string", "null")):
+            raise SchemaError(f"{path}: column {col!r} has type {have[col]}, expected {typ}")
+
+
+def write_parquet(rows: list[dict] | Any, path: Path, kind: str) -> Path:
+    """Write rows (dicts or a DataFrame) with the exact schema `kind`; extra columns are kept
+    after the contract's columns. Deterministic: same rows, same bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    if hasattr(rows, "to_dict"):
+        rows = rows.to_dict("records")
+    schema = arrow_schema(kind)
+    extra = sorted({k for r in rows for k in r} - set(schema.names)) if rows else []
+    cols = {name: [r.get(name) for r in rows] for name in schema.names}
+    table = pa.table(cols, schema=schema)
+    for name in extra:
+        table = table.append_column(name, pa.array([r.get(name) for r in rows]))
+    validate_table(table, kind, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(path)
+    return path
+
+
+def read_parquet(path: Path, kind: str):
+    """Read and validate a stage artifact; returns a pandas DataFrame."""
+    import pyarrow.parquet as pq
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (did the previous stage run?)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
+    validate_table(table, kind, path)
+    if table.num_rows == 0:
+        raise SchemaError(f"{path}: no rows")
+    return table.to_pandas()

@@ -1,0 +1,566 @@
+"""A thin, fast, honest batch client for the Kimina Lean Server (REFERENCE.md section 1).
+
+    from lean_client import LeanClient
+    client = LeanClient()                        # LEAN_SERVER_API_URL / LEAN_SERVER_API_KEY
+    verdicts = client.verify([{"id": "a", "code": full_lean_file, "statement": stmt}])
+    verdicts[0].ok, verdicts[0].status, verdicts[0].feedback("kimina")
+
+What it does:
+- sends snippets in batches over one pooled `requests.Session`, several batches at once, to one
+  or more servers (a comma-separated URL list shares the load);
+- retries connection errors, 429 and 5xx with exponential backoff; a batch that keeps failing
+  with a 500 (one snippet crashing a REPL) is split in halves until the culprit stands alone;
+- verifies identical code once per call and remembers definitive verdicts in an optional sqlite
+  cache keyed by the server's identity and the code;
+- runs a static soundness gate before sending anything (the statement unchanged, no sorry /
+  admit / axiom / apply? / exact? / #exit / kernel-bypassing options / redefinitions ...).
+
+What it promises: `verify` never raises because of the server. Anything that could not be
+verified becomes a verdict with status `timeout`, `server_error` or `rejected`, and only
+`valid` has `ok == True`.
+
+What it does not do: it is not Lean. A `valid` verdict is only as good as the server behind
+the URL; the stand-in server used by the tests (`lean_standin_server.py`) reports itself in
+`/health`, and that identity is part of every cache key.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from common import (collapse_ws, import_line_count, normalize_statement, strip_lean_comments,
+                    theorem_name)
+
+log = logging.getLogger("lean_client")
+
+STATUSES = ("valid", "sorry", "lean_error", "timeout", "server_error", "rejected")
+CACHEABLE = ("valid", "sorry", "lean_error")  # verdicts that do not depend on load or timeouts
+DEFAULT_ALLOWED_AXIOMS = ("propext", "Classical.choice", "Quot.sound")
+DOCKER_HINT = ("Start a Kimina Lean Server with\n"
+               "    docker run -d -p 80:8000 projectnumina/kimina-lean-server:2.0.0\n"
+               "and point the client at it:\n"
+               "    export LEAN_SERVER_API_URL=http://localhost:80   # several: comma-separated\n"
+               "    export LEAN_SERVER_API_KEY=...                   # if the server has one\n"
+               "For tests and the CPU smoke run, `python lean_standin_server.py` starts the "
+               "stand-in (not Lean).")
+
+
+class LeanServerUnavailable(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LeanMessage:
+    severity: str            # trace | info | warning | error
+    line: int                # 1-based, counted from the first line of the full snippet
+    column: int              # 0-based, as Lean reports it
+    end_line: int | None
+    end_column: int | None
+    text: str
+
+
+@dataclass
+class Verdict:
+    id: str
+    status: str                                   # one of STATUSES
+    code: str = ""                                # the code that was (or would have been) sent
+    messages: list[LeanMessage] = field(default_factory=list)
+    sorries: list[dict] = field(default_factory=list)
+    time: float = 0.0                             # server-reported seconds
+    error: str = ""                               # server error / timeout text / gate reason
+    raw: dict | None = None                       # the server's result object, untouched
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "valid"
+
+    @property
+    def errors(self) -> list[LeanMessage]:
+        return [m for m in self.messages if m.severity == "error"]
+
+    def feedback(self, style: str = "kimina", round_idx: int = 1) -> str:
+        return format_feedback(self, style=style, round_idx=round_idx)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_result(item_id: str, code: str, result: dict, line_numbering: str = "snippet") -> Verdict:
+    """One server result object -> Verdict. Message lines are moved to snippet numbering."""
+    t = float(result.get("time") or (result.get("response") or {}).get("time") or 0.0)
+    if result.get("error"):
+        err = str(result["error"])
+        status = "timeout" if "timed out" in err.lower() else "server_error"
+        return Verdict(item_id, status, code, time=t, error=err, raw=result)
+    resp = result.get("response")
+    if not isinstance(resp, dict):
+        return Verdict(item_id, "server_error", code, time=t, error="result has no response",
+                       raw=result)
+    if "message" in resp and "messages" not in resp and "env" not in resp:
+        # a REPL-level failure ({"message": "..."}), not a Lean verdict
+        return Verdict(item_id, "server_error", code, time=t, error=str(resp["message"]), raw=result)
+    offset = import_line_count(code) if line_numbering == "after_imports" else 0
+    messages = []
+    for m in resp.get("messages") or []:
+        pos, end = m.get("pos") or {}, m.get("endPos") or {}
+        messages.append(LeanMessage(
+            severity=str(m.get("severity", "error")), line=int(pos.get("line", 1)) + offset,
+            column=int(pos.get("column", 0)),
+            end_line=(int(end["line"]) + offset) if end.get("line") is not None else None,
+            end_column=int(end["column"]) if end.get("column") is not None else None,
+            text=str(m.get("data", ""))))
+    sorries = list(resp.get("sorries") or [])
+    if any(m.severity == "error" for m in messages):
+        status = "lean_error"
+    elif sorries or any("declaration uses 'sorry'" in m.text for m in messages):
+        status = "sorry"
+    else:
+        status = "valid"
+    return Verdict(item_id, status, code, messages, sorries, t, "", result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Soundness gate (static, before anything is sent)
+# ---------------------------------------------------------------------------------------------
+
+_FORBIDDEN = [
+    (r"\bsorry\b", "uses sorry"),
+    (r"\badmit\b", "uses admit"),
+    (r"(^|\s)(private\s+|protected\s+)?axiom\s", "declares an axiom"),
+    (r"\bapply\?", "uses apply? (can close goals without a sorry warning on old Lean)"),
+    (r"\bexact\?", "uses exact?"),
+    (r"#exit\b", "uses #exit"),
+    (r"\blocal_instance\b", "uses local_instance"),
+    (r"\bimplemented_by\b", "uses implemented_by"),
+    (r"@\[\s*extern\b|\bextern\b", "uses extern"),
+    (r"\bunsafe\b", "uses unsafe"),
+    (r"set_option\s+debug\.skipKernelTC", "switches off the kernel type checker"),
+    (r"set_option\s+(debug\.|trace\.kernel|kernel\.)", "sets a kernel/debug option"),
+    (r"\b(run_cmd|run_elab|run_meta)\b|#eval\b", "runs meta code (#eval / run_cmd) in the file"),
+    (r"(^|\s)(elab|elab_rules|macro|macro_rules|syntax|notation|infix|infixl|infixr|prefix|"
+     r"postfix|declare_syntax_cat)\s", "declares notation, syntax or macros"),
+    (r"(^|\s)(instance|attribute\s*\[)", "declares instances or attributes"),
+    (r"(^|\s)(namespace|section|export)\s", "opens a namespace or section"),
+    (r"(^|\s)opaque\s", "declares an opaque constant"),
+    (r"\bLean\.(Elab|Meta|Environment|Kernel)\b|\baddDecl\b", "uses the meta API"),
+]
+
+
+def soundness_gate(code: str, statement: str) -> str | None:
+    """Why `code` cannot count as a proof of `statement`, or None when it may be sent.
+
+    Conservative on purpose: the real verified proofs we ship (197 Kimina miniF2F proofs) use
+    only import / set_option / open / theorem at top level, and all pass.
+    """
+    try:
+        stmt = normalize_statement(statement)
+    except ValueError as exc:
+        return f"bad statement: {exc}"
+    name = theorem_name(stmt)
+    # comments and string literals cannot hold the statement or a forbidden word
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', '""', strip_lean_comments(code))
+    for pattern, reason in _FORBIDDEN:
+        if re.search(pattern, bare, re.M):
+            return reason
+    for m in re.finditer(r"set_option\s+(\S+)", bare):
+        if m.group(1) not in ("maxHeartbeats", "maxRecDepth", "linter.unusedVariables",
+                              "linter.unusedTactic", "pp.all", "pp.numericTypes"):
+            return f"sets option {m.group(1)}"
+    tokens = collapse_ws(strip_lean_comments(stmt)).split(" ")
+    if collapse_ws(" ".join(tokens)) not in collapse_ws(bare):
+        return "the theorem statement is missing or changed"
+    # it must stand as a declaration of its own at the start of a line, not inside a term
+    pattern = r"\s+".join(map(re.escape, tokens))
+    if not re.search(r"(?m)^[ \t]*(@\[[^\]\n]*\][ \t]*)?((private|protected|nonrec)[ \t]+)?"
+                     + pattern, bare):
+        return "the theorem statement is not a top-level declaration"
+    if name:
+        decls = re.findall(r"(?:^|\s)(?:theorem|lemma|def|abbrev|opaque|structure|inductive|class|"
+                           r"instance|example)\s+(?:\{[^}]*\}\s*)?([^\s:({\[]+)", bare)
+        if decls.count(name) != 1:
+            return f"the name {name} is declared {decls.count(name)} times"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Feedback for repair prompts
+# ---------------------------------------------------------------------------------------------
+
+GOEDEL_HEAD = ("The proof (Round {r}) is not correct. Following is the compilation error message, "
+               "where we use <error></error> to signal the position of the error.")
+GOEDEL_TAIL = ("Before producing the Lean 4 code to formally prove the given theorem, provide a "
+               "detailed analysis of the error message.")
+
+
+def format_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -> str:
+    """Repair text from a failed verdict.
+
+    kimina: the first 3 errors, each `# Error i:`, `Error message:`, and the offending lines
+            +-2 with a `>` marker; a timeout or server failure gives `# System Error:`.
+    goedel: Goedel-Prover-V2's correction turn: up to 8 errors, the span wrapped in
+            <error></error> with 2 lines of context either side (4 in all).
+    Lines are snippet lines (the client normalised old servers' after-import numbering).
+    """
+    if style not in ("kimina", "goedel"):
+        raise ValueError(f"unknown feedback style {style!r} (kimina or goedel)")
+    lines = verdict.code.split("\n")
+    if verdict.status in ("timeout", "server_error", "rejected"):
+        text = verdict.error or verdict.status
+        if style == "kimina":
+            return f"# System Error:\n{text}\n"
+        return f"{GOEDEL_HEAD.format(r=round_idx)}\n\nSystem error: {text}\n\n{GOEDEL_TAIL}"
+    problems = verdict.errors
+    if verdict.status == "sorry" and not problems:
+        problems = [m for m in verdict.messages if "sorry" in m.text] or [
+            LeanMessage("warning", int(s.get("pos", {}).get("line", 1)), 0, None, None,
+                        "declaration uses 'sorry'") for s in verdict.sorries[:1]]
+    if style == "kimina":
+        parts = []
+        for i, msg in enumerate(problems[:3], 1):
+            lo, hi = max(1, msg.line - 2), min(len(lines), msg.line + 2)
+            snippet = "\n".join(("> " if ln == msg.line else "  ") + lines[ln - 1]
+                                for ln in range(lo, hi + 1))
+            parts.append(f"# Error {i}:\nError message:\n{msg.text}\n\n{snippet}\n")
+        return "\n".join(parts)
+    parts = [GOEDEL_HEAD.format(r=round_idx)]
+    for i, msg in enumerate(problems[:8], 1):
+        parts.append(f"Error {i}:\n\nCorresponding Code:\n```lean4\n{_wrap_span(lines, msg)}\n```\n\n"
+                     f"Error Message: {msg.text}")
+    parts.append(GOEDEL_TAIL)
+    return "\n\n".join(parts)
+
+
+def _wrap_span(lines: list[str], msg: LeanMessage, context: int = 2) -> str:
+    start_l, start_c = msg.line, msg.column
+    end_l = msg.end_line or msg.line
+    end_c = msg.end_column if msg.end_line else len(lines[end_l - 1]) if end_l <= len(lines) else 0
+    if (end_l, end_c) < (start_l, start_c):
+        end_l, end_c = start_l, len(lines[start_l - 1]) if start_l <= len(lines) else 0
+    out = []
+    for ln in range(max(1, start_l - context), min(len(lines), end_l + context) + 1):
+        text = lines[ln - 1]
+        if ln == end_l:
+            text = text[:end_c] + "</error>" + text[end_c:]
+        if ln == start_l:
+            text = text[:start_c] + "<error>" + text[start_c:]
+        out.append(text)
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistent verdict cache
+# ---------------------------------------------------------------------------------------------
+
+class VerdictCache:
+    """sqlite: key = sha256(server identity, code) -> the server's raw result JSON."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, result TEXT)")
+        self._db.commit()
+
+    @staticmethod
+    def key(identity: str, code: str) -> str:
+        return hashlib.sha256(f"{identity}\x00{code}".encode()).hexdigest()
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                q = f"SELECT key, result FROM verdicts WHERE key IN ({','.join('?' * len(chunk))})"
+                for k, res in self._db.execute(q, chunk):
+                    found[k] = json.loads(res)
+        return found
+
+    def put_many(self, rows: list[tuple[str, dict]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?)",
+                                 [(k, json.dumps(r)) for k, r in rows])
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------------------------
+
+class _BatchFailure(Exception):
+    def __init__(self, message: str, splittable: bool):
+        super().__init__(message)
+        self.splittable = splittable
+
+
+class LeanClient:
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: int = 60,
+                 batch_size: int = 8, max_workers: int | None = None, *,
+                 http_timeout: float | None = None, max_retries: int = 4, backoff: float = 0.5,
+                 cache_path: str | Path | None = None, endpoint: str = "check",
+                 line_numbering: str = "snippet", check_axioms: bool = False,
+                 allowed_axioms: tuple[str, ...] = DEFAULT_ALLOWED_AXIOMS,
+                 server_identity: str | None = None):
+        url = url or os.environ.get("LEAN_SERVER_API_URL", "")
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise LeanServerUnavailable("no Lean server URL given.\n" + DOCKER_HINT)
+        self.urls = [u if "://" in u else f"http://{u}" for u in self.urls]
+        self.api_key = api_key if api_key is not None else os.environ.get("LEAN_SERVER_API_KEY")
+        if endpoint not in ("check", "verify"):
+            raise ValueError("endpoint must be 'check' (/api/check) or 'verify' (old /verify)")
+        if line_numbering not in ("snippet", "after_imports"):
+            raise ValueError("line_numbering must be 'snippet' or 'after_imports'")
+        self.timeout, self.batch_size = int(timeout), max(1, int(batch_size))
+        self.max_workers = max_workers or 4 * len(self.urls)
+        self.http_timeout = http_timeout or self.timeout * self.batch_size + 60
+        self.max_retries, self.backoff = max_retries, backoff
+        self.endpoint, self.line_numbering = endpoint, line_numbering
+        self.check_axioms, self.allowed_axioms = check_axioms, tuple(allowed_axioms)
+        self._identity = server_identity
+        self.cache = VerdictCache(cache_path) if cache_path else None
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=len(self.urls),
+                                                pool_maxsize=self.max_workers, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._url_cycle = itertools.count()
+        self._stats_lock = threading.Lock()
+        self.stats = {"items": 0, "sent": 0, "cache_hits": 0, "dedup_hits": 0, "rejected": 0,
+                      "requests": 0, "retries": 0, "splits": 0, "failed_snippets": 0}
+
+    # -- health and identity ------------------------------------------------------------------
+    def health(self) -> dict[str, dict | None]:
+        """GET /health on every URL: url -> JSON body, or None when it does not answer ok."""
+        out: dict[str, dict | None] = {}
+        for u in self.urls:
+            try:
+                r = self.session.get(f"{u}/health", timeout=5)
+                body = r.json() if r.status_code == 200 else None
+                out[u] = body if isinstance(body, dict) and body.get("status") == "ok" else None
+            except (requests.RequestException, ValueError):
+                out[u] = None
+        return out
+
+    def require_healthy(self) -> dict[str, dict]:
+        """Raise LeanServerUnavailable, naming the Docker command and variables, if no server
+        answers /health. Call at the start of a stage."""
+        status = self.health()
+        alive = {u: b for u, b in status.items() if b is not None}
+        if not alive:
+            raise LeanServerUnavailable(f"no Lean server answers /health at {', '.join(self.urls)}"
+                                        f".\n{DOCKER_HINT}")
+        for u in status:
+            if status[u] is None:
+                log.warning("Lean server %s does not answer /health; the others share its load", u)
+        return alive
+
+    @property
+    def identity(self) -> str | None:
+        """What the cache keys on, or None while no server has answered /health (then the cache
+        is not used). Health payload beyond {"status": "ok"} (the stand-in says it is a
+        stand-in) is part of it, so stand-in verdicts never answer for a real server."""
+        if self._identity is None:
+            bodies = [b for b in self.health().values() if b]
+            if not bodies:
+                return None
+            extra = sorted({json.dumps({k: v for k, v in b.items() if k != "status"}, sort_keys=True)
+                            for b in bodies})
+            self._identity = json.dumps({"urls": sorted(self.urls), "health": extra,
+                                         "endpoint": self.endpoint})
+        return self._identity
+
+    # -- verify -------------------------------------------------------------------------------
+    def verify(self, items: list[dict], timeout: int | None = None,
+               progress: bool = False) -> list[Verdict]:
+        """One Verdict per item, in input order. Items: {"id", "code", optional "statement"}."""
+        timeout = int(timeout or self.timeout)
+        prepared: list[tuple[str, str, str | None, bool]] = []  # id, code sent, gate reason, axioms?
+        for idx, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("code"), str):
+                raise ValueError(f"verify item {idx} needs a dict with a string 'code'")
+            code, stmt = item["code"], item.get("statement")
+            reason = soundness_gate(code, stmt) if stmt else None
+            axioms = bool(stmt and not reason and self.check_axioms)
+            if axioms:
+                code = f"{code.rstrip()}\n\n#print axioms {theorem_name(stmt)}\n"
+            prepared.append((str(item.get("id", idx)), code, reason, axioms))
+        self._bump("items", len(items))
+        self._bump("rejected", sum(1 for p in prepared if p[2]))
+
+        unique = list(dict.fromkeys(code for _, code, reason, _ in prepared if not reason))
+        self._bump("dedup_hits", sum(1 for p in prepared if not p[2]) - len(unique))
+        results: dict[str, dict] = {}
+        from_cache: set[str] = set()
+        identity = self.identity if self.cache and unique else None
+        if identity:
+            keys = {c: VerdictCache.key(identity, c) for c in unique}
+            hit = self.cache.get_many(list(keys.values()))
+            for c, k in keys.items():
+                if k in hit:
+                    results[c] = hit[k]
+                    from_cache.add(c)
+            self._bump("cache_hits", len(from_cache))
+        todo = [c for c in unique if c not in results]
+        if todo:
+            results.update(self._send_all(todo, timeout, progress))
+
+        verdicts, to_cache = [], []
+        for item_id, code, reason, axioms in prepared:
+            if reason:
+                verdicts.append(Verdict(item_id, "rejected", code, error=reason))
+                continue
+            v = parse_result(item_id, code, results[code], self.line_numbering)
+            v.cached = code in from_cache
+            if axioms and v.ok:
+                v = self._check_axioms(v)
+            verdicts.append(v)
+        if identity:
+            for code in todo:
+                v = parse_result("", code, results[code], self.line_numbering)
+                if v.status in CACHEABLE:
+                    to_cache.append((VerdictCache.key(identity, code), results[code]))
+            self.cache.put_many(to_cache)
+        return verdicts
+
+    def _check_axioms(self, v: Verdict) -> Verdict:
+        used: list[str] | None = None
+        for m in v.messages:
+            if "does not depend on any axioms" in m.text:
+                used = []
+            got = re.search(r"depends on axioms: \[(.*?)\]", m.text, re.S)
+            if got:
+                used = [a.strip() for a in got.group(1).split(",") if a.strip()]
+        if used is None:
+            return dataclasses.replace(v, status="rejected", error="no #print axioms output")
+        bad = [a for a in used if a not in self.allowed_axioms]
+        if bad:
+            return dataclasses.replace(v, status="rejected", error=f"uses axioms {bad}")
+        return v
+
+    # -- transport ----------------------------------------------------------------------------
+    def _bump(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += n
+
+    def _send_all(self, codes: list[str], timeout: int, progress: bool) -> dict[str, dict]:
+        batches = [codes[i:i + self.batch_size] for i in range(0, len(codes), self.batch_size)]
+        out: dict[str, dict] = {}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(codes), desc="verify", unit="proof", leave=False)
+        with cf.ThreadPoolExecutor(self.max_workers) as pool:
+            for res in pool.map(lambda b: self._send_batch(b, timeout), batches):
+                out.update(res)
+                if bar:
+                    bar.update(len(res))
+        if bar:
+            bar.close()
+        return out
+
+    def _send_batch(self, codes: list[str], timeout: int) -> dict[str, dict]:
+        """code -> result object; never raises."""
+        try:
+            return self._post_with_retries(codes, timeout)
+        except _BatchFailure as fail:
+            if fail.splittable and len(codes) > 1:
+                self._bump("splits")
+                mid = len(codes) // 2
+                return {**self._send_batch(codes[:mid], timeout),
+                        **self._send_batch(codes[mid:], timeout)}
+            self._bump("failed_snippets", len(codes))
+            return {c: {"error": f"verification failed: {fail}", "time": 0.0} for c in codes}
+        except Exception as exc:  # a bug or an odd library error must not end a training run
+            log.exception("unexpected error while verifying a batch")
+            self._bump("failed_snippets", len(codes))
+            return {c: {"error": f"client error: {exc!r}", "time": 0.0} for c in codes}
+
+    def _payload(self, codes: list[str], timeout: int) -> tuple[str, dict]:
+        if self.endpoint == "check":
+            return "/api/check", {"snippets": [{"id": str(i), "code": c} for i, c in enumerate(codes)],
+                                  "timeout": timeout, "debug": False, "reuse": True,
+                                  "infotree": None}
+        return "/verify", {"codes": [{"custom_id": str(i), "proof": c} for i, c in enumerate(codes)],
+                           "timeout": timeout, "infotree_type": None, "disable_cache": False}
+
+    def _post_with_retries(self, codes: list[str], timeout: int) -> dict[str, dict]:
+        path, payload = self._payload(codes, timeout)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        last, splittable = "no attempt", False
+        start = next(self._url_cycle)
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._bump("retries")
+                time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+            url = self.urls[(start + attempt) % len(self.urls)]  # a retry tries the next server
+            self._bump("requests")
+            try:
+                resp = self.session.post(url + path, json=payload, headers=headers,
+                                         timeout=self.http_timeout)
+            except requests.ConnectionError as exc:
+                refused = "NewConnectionError" in repr(exc) or "refused" in str(exc).lower()
+                last, splittable = f"{url}: connection failed ({type(exc).__name__})", not refused
+                continue
+            except requests.Timeout:
+                last, splittable = f"{url}: no answer within {self.http_timeout:.0f} s", True
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                last, splittable = f"{url}: HTTP {resp.status_code}", resp.status_code >= 500
+                continue
+            if resp.status_code in (401, 403):
+                raise _BatchFailure(f"{url}: HTTP {resp.status_code} {resp.text[:200]} "
+                                    "(check LEAN_SERVER_API_KEY)", splittable=False)
+            if resp.status_code != 200:
+                raise _BatchFailure(f"{url}: HTTP {resp.status_code} {resp.text[:300]}",
+                                    splittable=False)
+            try:
+                body = resp.json()
+                results = body["results"]
+                key = "id" if self.endpoint == "check" else "custom_id"
+                by_id = {str(r[key]): r for r in results}
+            except (ValueError, KeyError, TypeError):
+                last, splittable = f"{url}: malformed response {resp.text[:120]!r}", True
+                continue
+            self._bump("sent", len(codes))
+            return {c: by_id.get(str(i), {"error": "server returned no result for this snippet"})
+                    for i, c in enumerate(codes)}
+        raise _BatchFailure(f"{last} after {self.max_retries + 1} attempts", splittable)
+
+    def close(self) -> None:
+        self.session.close()
+        if self.cache:
+            self.cache.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

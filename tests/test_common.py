@@ -1,0 +1,161 @@
+import dataclasses
+import itertools
+import json
+import random
+
+import pytest
+
+from conftest import ROOT
+import common
+from common import (extract_proof, format_errors, normalize_statement, pass_at_k, split_header,
+                    strip_lean_comments, theorem_name)
+
+
+# ---------------------------------------------------------------- pass@k
+
+def brute_pass_at_k(n, c, k):
+    """Fraction of k-subsets of the n samples that hold at least one success."""
+    samples = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 10)
+        c, k = rng.randint(0, n), rng.randint(1, n)
+        assert pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_edges():
+    assert pass_at_k(8, 0, 8) == 0.0
+    assert pass_at_k(8, 1, 8) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="at least 9 samples"):
+        pass_at_k(8, 2, 9)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+
+
+# ---------------------------------------------------------------- Lean text
+
+def test_normalize_statement_cases_from_real_files():
+    rows = [json.loads(l) for l in (ROOT / "data/proofnet/deepseek_v15_proofnet.jsonl").open()]
+    pn = rows[0]["formal_statement"]            # ProofNet ends in ":=" with a multi-line statement
+    assert pn.rstrip().endswith(":=")
+    assert normalize_statement(pn).endswith("f a = f b := by")
+    put = [json.loads(l) for l in (ROOT / "data/putnambench/putnambench_lean4_v4.27.jsonl").open()][0]
+    assert normalize_statement(put["formal_statement"]).endswith(":= by")
+    mob = [json.loads(l) for l in (ROOT / "data/matholympiadbench/goedel_v2_MOBench.jsonl").open()][0]
+    assert mob["formal_statement"].endswith(":= by sorry")     # trailing sorry
+    got = normalize_statement(mob["formal_statement"])
+    assert got.endswith("157^147 := by") and "sorry" not in got
+    lw = json.loads((ROOT / "data/training/leanworkbook_statements_6k.jsonl").open().readline())
+    assert normalize_statement(lw["formal_statement"]).endswith("Real.log y := by")  # "   :=  by"
+    unicode_binders = "theorem t (x y : ℝ) (h₀ : 0 < x ∧ 0 < y) :\n    x * y > 0 := by\n"
+    assert normalize_statement(unicode_binders) == unicode_binders.strip()
+    assert normalize_statement("theorem t : 1 = 1 := by\n  sorry") == "theorem t : 1 = 1 := by"
+    with pytest.raises(ValueError):
+        normalize_statement("def f := 1")
+
+
+def test_comments_and_names():
+    code = 'theorem a : 1 = 1 := by -- sorry\n  /- nested /- sorry -/ still -/ rfl\n  exact "-- kept"'
+    bare = strip_lean_comments(code)
+    assert "sorry" not in bare and '"-- kept"' in bare and bare.count("\n") == 2
+    cols = strip_lean_comments(code, keep_columns=True)
+    assert [len(l) for l in cols.split("\n")] == [len(l) for l in code.split("\n")]
+    assert theorem_name("/-- doc -/\ntheorem foo_bar (x : ℕ) : x = x := by") == "foo_bar"
+
+
+def test_split_header_keeps_docstring_with_the_theorem():
+    code = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\nopen Real\n\n"
+            "/-- doc -/\ntheorem t : 1 = 1 := by\n  rfl")
+    header, body = split_header(code)
+    assert header.startswith("import Mathlib") and header.rstrip().endswith("open Real")
+    assert body.lstrip().startswith("/-- doc -/\ntheorem t")
+
+
+# ---------------------------------------------------------------- extraction and format
+
+STMT = "theorem t (a : ℕ) (h : a = 2) : a + a = 4 := by"
+GOOD = ("<think>\nWe substitute.\n```tactics\nsubst h\n```\nthen\n```tactics\nrfl\n```\n</think>\n"
+        f"```lean4\nimport Mathlib\n\n{STMT}\n  subst h\n  rfl\n```")
+
+
+def test_extract_proof_takes_the_last_block_with_the_statement():
+    assert extract_proof(GOOD, STMT) == "\n  subst h\n  rfl"
+    changed = GOOD.replace("a + a = 4", "a + a ≥ 0")
+    assert extract_proof(changed, STMT) is None
+    two = GOOD + f"\n```lean4\n{STMT}\n  omega\n```"
+    assert extract_proof(two, STMT) == "\n  omega"
+
+
+def test_format_errors_each_type():
+    assert format_errors(GOOD, STMT) == []
+    assert "think_block" in format_errors(GOOD.replace("<think>", ""), STMT)
+    assert "think_block" in format_errors("<think></think>" + GOOD, STMT)
+    assert "no_final_lean_block" in format_errors(GOOD + "\nmore text", STMT)
+    assert "multiple_lean_blocks" in format_errors(GOOD + f"\n```lean4\n{STMT}\n rfl\n```", STMT)
+    rep = GOOD.replace("We substitute.", "\n".join(["this is a long line with at least ten words in it"] * 6))
+    assert "repeated_lines" in format_errors(rep, STMT)
+    one_block = GOOD.replace("then\n```tactics\nrfl\n```\n", "")
+    assert "few_tactic_blocks" in format_errors(one_block, STMT)
+    assert format_errors(one_block, STMT, require_tactic_blocks=False) == []
+    mismatch = GOOD.replace("subst h\n```", "nlinarith [sq_nonneg a]\n```")
+    assert "tactics_mismatch" in format_errors(mismatch, STMT)
+    assert "forbidden_or_changed_statement" in format_errors(GOOD.replace("a + a = 4", "True"), STMT)
+    assert "forbidden_or_changed_statement" in format_errors(
+        GOOD.replace("import Mathlib", "import Mathlib\naxiom x : False"), STMT)
+
+
+# ---------------------------------------------------------------- settings, schemas
+
+@dataclasses.dataclass
+class S:
+    lr: float = 2e-6
+    steps: int = 10
+    name: str = "x"
+    kl: bool = False
+
+
+def test_settings_overrides_are_checked(capsys):
+    s = common.parse_settings(S, ["--lr", "1e-4", "--kl", "true", "--name=y"])
+    assert (s.lr, s.steps, s.name, s.kl) == (1e-4, 10, "y", True)
+    with pytest.raises(SystemExit):
+        common.parse_settings(S, ["--learning_rate", "1"])
+    assert "unrecognized arguments: --learning_rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        common.parse_settings(S, ["--steps", "ten"])
+
+
+def test_parquet_schema_errors_name_file_and_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    row = {c: "x" for c in common.SCHEMAS["statements"]}
+    path = common.write_parquet([row], tmp_path / "ok.parquet", "statements")
+    assert common.read_parquet(path, "statements").iloc[0]["statement_id"] == "x"
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({k: [v] for k, v in row.items() if k != "header"}), bad)
+    with pytest.raises(common.SchemaError, match=r"bad\.parquet: missing column 'header'"):
+        common.read_parquet(bad, "statements")
+    typed = tmp_path / "typed.parquet"
+    pq.write_table(pa.table({**{k: [v] for k, v in row.items()}, "split": [3]}), typed)
+    with pytest.raises(common.SchemaError, match=r"typed\.parquet: column 'split' has type int64"):
+        common.read_parquet(typed, "statements")
+    empty = common.write_parquet([], tmp_path / "empty.parquet", "statements")
+    with pytest.raises(common.SchemaError, match="no rows"):
+        common.read_parquet(empty, "statements")
+    with pytest.raises(FileNotFoundError, match="did the previous stage run"):
+        common.read_parquet(tmp_path / "missing.parquet", "statements")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(common.SchemaError, match="not a readable Parquet"):
+        common.read_parquet(tmp_path / "junk.parquet", "statements")
+
+
+def test_write_parquet_is_byte_deterministic(tmp_path):
+    rows = [{c: f"{c}{i}" for c in common.SCHEMAS["statements"]} for i in range(50)]
+    a = common.write_parquet(rows, tmp_path / "a.parquet", "statements").read_bytes()
+    b = common.write_parquet(rows, tmp_path / "b.parquet", "statements").read_bytes()
+    assert a == b

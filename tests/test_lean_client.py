@@ -1,0 +1,398 @@
+"""lean_client.py over real HTTP, against the stand-in server (not Lean) and a recording server."""
+import json
+import time
+import zipfile
+
+import pytest
+import requests
+
+from conftest import HEADER, ROOT, toy
+from lean_client import (LeanClient, LeanServerUnavailable, Verdict, parse_result,
+                         soundness_gate)
+
+KIMINA_ZIP = ROOT / "data/proofs/kimina_preview_minif2f_test_solved.zip"
+
+
+def fast_client(url, **kw):
+    kw.setdefault("backoff", 0.01)
+    kw.setdefault("max_retries", 3)
+    return LeanClient(url, **kw)
+
+
+# ---------------------------------------------------------------- protocol and verdicts
+
+def test_request_shape_and_auth_header(recorder):
+    recorder.replies = [(200, {"results": [{"id": "0", "time": 0.1,
+                                            "response": {"messages": [], "env": 0}}]})]
+    client = fast_client(recorder.url, api_key="s3cret", timeout=17)
+    [v] = client.verify([{"id": "mine", "code": "theorem a : 1 = 1 := by rfl"}])
+    req = recorder.requests[0]
+    assert req["path"] == "/api/check"
+    assert req["headers"]["Authorization"] == "Bearer s3cret"
+    assert req["body"] == {"snippets": [{"id": "0", "code": "theorem a : 1 = 1 := by rfl"}],
+                           "timeout": 17, "debug": False, "reuse": True, "infotree": None}
+    assert v.id == "mine" and v.status == "valid" and v.ok and v.time == 0.1
+
+
+def test_stand_in_auth(make_standin):
+    url, _ = make_standin(api_key="k1")
+    assert requests.get(url + "/health").json()["status"] == "ok"  # health needs no key
+    good = fast_client(url, api_key="k1").verify([toy("t", "1 + 1 = 2", "rfl")])[0]
+    bad = fast_client(url, api_key="wrong").verify([toy("t", "1 + 1 = 2", "rfl")])[0]
+    missing = fast_client(url, api_key="").verify([toy("t", "1 + 1 = 2", "rfl")])[0]
+    assert good.ok
+    assert bad.status == "server_error" and "401" in bad.error and "LEAN_SERVER_API_KEY" in bad.error
+    assert missing.status == "server_error" and "Missing API key" in missing.error
+
+
+REAL_SHAPES = [
+    # REFERENCE.md section 1: #check Nat
+    ({"id": "x", "time": 0.01, "response": {"messages": [{"severity": "info", "pos": {"line": 1, "column": 0},
+      "endPos": {"line": 1, "column": 6}, "data": "Nat : Type"}], "env": 0}}, "valid"),
+    ({"id": "x", "time": 3.0, "error": "Lean REPL command timed out in 3.0 seconds",
+      "diagnostics": {"repl_uuid": "abc"}}, "timeout"),
+    ({"id": "x", "time": 0.2, "error": "Snippet execution failed: JSON decode error"}, "server_error"),
+    ({"id": "x", "time": 0.5, "response": {"messages": [{"severity": "warning", "pos": {"line": 3, "column": 8},
+      "endPos": {"line": 3, "column": 9}, "data": "declaration uses 'sorry'"}],
+      "sorries": [{"pos": {"line": 3, "column": 30}, "endPos": {"line": 3, "column": 35}, "goal": "⊢ 1 = 1"}],
+      "env": 0}}, "sorry"),
+    ({"id": "x", "time": 0.5, "response": {"messages": [{"severity": "warning", "pos": {"line": 3, "column": 8},
+      "endPos": {"line": 3, "column": 9}, "data": "declaration uses 'sorry'"}], "env": 0}}, "sorry"),
+    ({"id": "x", "time": 0.5, "response": {"messages": [
+        {"severity": "warning", "pos": {"line": 3, "column": 8}, "endPos": None, "data": "declaration uses 'sorry'"},
+        {"severity": "error", "pos": {"line": 4, "column": 2}, "endPos": {"line": 4, "column": 8},
+         "data": "linarith failed to find a contradiction"}], "env": 0}}, "lean_error"),
+    ({"id": "x", "time": 0.5, "response": {"message": "unknown environment."}}, "server_error"),
+    ({"id": "x", "time": 0.5}, "server_error"),
+]
+
+
+@pytest.mark.parametrize("result,status", REAL_SHAPES)
+def test_parse_real_response_shapes(result, status):
+    v = parse_result("x", "a\nb\nc\nd\ne", result)
+    assert v.status == status
+    assert v.ok == (status == "valid")
+    assert v.raw == result
+
+
+def test_order_ids_dedup_and_batching(make_standin):
+    url, _ = make_standin(workers=4)
+    props = [("2 + 2 = 4", "rfl", "valid"), ("2 + 2 = 5", "rfl", "lean_error"),
+             ("3 ≠ 4", "decide", "valid"), ("3 < 4", "omega", "valid"), ("3 ∣ 9", "norm_num", "valid"),
+             ("3 ∣ 10", "norm_num", "lean_error"), ("7 = 7", "sorry", "sorry"), ("3 < 4", "rfl", "lean_error")]
+    items, expected = [], []
+    for rep in range(5):  # every proof five times: four of them are duplicates
+        for i, (prop, tac, status) in enumerate(props):
+            item = toy(f"t{i}", prop, tac)
+            item["id"] = f"item{rep}_{i}"
+            items.append(item)
+            expected.append(status)
+    client = fast_client(url, batch_size=3)
+    verdicts = client.verify(items)
+    assert [v.id for v in verdicts] == [it["id"] for it in items]
+    # the sorry item is rejected by the gate before sending; the others reach the server
+    assert [v.status for v in verdicts] == [("rejected" if s == "sorry" else s) for s in expected]
+    stats = requests.get(url + "/_standin/stats").json()
+    assert stats["snippets"] == 7                    # 7 unique codes, each sent once
+    assert stats["requests"] == 3 and stats["max_batch"] == 3   # ceil(7 / 3) batches
+    assert client.stats["dedup_hits"] == 7 * 4
+
+
+def test_sorry_reported_like_lean(standin):
+    item = toy("s", "7 = 7", "sorry")
+    [v] = fast_client(standin).verify([{"id": "s", "code": item["code"]}])  # no statement: no gate
+    assert v.status == "sorry" and not v.ok
+    assert v.sorries and v.sorries[0]["goal"] == "⊢ 7 = 7"
+    assert any(m.text == "declaration uses 'sorry'" and m.severity == "warning" for m in v.messages)
+
+
+def test_statement_outside_toy_fragment_is_an_error_never_a_pass(standin):
+    code = HEADER + "theorem real (a : ℝ) (h : 0 < a) : 0 < a ^ 2 := by\n  positivity"
+    [v] = fast_client(standin).verify([{"id": "r", "code": code}])
+    assert v.status == "lean_error" and "outside the toy fragment" in v.errors[0].text
+
+
+# ---------------------------------------------------------------- faults
+
+@pytest.mark.parametrize("fault", ["500", "429", "malformed", "drop"])
+def test_retries_recover_from_each_fault(make_standin, fault):
+    url, _ = make_standin()
+    requests.post(url + "/_standin/faults", json={"next": [fault, fault]})
+    client = fast_client(url, batch_size=4)
+    items = [toy(f"t{i}", f"{i} + 1 = {i + 1}", "rfl") for i in range(8)]
+    verdicts = client.verify(items)
+    assert all(v.ok for v in verdicts), [v.error for v in verdicts]
+    assert client.stats["retries"] == 2
+    assert requests.get(url + "/_standin/stats").json()["faults"] == {fault: 2}
+
+
+def test_crashing_snippet_is_isolated_by_splitting(make_standin):
+    url, _ = make_standin()
+    items = [toy(f"t{i}", f"{i} + 1 = {i + 1}", "rfl") for i in range(8)]
+    items[5] = {"id": "crash", "code": items[5]["code"] + "\n-- STANDIN_CRASH"}
+    client = fast_client(url, batch_size=8, max_retries=1)
+    verdicts = client.verify(items)
+    assert [v.status for v in verdicts] == ["valid"] * 5 + ["server_error"] + ["valid"] * 2
+    assert "HTTP 500" in verdicts[5].error
+    assert client.stats["splits"] >= 3   # 8 -> 4 -> 2 -> 1
+
+
+def test_lean_timeout_and_persistent_500_are_error_verdicts(make_standin):
+    url, _ = make_standin()
+    timeout_item = {"id": "slow", "code": toy("a", "1 = 1", "rfl")["code"] + "\n-- STANDIN_TIMEOUT"}
+    [v] = fast_client(url).verify([timeout_item], timeout=3)
+    assert v.status == "timeout" and "timed out in 3.0 seconds" in v.error
+    requests.post(url + "/_standin/faults", json={"rates": {"500": 1.0}})
+    vs = fast_client(url, max_retries=2).verify([toy(f"t{i}", "1 = 1", "rfl") for i in range(3)])
+    assert all(v.status == "server_error" and not v.ok for v in vs)
+
+
+def test_server_disappearing_mid_run_costs_error_verdicts(make_standin):
+    url, proc = make_standin()
+    client = fast_client(url, max_retries=2)
+    assert client.verify([toy("a", "1 = 1", "rfl")])[0].ok
+    proc.stop()
+    t0 = time.time()
+    vs = client.verify([toy(f"b{i}", "2 = 2", "rfl") for i in range(10)])
+    assert all(v.status == "server_error" for v in vs)
+    assert "connection failed" in vs[0].error
+    assert time.time() - t0 < 10   # refused connections are not split, so this stays quick
+
+
+def test_http_timeout_is_an_error_verdict(make_standin, monkeypatch):
+    monkeypatch.setenv("STANDIN_HANG_S", "3")
+    url, _ = make_standin()
+    requests.post(url + "/_standin/faults", json={"next": ["hang"] * 3})
+    [v] = fast_client(url, http_timeout=0.5, max_retries=2).verify([toy("a", "1 = 1", "rfl")])
+    assert v.status == "server_error" and "no answer" in v.error
+
+
+def test_several_servers_share_the_load(make_standin):
+    url1, _ = make_standin()
+    url2, _ = make_standin()
+    client = fast_client(f"{url1},{url2}", batch_size=2)
+    vs = client.verify([toy(f"t{i}", f"{i} = {i}", "rfl") for i in range(12)])
+    assert all(v.ok for v in vs)
+    n1 = requests.get(url1 + "/_standin/stats").json()["snippets"]
+    n2 = requests.get(url2 + "/_standin/stats").json()["snippets"]
+    assert n1 + n2 == 12 and n1 > 0 and n2 > 0
+
+
+def test_failover_to_the_live_server(make_standin):
+    url1, _ = make_standin()
+    dead = "http://127.0.0.1:9"   # discard port: nothing listens
+    vs = fast_client(f"{dead},{url1}", batch_size=1).verify(
+        [toy(f"t{i}", f"{i} = {i}", "rfl") for i in range(4)])
+    assert all(v.ok for v in vs)
+
+
+# ---------------------------------------------------------------- cache and health
+
+def test_persistent_cache_survives_a_restart(make_standin, tmp_path):
+    url, _ = make_standin()
+    items = [toy(f"t{i}", f"{i} + 1 = {i + 1}", "rfl") for i in range(6)]
+    items.append({"id": "to", "code": items[0]["code"] + "\n-- STANDIN_TIMEOUT"})
+    c1 = fast_client(url, cache_path=tmp_path / "verdicts.sqlite")
+    first = c1.verify(items, timeout=2)
+    c1.close()
+    c2 = fast_client(url, cache_path=tmp_path / "verdicts.sqlite")   # a new process would do this
+    second = c2.verify(items, timeout=2)
+    assert [v.status for v in first] == [v.status for v in second] == ["valid"] * 6 + ["timeout"]
+    assert c2.stats["cache_hits"] == 6          # the timeout is not cached: it is retried
+    assert all(v.cached for v in second[:6]) and not second[6].cached
+    assert requests.get(url + "/_standin/stats").json()["snippets"] == 8
+
+
+def test_cache_is_keyed_by_server_identity(make_standin, recorder, tmp_path):
+    url, _ = make_standin()
+    db = tmp_path / "v.sqlite"
+    item = toy("a", "1 = 2", "rfl")
+    assert fast_client(url, cache_path=db).verify([item])[0].status == "lean_error"
+    recorder.replies = [(200, {"results": [{"id": "0", "time": 0.1, "response": {"messages": [], "env": 0}}]})]
+    # same code, a server that does not call itself a stand-in: must be asked, not answered from cache
+    v = fast_client(recorder.url, cache_path=db).verify([item])[0]
+    assert len(recorder.requests) == 1 and not v.cached
+
+
+def test_require_healthy_names_docker_and_variables():
+    client = LeanClient("http://127.0.0.1:9")
+    with pytest.raises(LeanServerUnavailable) as err:
+        client.require_healthy()
+    assert "docker run" in str(err.value) and "LEAN_SERVER_API_URL" in str(err.value)
+
+
+def test_url_from_environment(monkeypatch, standin):
+    monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
+    assert LeanClient().verify([toy("a", "5 = 5", "rfl")])[0].ok
+    monkeypatch.delenv("LEAN_SERVER_API_URL")
+    with pytest.raises(LeanServerUnavailable):
+        LeanClient()
+
+
+def test_legacy_verify_endpoint(standin):
+    client = fast_client(standin, endpoint="verify")
+    vs = client.verify([toy("a", "5 = 5", "rfl"), toy("b", "5 = 6", "rfl")])
+    assert [v.status for v in vs] == ["valid", "lean_error"]
+
+
+def test_server_validation_errors(standin):
+    r = requests.post(standin + "/api/check", json={"snippets": [{"id": "a", "code": "x"},
+                                                                  {"id": "a", "code": "y"}]})
+    assert r.status_code == 422
+    assert requests.post(standin + "/api/check", json={"snippets": []}).status_code == 422
+
+
+# ---------------------------------------------------------------- soundness gate
+
+STMT = "theorem mathd_algebra_10 : abs ((120 : ℝ) / 100 * 30 - 130 / 100 * 20) = 10 := by"
+OK_PROOF = f"{HEADER}{STMT}\n  norm_num [abs_of_nonneg]"
+RED_TEAM = {
+    "sorry": f"{HEADER}{STMT}\n  sorry",
+    "admit": f"{HEADER}{STMT}\n  admit",
+    "axiom": f"{HEADER}axiom cheat : False\n\n{STMT}\n  exact cheat.elim",
+    "private axiom": f"{HEADER}private axiom cheat : False\n{STMT}\n  exact cheat.elim",
+    "changed statement": f"{HEADER}{STMT.replace('= 10', '≥ 0')}\n  positivity",
+    "statement only in a comment": f"{HEADER}/- {STMT} -/\ntheorem other : True := by\n  trivial",
+    "statement only in a string": f'{HEADER}def s := " {STMT}"\ntheorem other : True := by\n  trivial',
+    "apply?": f"{HEADER}{STMT}\n  apply?",
+    "exact?": f"{HEADER}{STMT}\n  exact?",
+    "#exit": f"{HEADER}{STMT}\n  norm_num\n#exit",
+    "local_instance": f"{HEADER}{STMT}\n  have := local_instance\n  norm_num",
+    "implemented_by": f"{HEADER}@[implemented_by foo] def bar : Nat := 1\n{STMT}\n  norm_num",
+    "extern": f'{HEADER}@[extern "lean_cheat"] def bar : Nat := 1\n{STMT}\n  norm_num',
+    "skip kernel": f"{HEADER}set_option debug.skipKernelTC true in\n{STMT}\n  norm_num",
+    "other option": f"{HEADER}set_option trace.Meta.synthInstance true\n{STMT}\n  norm_num",
+    "redefinition": f"{HEADER}theorem mathd_algebra_10 : True := trivial\n{STMT}\n  norm_num",
+    "def with the name": f"{HEADER}def mathd_algebra_10 := 1\n{STMT}\n  norm_num",
+    "macro": f"{HEADER}macro \"norm_num\" : tactic => `(tactic| simp)\n{STMT}\n  norm_num",
+    "macro_rules": f"{HEADER}macro_rules | `(tactic| trivial) => `(tactic| simp)\n{STMT}\n  trivial",
+    "notation": f"{HEADER}local notation \"ℝ\" => ℕ\n{STMT}\n  norm_num",
+    "namespace": f"{HEADER}namespace Foo\n{STMT}\n  norm_num\nend Foo",
+    "run_cmd": f"{HEADER}run_cmd Lean.Elab.Command.liftTermElabM (pure ())\n{STMT}\n  norm_num",
+    "#eval": f"{HEADER}#eval IO.println 1\n{STMT}\n  norm_num",
+    "unsafe": f"{HEADER}unsafe def f : Nat := 1\n{STMT}\n  norm_num",
+    "instance": f"{HEADER}instance : Inhabited False := ⟨sorry⟩\n{STMT}\n  norm_num",
+    "opaque": f"{HEADER}opaque cheat : False\n{STMT}\n  exact cheat.elim",
+    "statement inside another term": f"{HEADER}example := fun _ => {STMT}\n  norm_num",
+    "decreasing_by sorry": f"{HEADER}{STMT}\n  norm_num\n  decreasing_by sorry",
+}
+
+
+def test_gate_accepts_a_fair_proof():
+    assert soundness_gate(OK_PROOF, STMT) is None
+    assert soundness_gate(OK_PROOF + "\n-- sorry in a comment is fine", STMT) is None
+    assert soundness_gate(OK_PROOF, STMT.replace(":= by", ":= by sorry")) is None
+
+
+@pytest.mark.parametrize("name", sorted(RED_TEAM))
+def test_gate_rejects_every_cheat(name):
+    reason = soundness_gate(RED_TEAM[name], STMT)
+    assert reason, f"cheat {name!r} passed the gate"
+
+
+def test_gate_rejects_before_sending(standin):
+    client = fast_client(standin)
+    before = requests.get(standin + "/_standin/stats").json()["snippets"]
+    vs = client.verify([{"id": k, "code": c, "statement": STMT} for k, c in RED_TEAM.items()])
+    assert all(v.status == "rejected" and v.error for v in vs)
+    assert requests.get(standin + "/_standin/stats").json()["snippets"] == before
+
+
+def _kimina_real_proofs():
+    with zipfile.ZipFile(KIMINA_ZIP) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("minif2f-test-solved.jsonl"))
+        return [json.loads(line) for line in zf.read(name).decode().splitlines() if line.strip()]
+
+
+def test_gate_accepts_all_197_real_verified_proofs():
+    import re
+    rows = _kimina_real_proofs()
+    assert len(rows) == 197
+    dataset = {json.loads(l)["name"]: json.loads(l)["formal_statement"]
+               for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").read_text().splitlines()}
+    checked_against_dataset = 0
+    for row in rows:
+        code = row["correct_proof"]
+        # the statement each proof was checked against: the declaration as it stands in the file
+        stmt = re.search(r"theorem\s.*?:=\s*by", code, re.S).group(0)
+        assert soundness_gate(code, stmt) is None, row["name"]
+        if dataset.get(row["name"], "").strip() in code:
+            assert soundness_gate(code, dataset[row["name"]]) is None, row["name"]
+            checked_against_dataset += 1
+    assert checked_against_dataset == 190   # 7 proofs target Kimina's corrected statements
+
+
+def test_axiom_check(recorder):
+    stmt = "theorem t : 1 = 1 := by"
+    code = f"{HEADER}{stmt}\n  rfl"
+
+    def reply(axioms):
+        text = f"'t' depends on axioms: [{axioms}]" if axioms else "'t' does not depend on any axioms"
+        return (200, {"results": [{"id": "0", "time": 0.1, "response": {"env": 0, "messages": [
+            {"severity": "info", "pos": {"line": 9, "column": 0}, "endPos": None, "data": text}]}}]})
+
+    client = fast_client(recorder.url, check_axioms=True)
+    for axioms, ok in [("propext, Classical.choice, Quot.sound", True), ("", True),
+                       ("propext, cheat", False), ("sorryAx", False)]:
+        recorder.replies = [reply(axioms)]
+        [v] = client.verify([{"id": "t", "code": code + axioms.replace(",", "")[:0], "statement": stmt}])
+        assert v.ok == ok, axioms
+        if not ok:
+            assert v.status == "rejected" and "uses axioms" in v.error
+    assert recorder.requests[-1]["body"]["snippets"][0]["code"].rstrip().endswith("#print axioms t")
+
+
+def test_axiom_check_against_stand_in(standin):
+    client = fast_client(standin, check_axioms=True)
+    assert client.verify([toy("t", "3 ∣ 9", "norm_num")])[0].ok
+    # no statement, no gate, no appended check: the stand-in itself reports the axiom used
+    code = f"{HEADER}axiom cheat : 1 = 2\ntheorem t : 1 = 2 := by\n  exact cheat\n#print axioms t"
+    [v] = client.verify([{"id": "x", "code": code}])
+    assert v.ok and v.messages[0].text == "'t' depends on axioms: [cheat]"
+
+
+# ---------------------------------------------------------------- feedback
+
+def _failed(url, line_base_client="snippet"):
+    code = f"{HEADER}theorem t : 2 + 2 = 5 := by\n  rfl"
+    client = fast_client(url, line_numbering=line_base_client)
+    return client.verify([{"id": "f", "code": code}])[0]
+
+
+def test_kimina_feedback_marks_the_offending_line(standin):
+    v = _failed(standin)
+    fb = v.feedback("kimina")
+    assert fb.startswith("# Error 1:\nError message:\nThe rfl tactic failed")
+    assert ">   rfl" in fb and "  theorem t : 2 + 2 = 5 := by" in fb
+    assert fb.count(">") == 1
+
+
+def test_feedback_line_arithmetic_old_and_new_servers(make_standin, standin):
+    old_url, _ = make_standin(line_base="after_imports")
+    new = _failed(standin)
+    old = _failed(old_url, line_base_client="after_imports")
+    raw_old_line = old.raw["response"]["messages"][0]["pos"]["line"]
+    assert raw_old_line == new.errors[0].line - 2          # two import lines cut off
+    assert old.errors[0].line == new.errors[0].line        # normalised by the client
+    assert old.feedback("kimina") == new.feedback("kimina")
+    assert old.feedback("goedel") == new.feedback("goedel")
+
+
+def test_goedel_feedback_wraps_the_span(standin):
+    fb = _failed(standin).feedback("goedel", round_idx=2)
+    assert fb.startswith("The proof (Round 2) is not correct.")
+    assert "  <error>rfl</error>" in fb
+    assert fb.rstrip().endswith("provide a detailed analysis of the error message.")
+
+
+def test_feedback_caps_error_counts():
+    code = "\n".join(f"line {i}" for i in range(1, 21))
+    msgs = [{"severity": "error", "pos": {"line": i, "column": 0}, "endPos": {"line": i, "column": 4},
+             "data": f"err{i}"} for i in range(1, 11)]
+    v = parse_result("x", code, {"time": 0, "response": {"messages": msgs, "env": 0}})
+    assert v.feedback("kimina").count("# Error") == 3
+    assert v.feedback("goedel").count("</error>") - 1 == 8   # the header names the tags once
+    t = parse_result("x", code, {"error": "Lean REPL command timed out in 30.0 seconds"})
+    assert t.feedback("kimina").startswith("# System Error:\nLean REPL command timed out")
+    with pytest.raises(ValueError):
+        v.feedback("other")
