@@ -26,7 +26,9 @@ RUNS_ROOT = Path(os.environ.get("PROVER_RUNS_DIR", PROJECT_ROOT / "runs"))
 # Lean text
 # ---------------------------------------------------------------------------------------------
 
-DECL_KEYWORDS = ("theorem", "lemma")
+# What a statement may declare. ProofNet has a few `def`/`noncomputable def` items (data whose
+# construction is the proof); they are benchmark items like the theorems.
+DECL = r"(?:noncomputable\s+)?(?:theorem|lemma|def)"
 
 
 def strip_lean_comments(code: str, keep_columns: bool = False) -> str:
@@ -100,8 +102,8 @@ def normalize_statement(statement: str) -> str:
     Raises ValueError when the text holds no `theorem`/`lemma` declaration.
     """
     text = statement.strip()
-    if not re.search(r"(^|\n)\s*(theorem|lemma)\s", text):
-        raise ValueError(f"no theorem/lemma declaration in statement: {text[:80]!r}")
+    if not re.search(rf"(^|\n)\s*{DECL}\s", text):
+        raise ValueError(f"no theorem/lemma/def declaration in statement: {text[:80]!r}")
     body = _TRAILING_PROOF.sub("", text).rstrip()
     if body.endswith(":="):
         body = body[:-2].rstrip()
@@ -109,7 +111,7 @@ def normalize_statement(statement: str) -> str:
 
 
 def theorem_name(statement: str) -> str | None:
-    m = re.search(r"(?:^|\n)\s*(?:theorem|lemma)\s+([^\s:({\[]+)", strip_lean_comments(statement))
+    m = re.search(rf"(?:^|\n)\s*{DECL}\s+([^\s:({{\[]+)", strip_lean_comments(statement))
     return m.group(1) if m else None
 
 
@@ -148,6 +150,48 @@ def import_line_count(code: str) -> int:
     return last
 
 
+_BINDER_GROUP = re.compile(r"[(\{\[⦃]\s*([^\s:(){}\[\]⦃⦄,]+(?:\s+[^\s:(){}\[\]⦃⦄,]+)*)\s*:")
+_QUANTIFIED = re.compile(r"(?:∀|∃!?|fun|λ|∑|∏|⋃|⋂)\s+([^,:=↦]+?)\s*(?=,|:|=>|↦|\bin\b|∈|>|<|≥|≤|≠)")
+_IDENT = re.compile(r"^[^\W\d][\w'!?₀-₉]*$")
+
+
+def binder_names(statement: str) -> list[str]:
+    """Names bound in a statement (signature binders and ∀/∃/fun/∑ binders), in order."""
+    found: list[tuple[int, str]] = []
+    for rx in (_BINDER_GROUP, _QUANTIFIED):
+        for m in rx.finditer(statement):
+            for name in m.group(1).replace("(", " ").replace(")", " ").split():
+                if _IDENT.match(name) and name not in ("in", "fun", "λ"):
+                    found.append((m.start(1), name))
+    return list(dict.fromkeys(name for _, name in sorted(found)))
+
+
+def canonical_statement(statement: str) -> str:
+    """The statement with comments, theorem name, whitespace and bound-variable names factored
+    out: two statements with the same canonical form say the same thing. Used to decontaminate
+    training data against eval sets (a renamed copy of a miniF2F theorem is still caught)."""
+    text = strip_lean_comments(normalize_statement(statement))
+    text = re.sub(rf"^\s*{DECL}\s+\S+", "theorem _", text)
+    names = binder_names(text)
+    if names:
+        mapping = {n: f"v{i}" for i, n in enumerate(names)}
+        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w'.])({alternatives})(?![\w'!?₀-₉])", lambda m: mapping[m.group(1)], text)
+    return collapse_ws(text)
+
+
+def statement_conclusion(statement: str) -> str:
+    """The goal after the binders: what follows the last top-level ':' before ':= by'."""
+    text = normalize_statement(statement)[:-len(":= by")]
+    depth, cut = 0, -1
+    for i, ch in enumerate(text):
+        depth += ch in "([{⦃"
+        depth -= ch in ")]}⦄"
+        if ch == ":" and depth == 0 and text[i + 1:i + 2] != "=":
+            cut = i
+    return collapse_ws(text[cut + 1:])
+
+
 # ---------------------------------------------------------------------------------------------
 # Prompts (Kimina-Prover format, REFERENCE.md section 2)
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +205,25 @@ def kimina_messages(formal_statement: str, informal: str = "", header: str = "")
     formal = (header + formal_statement).strip("\n")
     return [{"role": "system", "content": KIMINA_SYSTEM},
             {"role": "user", "content": KIMINA_USER.format(informal=informal.strip(), formal=formal)}]
+
+
+def kimina_completion(header: str, statement: str, proof: str, thinking: str) -> str:
+    """A target completion in the Kimina output format: one <think> block, then exactly one
+    final lean4 block holding header + statement + proof."""
+    code = build_lean_code(header, statement, proof).strip("\n")
+    return f"<think>\n{thinking.strip()}\n</think>\n```lean4\n{code}\n```"
+
+
+def thinking_from_proof(informal: str, proof: str) -> str:
+    """Reasoning for an SFT target when the source has only a proof (departure: Kimina's SFT
+    targets carry real reasoning traces). It restates the problem and walks through the proof
+    in two ```tactics blocks, so Kimina's format checks hold."""
+    steps = [l for l in proof.strip("\n").split("\n") if l.strip()]
+    half = max(1, len(steps) // 2)
+    first, second = steps[:half], steps[half:] or steps[:half]
+    intro = informal.strip() or "We prove the formal statement directly."
+    return (f"{intro}\n\nFirst steps:\n```tactics\n" + "\n".join(first) +
+            "\n```\n\nThen:\n```tactics\n" + "\n".join(second) + "\n```")
 
 
 # ---------------------------------------------------------------------------------------------
