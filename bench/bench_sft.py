@@ -1,0 +1,103 @@
+"""Benchmark: 02_sft.py's training loop against TRL's SFTTrainer, same model, data and settings.
+
+Both train the same tiny Qwen3 (identical initial weights, tokenizer trained on the data) on the
+same toy SFT rows, batch 8, fp32, no gradient checkpointing, loss on completion tokens only, for
+the same number of steps, in one process. Reported: median seconds per step after warm-up,
+training tokens per second, and the ratio ours / TRL (goal: >= 1).
+
+    pip install -r requirements-bench.txt          # trl
+    python bench/bench_sft.py                       # the README numbers
+"""
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+
+
+def load_stage(name, file):
+    spec = importlib.util.spec_from_file_location(name, ROOT / file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
+    p.add_argument("--batch_size", type=int, default=8)
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_sft_"))
+    os.environ["PROVER_RUNS_DIR"] = str(work / "runs")
+    common.RUNS_ROOT = work / "runs"
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "b"],
+                   check=True, capture_output=True, env=os.environ)
+    data = work / "runs/b/01_data/sft.parquet"
+    rows = [r for r in common.read_rows(data, "sft") if r["split"] != "valid"]
+    base = common.build_tiny_model([common.render_prompt_text(r) + r["completion"] for r in rows],
+                                   work / "base", seed=0)
+
+    # ---- ours: the stage's own train() on a copy of the base model
+    sft = load_stage("sft", "02_sft.py")
+    cfg = sft.Settings(run_name="ours", data=str(data), model=str(base), batch_size=args.batch_size,
+                       max_steps=args.steps, lr=1e-3, warmup_steps=0, schedule="constant",
+                       eval_every=0, save_every=0, max_seq_len=512, grad_clip=1.0)
+    sft.train(cfg)
+    ours = [json.loads(l) for l in (work / "runs/ours/02_sft/metrics.jsonl").read_text().splitlines()]
+    ours_sec = statistics.median(r["sec_per_step"] for r in ours[args.warmup:])
+    tok = common.load_tokenizer(str(base))
+    examples, _ = sft.tokenize_rows(rows, tok, cfg)
+    mean_tokens = statistics.mean(len(e["input_ids"]) for e in examples)
+
+    # ---- TRL: SFTTrainer, prompt-completion rows rendered with the same chat template
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+    ds = Dataset.from_list([{"prompt": common.render_prompt(tok, common.prompt_messages(r)),
+                             "completion": r["completion"]} for r in rows])
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    trl_cfg = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch_size,
+                        max_steps=args.steps, learning_rate=1e-3, lr_scheduler_type="constant",
+                        warmup_steps=0, max_grad_norm=1.0, max_length=512, packing=False,
+                        completion_only_loss=True, gradient_checkpointing=False, bf16=False, fp16=False,
+                        use_cpu=True, report_to="none", save_strategy="no", logging_steps=1000,
+                        dataloader_num_workers=0, seed=0, disable_tqdm=True)
+    trainer = SFTTrainer(model=common.load_model(str(base)), args=trl_cfg, train_dataset=ds,
+                         processing_class=tok, callbacks=[Timer()])
+    trainer.train()
+    trl_sec = statistics.median(times[args.warmup:])
+
+    tokens_per_step = mean_tokens * args.batch_size
+    result = {"model_params": sum(p.numel() for p in common.load_model(str(base)).parameters()),
+              "batch_size": args.batch_size, "mean_tokens_per_row": round(mean_tokens, 1),
+              "steps_timed": args.steps - args.warmup,
+              "ours_sec_per_step": round(ours_sec, 4), "trl_sec_per_step": round(trl_sec, 4),
+              "ours_tokens_per_sec": round(tokens_per_step / ours_sec),
+              "trl_tokens_per_sec": round(tokens_per_step / trl_sec),
+              "speed_ratio_ours_over_trl": round(trl_sec / ours_sec, 2)}
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
