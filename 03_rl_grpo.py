@@ -1,10 +1,621 @@
-"""GRPO with Lean-verified rewards (proof x format), error-correction turns and fast rollouts (Kimina-Prover-RL).
+"""Stage 03: GRPO with Lean-verified rewards and error-correction turns (Kimina-Prover-RL).
 
-NOT IMPLEMENTED YET: this entry point is tracked by issue #4. Running it exits with status 2
-and says so; nothing here pretends to work.
+Each step: sample prompts (with probability ec_prob a cached second-turn prompt instead),
+generate group_size completions per prompt with a seed per rollout, extract the proof, run the
+format checks and the soundness gate, verify through lean_client (verification of one chunk
+overlaps generation of the next), reward = proof x format, advantage = reward - group mean,
+then clipped policy-gradient updates over mini-batches. Failed attempts with Lean errors become
+second-turn prompts (answer as assistant turn, Lean feedback as user turn).
+
+Writes runs/<run_name>/03_grpo/: metrics.jsonl (+ PNG curves), rollouts/step_XXXXXX.parquet
+(every rollout of every step), validation.jsonl (pass@1 and best@8 before/after error
+correction), step_XXXXXX/ checkpoints with exact resume, final/model, manifest.json (last).
+
+Defaults are Kimina-Prover-RL 1.7B (REFERENCE.md section 2): lr 2e-6 constant, 256 prompts x 8
+samples, mini-batch 32 prompts, temperature 1.0, clip 0.2/0.3, no KL, no entropy bonus, no
+length penalty, advantage not divided by std, loss = per-sequence token sum / max response
+length, validation every 5 steps with 8 samples at temperature 1, top_p 0.95.
+Departures: Kimina runs on verl with FSDP and vLLM across 8 GPUs; this script targets one GPU with
+a colocated vLLM engine (TRL colocate style) or several through accelerate data parallelism
+(each process generates for its share of prompts). GSPO (OProver) is `--ratio_level sequence`.
+
+Commands:
+    python 03_rl_grpo.py --run_name smoke --prompts_per_step 2 --group_size 8 --max_new_tokens 64 \\
+        --mini_batch_prompts 2 --lr 1e-4 --require_tactic_blocks false --max_steps 1500   # CPU toy
+    python 03_rl_grpo.py --run_name kimina --backend vllm                               # one GPU
+    accelerate launch --num_processes 8 03_rl_grpo.py --run_name kimina --backend vllm  # 8 GPUs
+Beyond one machine: recipes/verl/ exports the data and reward for verl (Kimina's engine).
 """
+import concurrent.futures as cf
+import dataclasses
+import json
+import random
+import shutil
 import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import common
+from lean_client import LeanClient
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    run_name: str = "default"
+    model: str = ""                      # default: runs/<run>/02_sft/final/model
+    data: str = ""                       # default: runs/<run>/01_data/rl_prompts.parquet
+    eval_data: str = ""                  # default: the first runs/<run>/01_data/eval_*.parquet
+    # rollouts
+    prompts_per_step: int = 256
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24576          # 32768 max length - 8192 prompt
+    max_prompt_tokens: int = 8192
+    backend: str = "hf"                  # hf (transformers) | vllm
+    gen_batch_size: int = 64
+    gen_chunks: int = 2                  # verify chunk k while generating chunk k+1
+    vllm_gpu_memory: float = 0.5
+    # reward
+    require_tactic_blocks: bool = True   # Kimina's ```tactics checks (off for the toy task)
+    overlong_buffer: int = 0             # >0: linear length penalty in the last N tokens (off)
+    # advantages and policy loss
+    adv_std_norm: bool = False
+    skip_zero_variance: bool = False     # dynamic sampling: drop groups with one reward value
+    clip_low: float = 0.2
+    clip_high: float = 0.3
+    loss_agg: str = "seq_sum_norm"       # seq_sum_norm (Kimina) | token_mean | seq_mean
+    ratio_level: str = "token"           # token (GRPO) | sequence (GSPO)
+    kl_coef: float = 0.0
+    mini_batch_prompts: int = 32
+    micro_batch_size: int = 16           # rollouts per forward pass (memory)
+    ppo_epochs: int = 1
+    lr: float = 2e-6
+    grad_clip: float = 1.0
+    lora: bool = False
+    lora_r: int = 16
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    # error correction (second turn)
+    error_correction: bool = True
+    ec_prob: float = 0.5
+    ec_cache_size: int = 5000
+    ec_max_feedback_chars: int = 3000
+    # verification
+    lean_timeout: int = 60
+    lean_batch_size: int = 8
+    lean_retries: int = 4                # per batch, with exponential backoff
+    # schedule and bookkeeping
+    epochs: int = 15
+    max_steps: int = 0
+    eval_every: int = 5
+    eval_samples: int = 8
+    eval_temperature: float = 1.0
+    eval_top_p: float = 0.95
+    eval_max_problems: int = 0           # 0: all
+    save_every: int = 5
+    keep_checkpoints: int = 2
+    resume: str = "auto"
+    stop_after_steps: int = 0
+    wandb: bool = False
+    seed: int = 0
+
+
+@dataclass
+class PromptItem:
+    row: dict                              # the statement row (statements schema)
+    turn: int = 1
+    prev_attempt: str = ""                 # turn 2: the first answer ...
+    feedback: str = ""                     # ... and Lean's feedback on it
+
+    def messages(self) -> list[dict]:
+        return common.prompt_messages({**self.row, "prev_attempt": self.prev_attempt,
+                                       "lean_feedback": self.feedback})
+
+
+@dataclass
+class Rollout:
+    item: PromptItem
+    prompt_ids: list[int]
+    gen: common.Generation
+    status: str = ""                       # Lean verdict status, or no_proof
+    format_errors: list[str] = field(default_factory=list)
+    reward: float = 0.0
+    advantage: float = 0.0
+    feedback: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------------------
+
+def resolve_paths(cfg: Settings) -> tuple[str, Path, Path | None]:
+    data_dir = common.stage_dir(cfg.run_name, "01_data")
+    model = cfg.model or str(common.stage_dir(cfg.run_name, "02_sft") / "final" / "model")
+    data = Path(cfg.data) if cfg.data else data_dir / "rl_prompts.parquet"
+    evals = sorted(data_dir.glob("eval_*.parquet"))
+    eval_data = Path(cfg.eval_data) if cfg.eval_data else (evals[0] if evals else None)
+    return model, data, eval_data
+
+
+def check_settings(cfg: Settings) -> None:
+    checks = {"backend": ("hf", "vllm"), "loss_agg": ("seq_sum_norm", "token_mean", "seq_mean"),
+              "ratio_level": ("token", "sequence")}
+    for key, allowed in checks.items():
+        if getattr(cfg, key) not in allowed:
+            raise SystemExit(f"--{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
+    if cfg.prompts_per_step % cfg.mini_batch_prompts:
+        raise SystemExit("--prompts_per_step must be a multiple of --mini_batch_prompts")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: prompts for a step (fresh, or cached second turns)
+# ---------------------------------------------------------------------------------------------
+
+class PromptSampler:
+    """Fresh prompts walk a per-epoch permutation; with probability ec_prob a slot takes a
+    cached second-turn prompt instead. Deterministic in (seed, step): resume needs only the
+    cursor, the epoch and the cache."""
+
+    def __init__(self, rows: list[dict], cfg: Settings):
+        self.rows, self.cfg = rows, cfg
+        self.epoch, self.cursor = 0, 0
+        self.cache: deque = deque(maxlen=cfg.ec_cache_size)
+        self.order = self._order(0)
+
+    def _order(self, epoch):
+        order = list(range(len(self.rows)))
+        random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
+        return order
+
+    def sample(self, step: int) -> list[PromptItem]:
+        rng = random.Random(common.rollout_seed(self.cfg.seed, step, -1))
+        items = []
+        for _ in range(self.cfg.prompts_per_step):
+            if self.cfg.error_correction and self.cache and rng.random() < self.cfg.ec_prob:
+                items.append(self.cache.pop() if len(self.cache) == 1 else
+                             self._take(rng.randrange(len(self.cache))))
+                continue
+            if self.cursor >= len(self.order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self.order = self._order(self.epoch)
+            items.append(PromptItem(self.rows[self.order[self.cursor]]))
+            self.cursor += 1
+        return items
+
+    def _take(self, k: int) -> PromptItem:
+        self.cache.rotate(-k)
+        item = self.cache.popleft()
+        self.cache.rotate(k)
+        return item
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor,
+                "cache": [dataclasses.asdict(i) for i in self.cache]}
+
+    def load(self, st: dict) -> None:
+        self.epoch, self.cursor = st["epoch"], st["cursor"]
+        self.order = self._order(self.epoch)
+        self.cache = deque((PromptItem(**i) for i in st["cache"]), maxlen=self.cfg.ec_cache_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward: proof x format, every part kept
+# ---------------------------------------------------------------------------------------------
+
+def score(rollouts: list[Rollout], client: LeanClient, cfg: Settings) -> None:
+    """Fill status, format errors, reward and feedback of each rollout (blocking)."""
+    items, where = [], []
+    for k, r in enumerate(rollouts):
+        stmt, text = r.item.row["formal_statement"], r.gen.text
+        r.format_errors = common.format_errors(text, stmt, require_tactic_blocks=cfg.require_tactic_blocks)
+        proof = common.extract_proof(text, stmt)
+        if proof is None:
+            r.status = "no_proof"
+            continue
+        items.append({"id": str(k), "statement": stmt,
+                      "code": common.build_lean_code(r.item.row["header"], stmt, proof)})
+        where.append(k)
+    for k, v in zip(where, client.verify(items)):
+        r = rollouts[k]
+        r.status = v.status
+        r.reward = float(v.ok and not r.format_errors)
+        if not v.ok:
+            r.feedback = v.feedback("kimina")
+    if cfg.overlong_buffer:
+        limit = cfg.max_new_tokens
+        for r in rollouts:
+            over = len(r.gen.token_ids) - (limit - cfg.overlong_buffer)
+            if over > 0:
+                r.reward -= over / cfg.overlong_buffer
+
+
+def group_advantages(rollouts: list[Rollout], cfg: Settings) -> tuple[list[Rollout], int]:
+    """reward - group mean (optionally / std); groups are consecutive runs of group_size.
+    Returns the rollouts to train on and the number of zero-variance groups."""
+    kept, zero_var = [], 0
+    for g in range(0, len(rollouts), cfg.group_size):
+        group = rollouts[g:g + cfg.group_size]
+        rewards = torch.tensor([r.reward for r in group], dtype=torch.float64)
+        adv = rewards - rewards.mean()
+        if cfg.adv_std_norm:
+            adv = adv / (rewards.std(unbiased=False) + 1e-6)
+        for r, a in zip(group, adv.tolist()):
+            r.advantage = a
+        if float(rewards.max() - rewards.min()) == 0.0:
+            zero_var += 1
+            if cfg.skip_zero_variance:
+                continue
+        kept += group
+    return kept, zero_var
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy loss
+# ---------------------------------------------------------------------------------------------
+
+def sequence_logprobs(model, batch: list[tuple[list[int], list[int]]], temperature: float, device):
+    """Per-token log-probs (and entropies) of each completion given its prompt, padded
+    [B, T_completion] with a mask."""
+    seqs = [p + c for p, c in batch]
+    width = max(map(len, seqs))
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, :len(s)] = torch.tensor(s)
+        attn[b, :len(s)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float() / temperature
+    t_max = max(len(c) for _, c in batch)
+    logp = torch.zeros((len(seqs), t_max), device=device)
+    ent = torch.zeros((len(seqs), t_max), device=device)
+    mask = torch.zeros((len(seqs), t_max), device=device)
+    for b, (p, c) in enumerate(batch):
+        lg = logits[b, len(p) - 1:len(p) - 1 + len(c)]
+        lsm = torch.log_softmax(lg, -1)
+        logp[b, :len(c)] = lsm.gather(-1, torch.tensor(c, device=device)[:, None]).squeeze(-1)
+        ent[b, :len(c)] = -(lsm.exp() * lsm).sum(-1)
+        mask[b, :len(c)] = 1
+    return logp, ent, mask
+
+
+def policy_loss(logp, old_logp, adv, mask, cfg: Settings, max_len: int, ref_logp=None,
+                n_seqs_total: int | None = None, n_tokens_total: int | None = None):
+    """Clipped surrogate with asymmetric clipping, aggregated as asked.
+
+    logp, old_logp, mask: [B, T]; adv: [B]. n_*_total: the mini-batch totals when this is one
+    micro-batch of it, so micro-batch losses add up to the mini-batch loss.
+    Returns (loss, stats)."""
+    log_ratio = (logp - old_logp) * mask
+    if cfg.ratio_level == "sequence":   # GSPO: exp(mean token log-ratio), one ratio per sequence
+        seq = log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)
+        log_ratio = seq[:, None].expand_as(logp)
+    ratio = torch.exp(log_ratio)
+    a = adv[:, None]
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * a
+    per_token = -torch.minimum(unclipped, clipped)
+    if cfg.kl_coef and ref_logp is not None:   # k3 estimator of KL(pi || ref)
+        d = ref_logp - logp
+        per_token = per_token + cfg.kl_coef * (torch.exp(d) - d - 1)
+    per_token = per_token * mask
+    n_seqs = n_seqs_total or logp.shape[0]
+    n_tokens = n_tokens_total or float(mask.sum())
+    if cfg.loss_agg == "seq_sum_norm":
+        loss = (per_token.sum(-1) / max_len).sum() / n_seqs
+    elif cfg.loss_agg == "token_mean":
+        loss = per_token.sum() / n_tokens
+    else:
+        loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
+    with torch.no_grad():
+        active = ((unclipped > clipped) & (mask > 0)).float().sum()
+    return loss, {"clipped_tokens": float(active), "tokens": float(mask.sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop
+# ---------------------------------------------------------------------------------------------
+
+def rollout_step(items, step, model, tok, gen, client, cfg, device, pool) -> tuple[list[Rollout], dict]:
+    """Generate group_size completions per item; verification of chunk k runs in `pool` while
+    chunk k+1 is generated. Returns rollouts (grouped) and timings."""
+    prompts = [common.render_prompt(tok, it.messages()) for it in items]
+    prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    timings = {"time_generate": 0.0, "time_verify_wait": 0.0, "skipped_long_prompts": 0}
+    rollouts: list[Rollout] = []
+    pending = []
+    n_chunks = max(1, min(cfg.gen_chunks, len(items)))
+    bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
+    for c in range(n_chunks):
+        chunk = range(bounds[c], bounds[c + 1])
+        t0 = time.perf_counter()
+        todo = [(i, s) for i in chunk for s in range(cfg.group_size)]
+        gens = gen.generate([prompts[i] for i, _ in todo],
+                            [common.rollout_seed(cfg.seed, step, i, s) for i, s in todo],
+                            cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        timings["time_generate"] += time.perf_counter() - t0
+        part = [Rollout(items[i], prompt_ids[i], g) for (i, _), g in zip(todo, gens)]
+        rollouts += part
+        pending.append(pool.submit(score, part, client, cfg))
+    t0 = time.perf_counter()
+    for f in pending:
+        f.result()
+    timings["time_verify_wait"] = time.perf_counter() - t0
+    return rollouts, timings
+
+
+def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, step: int, device) -> dict:
+    """ppo_epochs passes of mini-batch updates over the step's rollouts."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    stats = Counter()
+    entropies = []
+    per_mb = cfg.mini_batch_prompts * cfg.group_size
+    order = list(range(len(rollouts)))
+    old = [torch.tensor(r.gen.logprobs, dtype=torch.float32) for r in rollouts]
+    for epoch in range(cfg.ppo_epochs):
+        random.Random(common.rollout_seed(cfg.seed, step, epoch, -2)).shuffle(order)
+        for m in range(0, len(order), per_mb):
+            mb = order[m:m + per_mb]
+            n_tokens = sum(len(rollouts[i].gen.token_ids) for i in mb)
+            optimizer.zero_grad(set_to_none=True)
+            for u in range(0, len(mb), cfg.micro_batch_size):
+                micro = mb[u:u + cfg.micro_batch_size]
+                pairs = [(rollouts[i].prompt_ids, rollouts[i].gen.token_ids) for i in micro]
+                logp, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device)
+                old_lp = torch.zeros_like(logp)
+                for b, i in enumerate(micro):
+                    old_lp[b, :len(old[i])] = old[i].to(device)
+                ref_lp = None
+                if ref_model is not None:
+                    with torch.no_grad():
+                        ref_lp, _, _ = sequence_logprobs(ref_model, pairs, cfg.temperature, device)
+                adv = torch.tensor([rollouts[i].advantage for i in micro], device=device, dtype=torch.float32)
+                loss, st = policy_loss(logp, old_lp, adv, mask, cfg, cfg.max_new_tokens, ref_lp,
+                                       n_seqs_total=len(mb), n_tokens_total=n_tokens)
+                loss.backward()
+                stats.update(st)
+                stats["loss"] += float(loss.detach())
+                if epoch == 0:
+                    entropies.append(float((ent.detach() * mask).sum() / mask.sum().clamp(min=1)))
+                if ref_lp is not None:
+                    stats["kl_sum"] += float(((ref_lp - logp).exp() - (ref_lp - logp) - 1).mul(mask).sum())
+            if cfg.grad_clip:
+                stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            optimizer.step()
+            stats["updates"] += 1
+    out = {"loss": stats["loss"] / max(1, stats["updates"]), "clip_fraction": stats["clipped_tokens"] / max(1, stats["tokens"]),
+           "entropy": float(np.mean(entropies)) if entropies else float("nan"), "updates": stats["updates"],
+           "grad_norm": stats.get("grad_norm", 0.0)}
+    if ref_model is not None:
+        out["kl"] = stats["kl_sum"] / max(1, stats["tokens"])
+    return out
+
+
+def validate(rows, model, tok, gen, client, cfg, step) -> dict:
+    """pass@1 and best@N (bootstrap) on the eval set, before and after one error-correction turn."""
+    items = [PromptItem(r) for r in rows]
+    vcfg = dataclasses.replace(cfg, group_size=cfg.eval_samples, temperature=cfg.eval_temperature,
+                               top_p=cfg.eval_top_p, seed=cfg.seed + 1_000_003, gen_chunks=1)
+    with cf.ThreadPoolExecutor(1) as pool:
+        first, _ = rollout_step(items, step, model, tok, gen, client, vcfg, None, pool)
+        failed = [k for k, r in enumerate(first)
+                  if r.reward == 0 and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars]
+        fixed: set[int] = set()
+        if failed and cfg.error_correction:
+            seconds = [PromptItem(first[k].item.row, 2, first[k].gen.text, first[k].feedback) for k in failed]
+            second, _ = rollout_step(seconds, step, model, tok, gen, client,
+                                     dataclasses.replace(vcfg, group_size=1), None, pool)
+            fixed = {k for k, r in zip(failed, second) if r.reward > 0}
+    before, after = [], []
+    for g in range(0, len(first), cfg.eval_samples):
+        before.append([first[k].reward > 0 for k in range(g, g + cfg.eval_samples)])
+        after.append([first[k].reward > 0 or k in fixed for k in range(g, g + cfg.eval_samples)])
+    n = cfg.eval_samples
+    res = {"step": step, "problems": len(rows)}
+    for tag, succ in (("", before), ("_after_ec", after)):
+        res[f"pass@1{tag}"] = float(np.mean([np.mean(s) for s in succ]))
+        res[f"best@{n}{tag}"] = float(np.mean([common.best_at_n_bootstrap(s, n, seed=step) for s in succ]))
+    return res
+
+
+def train(cfg: Settings) -> Path:
+    check_settings(cfg)
+    out = common.stage_dir(cfg.run_name, "03_grpo")
+    (out / "rollouts").mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    model_path, data_path, eval_path = resolve_paths(cfg)
+    rows = common.read_rows(data_path, "statements")
+    train_rows = [r for r in rows if r["split"] != "valid"] or rows
+    eval_rows = common.read_rows(eval_path, "statements") if eval_path and cfg.eval_every else []
+    if cfg.eval_max_problems:
+        eval_rows = eval_rows[:cfg.eval_max_problems]
+    torch.manual_seed(cfg.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = common.load_tokenizer(model_path)
+    model = common.load_model(model_path, dtype="bfloat16" if device == "cuda" else "float32", device=device)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                                 target_modules=cfg.lora_targets.split(","), task_type="CAUSAL_LM"))
+    ref_model = common.load_model(model_path, device=device).eval() if cfg.kl_coef else None
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, max_retries=cfg.lean_retries,
+                        cache_path=out / "verdicts.sqlite")
+    client.require_healthy()
+    sampler = PromptSampler(train_rows, cfg)
+    step = 0
+    ckpt = find_resume(cfg, out)
+    if ckpt:
+        step = load_checkpoint(ckpt, model, optimizer, sampler, cfg)
+        print(f"resumed from {ckpt} at step {step}")
+    if cfg.backend == "vllm":
+        gen = common.VLLMGenerator(model_path, lora=cfg.lora, max_lora_rank=cfg.lora_r,
+                                   gpu_memory_utilization=cfg.vllm_gpu_memory)
+        push_weights(gen, model, cfg, out)
+    else:
+        gen = common.HFGenerator(model, tok, batch_size=cfg.gen_batch_size)
+    total = cfg.max_steps or cfg.epochs * max(1, len(train_rows) // cfg.prompts_per_step)
+    common.save_config(cfg, out, extra={"resolved_model": model_path, "data": str(data_path),
+                                        "eval_data": str(eval_path), "total_steps": total})
+    metrics = common.MetricsLog(out / "metrics.jsonl", step, cfg.wandb, cfg.run_name, dataclasses.asdict(cfg))
+    vlog = common.MetricsLog(out / "validation.jsonl", step)
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=step, desc="grpo")
+    pool = cf.ThreadPoolExecutor(1)
+    if eval_rows and step == 0:
+        vlog.log(validate(eval_rows, model, tok, gen, client, cfg, 0))
+    while step < total:
+        step += 1
+        t_step = time.perf_counter()
+        hits_before = client.stats["cache_hits"]
+        items = sampler.sample(step)
+        rollouts, timing = rollout_step(items, step, model, tok, gen, client, cfg, device, pool)
+        if cfg.backend == "vllm":   # vLLM's log-probs are not the trainer's: recompute them
+            with torch.no_grad():
+                for r in rollouts:
+                    lp, _, _ = sequence_logprobs(model, [(r.prompt_ids, r.gen.token_ids)], cfg.temperature, device)
+                    r.gen.logprobs = lp[0, :len(r.gen.token_ids)].tolist()
+        if cfg.error_correction:
+            for r in rollouts:
+                if (r.item.turn == 1 and r.reward == 0 and r.status in ("lean_error", "timeout")
+                        and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars):
+                    sampler.cache.append(PromptItem(r.item.row, 2, r.gen.text, r.feedback))
+        train_on, zero_var = group_advantages(rollouts, cfg)
+        t0 = time.perf_counter()
+        upd = update(model, ref_model, optimizer, train_on, cfg, step, device) if train_on else {}
+        t_update = time.perf_counter() - t0
+        if cfg.backend == "vllm":
+            push_weights(gen, model, cfg, out)
+        record = step_metrics(step, rollouts, zero_var, upd, timing, t_update, time.perf_counter() - t_step,
+                              client.stats["cache_hits"] - hits_before, len(sampler.cache))
+        metrics.log(record)
+        save_rollouts(out / "rollouts" / f"step_{step:06d}.parquet", step, rollouts)
+        bar.update(1)
+        bar.set_postfix(reward=f"{record['reward_mean']:.2f}", pass_rate=f"{record['pass_rate']:.2f}")
+        if eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+            vlog.log(validate(eval_rows, model, tok, gen, client, cfg, step))
+        stop_now = cfg.stop_after_steps and step >= cfg.stop_after_steps
+        if (cfg.save_every and step % cfg.save_every == 0) or stop_now or step == total:
+            save_checkpoint(out / f"step_{step:06d}", model, tok, optimizer, sampler, step, cfg)
+        if stop_now and step < total:
+            print(f"stopped after step {step} (--stop_after_steps); rerun to resume")
+            pool.shutdown()
+            return out
+    bar.close()
+    pool.shutdown()
+
+    # -----------------------------------------------------------------------------------------
+    # Save
+    # -----------------------------------------------------------------------------------------
+    final = out / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    plain = model.merge_and_unload() if cfg.lora else model
+    plain.save_pretrained(final / "model")
+    tok.save_pretrained(final / "model")
+    common.save_config(cfg, final, extra={"resolved_model": model_path, "steps": step})
+    plots = make_plots(out, metrics.rows, vlog.rows)
+    common.write_manifest(out, [out / "metrics.jsonl", out / "validation.jsonl", out / "config.json", *plots],
+                          extra={"stage": "03_grpo", "steps": step, "final_model": str(final / "model"),
+                                 "lean_client": dict(client.stats), "first": metrics.rows[0] if metrics.rows else {},
+                                 "last": metrics.rows[-1] if metrics.rows else {}})
+    print(f"wrote {final / 'model'}")
+    return out
+
+
+def step_metrics(step, rollouts, zero_var, upd, timing, t_update, t_step, cache_hits, ec_cache) -> dict:
+    n = len(rollouts)
+    fmt = Counter(e for r in rollouts for e in r.format_errors)
+    status = Counter(r.status for r in rollouts)
+    rec = {"step": step, "reward_mean": float(np.mean([r.reward for r in rollouts])),
+           "pass_rate": sum(r.status == "valid" for r in rollouts) / n,
+           "format_error_rate": sum(bool(r.format_errors) for r in rollouts) / n,
+           "response_length": float(np.mean([len(r.gen.token_ids) for r in rollouts])),
+           "second_turn_fraction": sum(r.item.turn == 2 for r in rollouts) / n,
+           "zero_variance_groups": zero_var, "cache_hits": cache_hits, "ec_cache": ec_cache,
+           "time_update": t_update, "time_step": t_step, **timing, **upd}
+    rec["verify_wait_share"] = timing["time_verify_wait"] / t_step
+    rec.update({f"format/{k}": v / n for k, v in sorted(fmt.items())})
+    rec.update({f"lean/{k}": v / n for k, v in sorted(status.items())})
+    return rec
+
+
+def save_rollouts(path: Path, step: int, rollouts: list[Rollout]) -> None:
+    common.write_parquet([{
+        "step": step, "prompt_id": r.item.row["statement_id"], "turn": r.item.turn,
+        "prompt": r.item.messages()[-1]["content"], "completion": r.gen.text, "status": r.status,
+        "format_errors": ",".join(r.format_errors), "reward": r.reward, "advantage": r.advantage,
+        "n_tokens": len(r.gen.token_ids), "finish": r.gen.finish} for r in rollouts], path, "rollouts")
+
+
+def make_plots(out: Path, rows: list[dict], vrows: list[dict]) -> list[Path]:
+    plots = [common.plot_curves(rows, out / "reward.png", ["reward_mean", "pass_rate"], "GRPO reward and pass rate"),
+             common.plot_curves(rows, out / "format_errors.png", ["format_error_rate"] +
+                                sorted({k for r in rows for k in r if k.startswith("format/")}), "format errors"),
+             common.plot_curves(rows, out / "response_length.png", ["response_length"], "mean response length (tokens)")]
+    if vrows:
+        keys = [k for k in vrows[-1] if k.startswith(("pass@1", "best@"))]
+        plots.append(common.plot_curves(vrows, out / "validation.png", keys, "validation"))
+    return plots
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and the vLLM weight push
+# ---------------------------------------------------------------------------------------------
+
+def save_checkpoint(folder: Path, model, tok, optimizer, sampler, step: int, cfg: Settings) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "sampler": sampler.state()},
+               tmp / "trainer_state.pt")
+    common.save_config(cfg, tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    for old in sorted(folder.parent.glob("step_*[0-9]"))[:-cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def find_resume(cfg: Settings, out: Path) -> Path | None:
+    if cfg.resume == "no":
+        return None
+    if cfg.resume != "auto":
+        if not (Path(cfg.resume) / "trainer_state.pt").exists():
+            raise SystemExit(f"--resume {cfg.resume}: not a checkpoint folder (no trainer_state.pt)")
+        return Path(cfg.resume)
+    found = sorted(p for p in out.glob("step_*[0-9]") if (p / "trainer_state.pt").exists())
+    return found[-1] if found else None
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, sampler, cfg) -> int:
+    from safetensors.torch import load_file
+    if cfg.lora:
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, load_file(ckpt / "model" / "adapter_model.safetensors"))
+    else:
+        state = {}
+        for f in sorted((ckpt / "model").glob("*.safetensors")):
+            state.update(load_file(f))
+        model.load_state_dict(state, strict=False)
+    st = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(st["optimizer"])
+    sampler.load(st["sampler"])
+    return st["step"]
+
+
+def push_weights(gen, model, cfg: Settings, out: Path) -> None:
+    if cfg.lora:
+        gen.push_lora(model, out / "adapters")
+    else:
+        gen.push_full_weights(model)
+
 
 if __name__ == "__main__":
-    print("03_rl_grpo.py is not implemented yet (issue #4): see README.md, 'Status'.", file=sys.stderr)
-    sys.exit(2)
+    train(common.parse_settings(Settings, sys.argv[1:], description=__doc__))

@@ -1,0 +1,198 @@
+"""03_rl_grpo.py: the maths on hand-built batches, one real update, faults, exact resume."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+import torch
+
+from conftest import ROOT
+import common
+
+spec = importlib.util.spec_from_file_location("grpo", ROOT / "03_rl_grpo.py")
+grpo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(grpo)
+
+
+def cfg(**kw):
+    base = dict(run_name="t", prompts_per_step=2, group_size=4, max_new_tokens=48, mini_batch_prompts=2,
+                micro_batch_size=4, lr=1e-3, require_tactic_blocks=False, max_steps=2, eval_every=0,
+                save_every=0, lean_timeout=5)
+    return grpo.Settings(**{**base, **kw})
+
+
+def fake_rollouts(rewards, group_size):
+    item = grpo.PromptItem({"statement_id": "x", "formal_statement": "theorem x : 1 = 1 := by", "header": ""})
+    return [grpo.Rollout(item, [1], common.Generation("", [2], [0.0], "eos"), reward=r) for r in rewards]
+
+
+# ---------------------------------------------------------------- advantages
+
+def test_group_advantages_by_hand():
+    rs = fake_rollouts([1, 0, 0, 1, 0, 0, 0, 0], 4)
+    kept, zero = grpo.group_advantages(rs, cfg())
+    assert [r.advantage for r in rs] == [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]
+    assert zero == 1 and len(kept) == 8
+    rs = fake_rollouts([1, 0, 0, 0, 1, 1, 1, 1], 4)
+    kept, zero = grpo.group_advantages(rs, cfg(adv_std_norm=True, skip_zero_variance=True))
+    std = math.sqrt(0.25 * 0.75)   # population std of [1, 0, 0, 0]
+    assert rs[0].advantage == pytest.approx(0.75 / (std + 1e-6))
+    assert rs[1].advantage == pytest.approx(-0.25 / (std + 1e-6))
+    assert zero == 1 and len(kept) == 4 and kept == rs[:4]
+
+
+# ---------------------------------------------------------------- ratios, clipping, aggregation
+
+LOGP = torch.tensor([[math.log(1.5), math.log(0.5), 0.0], [math.log(0.5), math.log(2.0), 0.0]])
+OLD = torch.zeros(2, 3)
+MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+ADV = torch.tensor([1.0, -1.0])
+# by hand: ratios [[1.5, 0.5, (masked)], [0.5, 2.0, 1.0]], clip range [0.8, 1.3]
+# seq 0 (A=+1): -min(1.5, 1.3) = -1.3 ; -min(0.5, 0.8) = -0.5
+# seq 1 (A=-1): -min(-0.5, -0.8) = 0.8 ; -min(-2.0, -1.3) = 2.0 ; -min(-1, -1) = 1.0
+TOKEN_LOSS = [[-1.3, -0.5], [0.8, 2.0, 1.0]]
+
+
+@pytest.mark.parametrize("agg,expected", [
+    ("seq_sum_norm", ((-1.3 - 0.5) / 10 + (0.8 + 2.0 + 1.0) / 10) / 2),
+    ("token_mean", (-1.3 - 0.5 + 0.8 + 2.0 + 1.0) / 5),
+    ("seq_mean", ((-1.3 - 0.5) / 2 + (0.8 + 2.0 + 1.0) / 3) / 2),
+])
+def test_policy_loss_by_hand(agg, expected):
+    loss, stats = grpo.policy_loss(LOGP, OLD, ADV, MASK, cfg(loss_agg=agg), max_len=10)
+    assert float(loss) == pytest.approx(expected, abs=1e-6)
+    # clipped tokens: seq0 tok0 (1.5 > 1.3 with A>0), seq1 tok0 (0.5 < 0.8 with A<0)
+    assert stats == {"clipped_tokens": 2.0, "tokens": 5.0}
+
+
+def test_micro_batches_add_up_to_the_mini_batch_loss():
+    c = cfg(loss_agg="token_mean")
+    whole, _ = grpo.policy_loss(LOGP, OLD, ADV, MASK, c, 10)
+    parts = sum(float(grpo.policy_loss(LOGP[i:i + 1], OLD[i:i + 1], ADV[i:i + 1], MASK[i:i + 1], c, 10,
+                                       n_seqs_total=2, n_tokens_total=5)[0]) for i in range(2))
+    assert parts == pytest.approx(float(whole))
+
+
+def test_gspo_uses_one_ratio_per_sequence():
+    c = cfg(ratio_level="sequence", clip_low=0.2, clip_high=0.3, loss_agg="seq_mean")
+    loss, _ = grpo.policy_loss(LOGP, OLD, ADV, MASK, c, max_len=10)
+    r0 = math.exp((math.log(1.5) + math.log(0.5)) / 2)         # 0.866: inside the band
+    r1 = math.exp((math.log(0.5) + math.log(2.0) + 0.0) / 3)   # 1.0
+    assert float(loss) == pytest.approx((-r0 + r1) / 2, abs=1e-6)
+
+
+def test_kl_term_is_zero_at_the_reference_and_positive_elsewhere():
+    c = cfg(kl_coef=0.5, loss_agg="token_mean")
+    base, _ = grpo.policy_loss(LOGP, OLD, ADV, MASK, c, 10)
+    same, _ = grpo.policy_loss(LOGP, OLD, ADV, MASK, c, 10, ref_logp=LOGP.clone())
+    other, _ = grpo.policy_loss(LOGP, OLD, ADV, MASK, c, 10, ref_logp=torch.zeros_like(LOGP))
+    assert float(same) == pytest.approx(float(base)) and float(other) > float(base)
+
+
+# ---------------------------------------------------------------- one real update
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    texts = ["<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n rfl decide omega norm_num"] * 30
+    folder = common.build_tiny_model(texts, tmp_path_factory.mktemp("m") / "tiny")
+    return common.load_tokenizer(str(folder)), common.load_model(str(folder)), folder
+
+
+def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
+    tok, model, _ = tiny
+    prompt = tok("<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids
+    good, bad = tok(" rfl", add_special_tokens=False).input_ids, tok(" omega", add_special_tokens=False).input_ids
+    pairs = [(prompt, good), (prompt, bad)]
+    with torch.no_grad():
+        before, _, mask = grpo.sequence_logprobs(model, pairs, 1.0, "cpu")
+    item = grpo.PromptItem({"statement_id": "p"})
+    rollouts = [grpo.Rollout(item, prompt, common.Generation("", c, before[i, :len(c)].tolist(), "eos"),
+                             reward=float(i == 0)) for i, c in enumerate([good, bad])]
+    c = cfg(group_size=2, mini_batch_prompts=1, prompts_per_step=1, lr=1e-2)
+    grpo.group_advantages(rollouts, c)
+    assert [r.advantage for r in rollouts] == [0.5, -0.5]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    stats = grpo.update(model, None, opt, rollouts, c, 1, "cpu")
+    with torch.no_grad():
+        after, _, _ = grpo.sequence_logprobs(model, pairs, 1.0, "cpu")
+    seq = lambda t, i: float((t[i] * mask[i]).sum())
+    assert seq(after, 0) > seq(before, 0) and seq(after, 1) < seq(before, 1)
+    assert stats["updates"] == 1 and stats["clip_fraction"] == 0.0
+
+
+# ---------------------------------------------------------------- the whole loop
+
+@pytest.fixture
+def rl_run(tmp_path, tiny, monkeypatch):
+    """A run folder with toy data (stage 01) and the tiny model; the stand-in on LEAN_SERVER_API_URL."""
+    monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "t",
+                    "--toy_n_statements", "200"], check=True, capture_output=True,
+                   env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
+    return tmp_path / "runs" / "t", str(tiny[2])
+
+
+def test_faults_cost_error_verdicts_not_the_run(rl_run, make_standin, monkeypatch):
+    run, model = rl_run
+    url, proc = make_standin()
+    monkeypatch.setenv("LEAN_SERVER_API_URL", url)
+    requests.post(url + "/_standin/faults", json={"rates": {"500": 1.0}})
+    real_score, calls = grpo.score, []
+
+    def score_with_planted(rollouts, client, c):
+        """Plant one correct proof, so verification really happens; at step 3 the server dies."""
+        calls.append(1)
+        if len(calls) == 3:   # one call per generation chunk (gen_chunks=1 here)
+            proc.stop()
+        r = rollouts[0]
+        stmt = r.item.row["formal_statement"]
+        r.gen = common.Generation(f"<think>\nx\n</think>\n```lean4\n{r.item.row['header']}{stmt}\n  rfl\n```",
+                                  r.gen.token_ids, r.gen.logprobs, r.gen.finish)
+        return real_score(rollouts, client, c)
+    monkeypatch.setattr(grpo, "score", score_with_planted)
+    grpo.train(cfg(model=model, max_steps=4, gen_chunks=1, lean_retries=1))
+    out = run / "03_grpo"
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]          # the run finished
+    assert all(r["reward_mean"] == 0.0 for r in rows)
+    assert all(r["lean/server_error"] > 0 for r in rows)       # 500s, then a dead server
+    import pandas as pd
+    ro = pd.read_parquet(out / "rollouts/step_000004.parquet")
+    assert (ro.reward == 0).all() and (ro.status == "server_error").sum() >= 1
+    assert json.loads((out / "manifest.json").read_text())["lean_client"]["failed_snippets"] >= 4
+
+
+def test_resume_is_exact(rl_run, standin, monkeypatch):
+    run, model = rl_run
+    monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
+    monkeypatch.setattr(common, "RUNS_ROOT", run.parent)
+    grpo.train(cfg(model=model, run_name="t", max_steps=4, eval_every=2, eval_max_problems=4, eval_samples=2))
+    full = (run / "03_grpo/final/model/model.safetensors").read_bytes()
+    full_metrics = [json.loads(l) for l in (run / "03_grpo/metrics.jsonl").read_text().splitlines()]
+    import shutil
+    shutil.rmtree(run / "03_grpo")
+    grpo.train(cfg(model=model, run_name="t", max_steps=4, stop_after_steps=2, eval_every=2,
+                   eval_max_problems=4, eval_samples=2))
+    assert not (run / "03_grpo/final").exists()
+    grpo.train(cfg(model=model, run_name="t", max_steps=4, eval_every=2, eval_max_problems=4, eval_samples=2))
+    assert (run / "03_grpo/final/model/model.safetensors").read_bytes() == full
+    cut = [json.loads(l) for l in (run / "03_grpo/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in cut] == [1, 2, 3, 4]
+    keys = ("reward_mean", "response_length", "loss")
+    assert [[r[k] for k in keys] for r in cut] == [[r[k] for k in keys] for r in full_metrics]
+    val = [json.loads(l)["step"] for l in (run / "03_grpo/validation.jsonl").read_text().splitlines()]
+    assert val == [0, 2, 4]
+    for f in ("reward.png", "format_errors.png", "response_length.png", "validation.png"):
+        assert (run / "03_grpo" / f).stat().st_size > 5000
+
+
+def test_bad_settings(rl_run, standin, monkeypatch):
+    monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
+    with pytest.raises(SystemExit, match="--loss_agg must be one of"):
+        grpo.train(cfg(loss_agg="mean"))
+    with pytest.raises(SystemExit, match="multiple of --mini_batch_prompts"):
+        grpo.train(cfg(prompts_per_step=3))
