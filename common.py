@@ -721,8 +721,9 @@ class Generation:
     finish: str                # eos | stop | length
 
 
-def rollout_seed(*parts: int) -> int:
-    """A seed for one rollout from (seed, step, prompt, sample): independent of batch layout."""
+def rollout_seed(*parts) -> int:
+    """A seed for one rollout from e.g. (seed, step, prompt, sample), ints or strings: stable
+    across processes (no Python hash()) and independent of batch layout."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
