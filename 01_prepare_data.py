@@ -72,7 +72,7 @@ class Settings:
     valid_fraction: float = 0.02            # held out of the training pools, by statement hash
     ngram: int = 8                          # conclusion n-gram overlap diagnostic
     # toy task
-    toy_n_statements: int = 3000
+    toy_n_statements: int = 20000          # enough that SFT must learn to copy, not memorise
     toy_eval_fraction: float = 0.1
     toy_sft_fraction: float = 0.5           # of the training statements, the rest are RL prompts
     toy_sft_correct: float = 0.25           # chance an SFT proof uses the right tactic (4 tactics)
@@ -361,9 +361,11 @@ TOY_HEADER = "import Mathlib\n\n"
 
 
 def toy_statement(rng: random.Random) -> tuple[str, str]:
-    """A true closed ℕ statement and the relation symbol it uses."""
-    from lean_standin_server import RELATIONS
-    rel = rng.choice(RELATIONS)
+    """A true closed ℕ statement and the relation symbol it uses. The tactic that fits is drawn
+    first, then one of its relations, so every tactic is right equally often (with relations
+    drawn uniformly, omega would fit 4 of 7 and RL collapses onto it)."""
+    from lean_standin_server import TACTIC_RULES
+    rel = rng.choice(TACTIC_RULES[rng.choice(sorted(TACTIC_RULES))])
     a, b = rng.randint(1, 30), rng.randint(1, 30)
     lhs, val = rng.choice([(f"{a} + {b}", a + b), (f"{a} * {b}", a * b), (str(a), a)])
     k = rng.randint(1, 20)

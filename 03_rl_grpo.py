@@ -263,26 +263,30 @@ def group_advantages(rollouts: list[Rollout], cfg: Settings) -> tuple[list[Rollo
 # ---------------------------------------------------------------------------------------------
 
 def sequence_logprobs(model, batch: list[tuple[list[int], list[int]]], temperature: float, device):
-    """Per-token log-probs (and entropies) of each completion given its prompt, padded
-    [B, T_completion] with a mask."""
-    seqs = [p + c for p, c in batch]
-    width = max(map(len, seqs))
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, :len(s)] = torch.tensor(s)
-        attn[b, :len(s)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float() / temperature
+    """Per-token log-probs (and entropies) of each completion given its prompt: [B, T] with a mask.
+
+    Prompts are left-padded so every completion starts at the same column; the vocabulary
+    projection then runs only on completion positions (logits_to_keep), not on the prompts."""
+    p_max = max(len(p) for p, _ in batch)
     t_max = max(len(c) for _, c in batch)
-    logp = torch.zeros((len(seqs), t_max), device=device)
-    ent = torch.zeros((len(seqs), t_max), device=device)
-    mask = torch.zeros((len(seqs), t_max), device=device)
+    ids = torch.zeros((len(batch), p_max + t_max), dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    targets = torch.zeros((len(batch), t_max), dtype=torch.long)
+    mask = torch.zeros((len(batch), t_max))
     for b, (p, c) in enumerate(batch):
-        lg = logits[b, len(p) - 1:len(p) - 1 + len(c)]
-        lsm = torch.log_softmax(lg, -1)
-        logp[b, :len(c)] = lsm.gather(-1, torch.tensor(c, device=device)[:, None]).squeeze(-1)
-        ent[b, :len(c)] = -(lsm.exp() * lsm).sum(-1)
+        ids[b, p_max - len(p):p_max] = torch.tensor(p)
+        ids[b, p_max:p_max + len(c)] = torch.tensor(c)
+        attn[b, p_max - len(p):p_max + len(c)] = 1
+        targets[b, :len(c)] = torch.tensor(c)
         mask[b, :len(c)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    ids, attn, pos, targets, mask = (t.to(device) for t in (ids, attn, pos, targets, mask))
+    # logits at columns p_max-1 .. p_max+t_max-2 predict the completion tokens
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                   logits_to_keep=t_max + 1).logits[:, :t_max].float() / temperature
+    lsm = torch.log_softmax(logits, -1)
+    logp = lsm.gather(-1, targets[..., None]).squeeze(-1) * mask
+    ent = -(lsm.exp() * lsm).sum(-1) * mask
     return logp, ent, mask
 
 

@@ -1,33 +1,60 @@
 #!/usr/bin/env bash
-# The CPU smoke run of the whole pipeline on the toy task, with the stand-in Lean server
-# (NOT Lean: see lean_standin_server.py). Sets up .venv first.
-#   bash smoke.sh                 # run name "smoke", results in results/smoke/
-#   RUN=myrun bash smoke.sh
+# The CPU smoke run of the whole pipeline on the toy task, with the stand-in Lean server (NOT
+# Lean: lean_standin_server.py). Sets up .venv first, then 01 -> 02 -> 04 (SFT model) -> 03 ->
+# 04 (RL model), and collects tables and plots in results/<run>/.
+#   bash smoke.sh                        # tiny preset (~1M-parameter Qwen3)
+#   PRESET=smollm2 bash smoke.sh         # the real SmolLM2-135M-Instruct (slow: see README)
+#   LEAN_SERVER_API_URL=http://host:80 bash smoke.sh   # a real Kimina Lean Server: real statements
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
 PY=.venv/bin/python
+PRESET=${PRESET:-tiny}
 RUN=${RUN:-smoke}
+[ "$PRESET" = tiny ] || RUN=${RUN}_$PRESET
 export PROVER_RUNS_DIR=${PROVER_RUNS_DIR:-$PWD/runs}
+SFT_STEPS=${SFT_STEPS:-1500}
+RL_STEPS=${RL_STEPS:-100}
+EVAL_PROBLEMS=${EVAL_PROBLEMS:-200}
+step() { echo; echo "[smoke $(date +%H:%M:%S)] === $* ==="; }
 
 if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
-  # start the stand-in on a free localhost port; stopped when this script exits
-  exec 3< <($PY lean_standin_server.py --port 0 --workers 4)
+  # the stand-in on a free localhost port, stopped when this script exits
+  exec 3< <(exec $PY lean_standin_server.py --port 0 --workers 4)
   STANDIN_PID=$!
   trap 'kill $STANDIN_PID 2>/dev/null || true' EXIT
   read -r line <&3
   export LEAN_SERVER_API_URL=${line##* }
-  echo "[smoke] stand-in Lean server (not Lean) at $LEAN_SERVER_API_URL"
+  echo "[smoke] stand-in Lean server (NOT Lean) at $LEAN_SERVER_API_URL"
+  DATA_ARGS=(--task toy)
+  RL_ARGS=(--require_tactic_blocks false --max_new_tokens 64 --eval_max_problems 100)
+  EVAL_ARGS=(--max_new_tokens 64)
+else
+  # a real Lean server: real statements (Lean-Workbook for RL, miniF2F-valid for validation);
+  # the tiny model will prove next to nothing, but every stage runs on real Lean
+  DATA_ARGS=(--rl_sources leanworkbook_6k --sft_sources minif2f_valid_proofs --eval_sets minif2f_test)
+  RL_ARGS=(--require_tactic_blocks true --max_new_tokens 512 --eval_max_problems 40)
+  EVAL_ARGS=(--max_new_tokens 512)
 fi
 
-step() { echo; echo "[smoke] === $* ==="; }
-step "01 prepare data (toy task)"
-$PY 01_prepare_data.py --task toy --run_name "$RUN"
-for stage in 02_sft.py 03_rl_grpo.py 04_eval.py; do
-  step "$stage"
-  set +e; $PY "$stage" --run_name "$RUN"; rc=$?; set -e
-  if [ $rc -ne 0 ]; then
-    echo "[smoke] stopped at $stage (exit $rc). The stages after 01 are not implemented yet: see README 'Status'." >&2
-    exit $rc
-  fi
-done
+step "01 prepare data"
+$PY 01_prepare_data.py --run_name "$RUN" "${DATA_ARGS[@]}"
+step "02 SFT ($PRESET, $SFT_STEPS steps)"
+if [ "$PRESET" = tiny ]; then
+  $PY 02_sft.py --run_name "$RUN" --preset tiny --max_steps "$SFT_STEPS" --lr 3e-3 --warmup_steps 30 \
+      --eval_every 250 --save_every 500
+else
+  $PY 02_sft.py --run_name "$RUN" --preset smollm2 --max_steps "${SMOL_SFT_STEPS:-60}" --lr 5e-5 \
+      --batch_size 4 --max_seq_len 512 --eval_every 20 --eval_batches 2 --save_every 20
+fi
+step "04 eval of the SFT model"
+$PY 04_eval.py --run_name "$RUN" --model "$PROVER_RUNS_DIR/$RUN/02_sft/final/model" --tag sft \
+    --n_samples 8 --max_problems "$EVAL_PROBLEMS" "${EVAL_ARGS[@]}"
+step "03 GRPO ($RL_STEPS steps)"
+$PY 03_rl_grpo.py --run_name "$RUN" --prompts_per_step 8 --group_size 8 --mini_batch_prompts 8 \
+    --lr 3e-4 --max_steps "$RL_STEPS" --eval_every 25 --eval_samples 8 --save_every 25 "${RL_ARGS[@]}"
+step "04 eval of the RL model"
+$PY 04_eval.py --run_name "$RUN" --model "$PROVER_RUNS_DIR/$RUN/03_grpo/final/model" --tag grpo \
+    --n_samples 8 --max_problems "$EVAL_PROBLEMS" "${EVAL_ARGS[@]}"
+step "collect results/$RUN"
+$PY collect_results.py --run_name "$RUN"

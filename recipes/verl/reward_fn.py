@@ -1,0 +1,46 @@
+"""verl custom reward: Kimina's proof x format, verified through lean_client (same code as 03).
+
+verl config (single-sample reward manager):
+    custom_reward_function.path=recipes/verl/reward_fn.py custom_reward_function.name=compute_score
+Batched (one Lean request per batch, much faster):
+    reward_model.reward_manager=batch custom_reward_function.name=compute_score_batch
+Environment: LEAN_SERVER_API_URL (comma-separated for several servers), LEAN_SERVER_API_KEY,
+REQUIRE_TACTIC_BLOCKS=0 to drop Kimina's ```tactics checks.
+"""
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import common  # noqa: E402
+from lean_client import LeanClient  # noqa: E402
+
+_client = None
+
+
+def _get_client() -> LeanClient:
+    global _client
+    if _client is None:
+        _client = LeanClient(timeout=int(os.environ.get("LEAN_TIMEOUT", "60")))
+    return _client
+
+
+def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, **kwargs):
+    tactic_blocks = os.environ.get("REQUIRE_TACTIC_BLOCKS", "1") != "0"
+    results, items, where = [], [], []
+    for k, (text, stmt, info) in enumerate(zip(solution_strs, ground_truths, extra_infos)):
+        fmt = common.format_errors(text, stmt, require_tactic_blocks=tactic_blocks)
+        proof = common.extract_proof(text, stmt)
+        results.append({"score": 0.0, "format_ok": float(not fmt), "proof_ok": 0.0})
+        if proof is not None:
+            items.append({"id": str(k), "statement": stmt,
+                          "code": common.build_lean_code(info["header"], stmt, proof)})
+            where.append(k)
+    for k, v in zip(where, _get_client().verify(items)):
+        results[k]["proof_ok"] = float(v.ok)
+        results[k]["score"] = results[k]["proof_ok"] * results[k]["format_ok"]
+    return results
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info])[0]

@@ -1,0 +1,30 @@
+"""The README's main command, end to end, with small step counts (slow)."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_smoke_script_runs_every_stage(tmp_path):
+    env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs"), "RUN": "pipetest", "SFT_STEPS": "60",
+           "RL_STEPS": "3", "EVAL_PROBLEMS": "6"}
+    env.pop("LEAN_SERVER_API_URL", None)
+    proc = subprocess.run(["bash", str(ROOT / "smoke.sh")], env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs/pipetest"
+    for stage in ("01_data", "02_sft", "03_grpo"):
+        assert (run / stage / "manifest.json").exists(), stage
+    assert len((run / "03_grpo/metrics.jsonl").read_text().splitlines()) == 3
+    res = ROOT / "results/pipetest"
+    try:
+        summary = (res / "summary.md").read_text()
+        assert "NOT Lean" in summary and "## 03 GRPO" in summary
+        assert (res / "pass_at_k_before_after_rl.png").stat().st_size > 5000
+        assert (res / "sft/toy_single.md").exists() and (res / "grpo/toy_single.md").exists()
+    finally:
+        import shutil
+        shutil.rmtree(res, ignore_errors=True)
