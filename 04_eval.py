@@ -503,7 +503,8 @@ def main(argv=None):
     cfg = common.parse_settings(Settings, argv, description=__doc__)
     if cfg.mode not in ("single", "correction", "repair", "tool", "recompute"):
         raise SystemExit(f"--mode must be single, correction, repair, tool or recompute, got {cfg.mode!r}")
-    caption = f"`python 04_eval.py {' '.join(argv if argv is not None else sys.argv[1:])}`, {os.cpu_count()} CPU cores"
+    shown = " ".join(argv if argv is not None else sys.argv[1:]).replace(str(common.PROJECT_ROOT) + "/", "")
+    caption = f"`python 04_eval.py {shown}`, {os.cpu_count()} CPU cores"
     if cfg.mode == "recompute":
         if not cfg.verdicts:
             raise SystemExit("--mode recompute needs --verdicts FILE")
@@ -553,7 +554,8 @@ def main(argv=None):
             attempts[r["statement_id"]] = sum(len(p) for p in per)
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
         table = pass_at_k_table(succ, default_ks(n), cfg.bootstrap, cfg.seed)
-        extra = {"model": model_path, "samples (trajectories) per problem": n,
+        extra = {"model": model_path.replace(str(common.PROJECT_ROOT) + "/", ""),
+                 "samples (trajectories) per problem": n,
                  "attempts": sum(attempts.values()), "generated tokens": sum(x["n_tokens"] for x in log.rows),
                  "verifier": "stand-in server (NOT Lean)" if "standin" in (client.identity or "") else "Lean server"}
         if cfg.mode == "correction":
