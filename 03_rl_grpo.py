@@ -335,7 +335,10 @@ def rollout_step(items, step, model, tok, gen, client, cfg, device, pool) -> tup
     timings = {"time_generate": 0.0, "time_verify_wait": 0.0, "skipped_long_prompts": 0}
     rollouts: list[Rollout] = []
     pending = []
-    n_chunks = max(1, min(cfg.gen_chunks, len(items)))
+    # chunks overlap verification with generation, but never at the cost of the generation batch:
+    # a chunk is used only if it still fills gen_batch_size rollouts
+    full_batches = (len(items) * cfg.group_size) // max(1, cfg.gen_batch_size)
+    n_chunks = max(1, min(cfg.gen_chunks, len(items), full_batches))
     bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
     for c in range(n_chunks):
         chunk = range(bounds[c], bounds[c + 1])
