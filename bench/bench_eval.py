@@ -6,17 +6,13 @@ same model, problems and stand-in server (NOT Lean; --latency_ms per proof), in 
 """
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-from bench_sft import load_stage  # noqa: E402
-from lean_client import LeanClient  # noqa: E402
-from lean_standin_server import StandinProcess  # noqa: E402
+from _util import common, load_stage
+from lean_client import LeanClient
+from lean_standin_server import StandinProcess
 
 
 def main():

@@ -15,18 +15,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-from bench_sft import load_stage  # noqa: E402
-from lean_client import LeanClient  # noqa: E402
-from lean_standin_server import StandinProcess  # noqa: E402
+from _util import common, load_stage, toy_run
+from lean_client import LeanClient
+from lean_standin_server import StandinProcess
 
 
 def main():
@@ -37,11 +30,7 @@ def main():
     p.add_argument("--latency_ms", type=float, default=50)
     args = p.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_grpo_"))
-    os.environ["PROVER_RUNS_DIR"] = str(work / "runs")
-    common.RUNS_ROOT = work / "runs"
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "b"],
-                   check=True, capture_output=True, env=os.environ)
+    work = toy_run("bench_grpo_")
     rows = [r for r in common.read_rows(work / "runs/b/01_data/rl_prompts.parquet", "statements")
             if r["split"] != "valid"]
     model = args.model or str(common.build_tiny_model(

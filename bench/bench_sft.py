@@ -9,27 +9,12 @@ training tokens per second, and the ratio ours / TRL (goal: >= 1).
     python bench/bench_sft.py                       # the README numbers
 """
 import argparse
-import importlib.util
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-
-
-def load_stage(name, file):
-    spec = importlib.util.spec_from_file_location(name, ROOT / file)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _util import common, load_stage, toy_run
 
 
 def main():
@@ -39,11 +24,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=8)
     args = p.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_sft_"))
-    os.environ["PROVER_RUNS_DIR"] = str(work / "runs")
-    common.RUNS_ROOT = work / "runs"
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "b"],
-                   check=True, capture_output=True, env=os.environ)
+    work = toy_run("bench_sft_")
     data = work / "runs/b/01_data/sft.parquet"
     rows = [r for r in common.read_rows(data, "sft") if r["split"] != "valid"]
     base = common.build_tiny_model([common.render_prompt_text(r) + r["completion"] for r in rows],
