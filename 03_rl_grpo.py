@@ -15,16 +15,16 @@ Defaults are Kimina-Prover-RL 1.7B (REFERENCE.md section 2): lr 2e-6 constant, 2
 samples, mini-batch 32 prompts, temperature 1.0, clip 0.2/0.3, no KL, no entropy bonus, no
 length penalty, advantage not divided by std, loss = per-sequence token sum / max response
 length, validation every 5 steps with 8 samples at temperature 1, top_p 0.95.
-Departures: Kimina runs on verl with FSDP and vLLM across 8 GPUs; this script targets one GPU with
-a colocated vLLM engine (TRL colocate style) or several through accelerate data parallelism
-(each process generates for its share of prompts). GSPO (OProver) is `--ratio_level sequence`.
+Departures: Kimina runs on verl with FSDP and vLLM across 8 GPUs; this script is single-process:
+CPU, or one GPU with a colocated vLLM engine (TRL colocate style). It has no data-parallel code
+yet, so do not start it with several processes; for several GPUs or machines, export to verl
+(recipes/verl/). GSPO (OProver) is `--ratio_level sequence`.
 
 Commands:
     python 03_rl_grpo.py --run_name smoke --prompts_per_step 2 --group_size 8 --max_new_tokens 64 \\
         --mini_batch_prompts 2 --lr 1e-4 --require_tactic_blocks false --max_steps 1500   # CPU toy
     python 03_rl_grpo.py --run_name kimina --backend vllm                               # one GPU
-    accelerate launch --num_processes 8 03_rl_grpo.py --run_name kimina --backend vllm  # 8 GPUs
-Beyond one machine: recipes/verl/ exports the data and reward for verl (Kimina's engine).
+Several GPUs or machines: recipes/verl/ exports the data and the reward for verl (Kimina's engine).
 """
 import concurrent.futures as cf
 import dataclasses

@@ -529,7 +529,7 @@ def main(argv=None):
     client.require_healthy()
     ev = Evaluator(cfg, model_path, client)
     results = common.PROJECT_ROOT / "results" / cfg.run_name / tag
-    written, curves = [], {}
+    written, curves, overall = [], {}, {}
     for bench, rows in benches.items():
         folder = out / bench / cfg.mode
         log = SampleLog(folder)
@@ -554,6 +554,7 @@ def main(argv=None):
             attempts[r["statement_id"]] = sum(len(p) for p in per)
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
         table = pass_at_k_table(succ, default_ks(n), cfg.bootstrap, cfg.seed)
+        overall.update({f"{bench}/{sid}": v for sid, v in succ.items()})
         extra = {"model": model_path.replace(str(common.PROJECT_ROOT) + "/", ""),
                  "samples (trajectories) per problem": n,
                  "attempts": sum(attempts.values()), "generated tokens": sum(x["n_tokens"] for x in log.rows),
@@ -567,6 +568,10 @@ def main(argv=None):
         curves[f"{tag} {bench} ({cfg.mode})"] = table
         if cfg.mode == "repair":
             written.append(plot_budget(results / f"{bench}_repair_budget.png", log.rows, rows, cfg))
+    if len(benches) > 1:   # every problem of every benchmark, one pool
+        n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
+        written += write_tables(results, tag, "overall", cfg.mode, pass_at_k_table(overall, default_ks(n), cfg.bootstrap,
+                                cfg.seed), {"benchmarks": ", ".join(benches)}, caption)
     written.append(plot_pass_at_k(results / f"pass_at_k_{cfg.mode}.png", curves, f"{tag}: pass@k ({cfg.mode})",
                                   anchors=any("minif2f" in b for b in benches)))
     common.write_manifest(out, [out / "config.json"] + written, extra={"stage": "04_eval", "mode": cfg.mode,

@@ -221,3 +221,43 @@ def test_single_mode_resumes_and_writes_tables_and_plots(tmp_path, tiny_model, s
     assert "| 4 |" in (res / "toy_single.md").read_text()
     assert (res / "pass_at_k_single.png").stat().st_size > 5000
     assert common.read_parquet(tmp_path / "runs/e/04_eval/tiny/toy/single/samples.parquet", "samples").shape[0] == 20
+
+
+def test_correction_mode_reports_before_and_after(tmp_path, tiny_model, standin):
+    cfg = ev.Settings(mode="correction", n_samples=2, run_name="c")
+    rows = toy_rows(2)
+
+    def answer(prompt):   # wrong first; right once Lean's feedback is in the conversation
+        stmt = next(r["formal_statement"] for r in rows if r["formal_statement"] in prompt)
+        return answer_block(stmt, "rfl" if "# Error 1:" in prompt else "omega"), "eos"
+    e = make_evaluator(cfg, tiny_model, standin, answer)
+    log = ev.SampleLog(tmp_path / "s")
+    e.run_problems("toy", rows, log, None, [])
+    first = [r for r in log.rows if r["round"] == 1]
+    second = [r for r in log.rows if r["round"] == 2]
+    assert len(first) == 4 and not any(r["ok"] for r in first)
+    assert len(second) == 4 and all(r["ok"] for r in second)
+    assert all("omega could not prove the goal" in r["prompt"] for r in second)
+
+
+def test_verl_export_and_reward(tmp_path, standin, monkeypatch):
+    import pyarrow.parquet as pq
+    monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
+    monkeypatch.setenv("REQUIRE_TACTIC_BLOCKS", "0")
+    env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")}
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "v",
+                    "--toy_n_statements", "50"], check=True, capture_output=True, env=env)
+    subprocess.run([sys.executable, str(ROOT / "recipes/verl/export_verl.py"), "--run_name", "v", "--out",
+                    str(tmp_path / "verl")], check=True, capture_output=True, env=env)
+    train = pq.read_table(tmp_path / "verl/train.parquet").to_pylist()
+    assert {"data_source", "prompt", "ability", "reward_model", "extra_info"} <= set(train[0])
+    assert train[0]["prompt"][0]["role"] == "system"
+    spec = importlib.util.spec_from_file_location("reward_fn", ROOT / "recipes/verl/reward_fn.py")
+    rf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rf)
+    ex = next(r for r in train if " = " in r["reward_model"]["ground_truth"])   # an '=' goal: rfl
+    stmt, info = ex["reward_model"]["ground_truth"], ex["extra_info"]
+    good, bad = answer_block(stmt, "rfl").replace(HEADER, info["header"]), answer_block(stmt, "omega")
+    scores = rf.compute_score_batch(["s"] * 3, [good, bad, "no answer"], [stmt] * 3, [info] * 3)
+    assert [s["score"] for s in scores] == [1.0, 0.0, 0.0]
+    assert rf.compute_score("s", good, stmt, info)["score"] == 1.0
