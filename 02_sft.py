@@ -25,6 +25,7 @@ Commands:
     python 02_sft.py --run_name smoke --preset smollm2 --max_steps 50 --lr 5e-5   # CPU, real model
     python 02_sft.py --run_name kimina --model AI-MO/Kimina-Prover-Distill-1.7B   # one GPU
     accelerate launch --num_processes 8 02_sft.py --run_name kimina              # 8 GPUs (DDP)
+    torchrun --standalone --nproc_per_node 8 02_sft.py --run_name kimina        # the same
     accelerate launch --use_fsdp --num_processes 8 02_sft.py --run_name big --model Qwen/Qwen3-8B
 Add --lora true for LoRA (--lora_targets q_proj,v_proj,...).
 """

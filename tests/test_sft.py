@@ -177,8 +177,11 @@ def test_two_ddp_processes_match_one(toy_data, tmp_path):
     (tmp_path / "two/02_sft").mkdir(parents=True)
     shutil.copytree(tmp_path / "one/02_sft/base_tiny", tmp_path / "two/02_sft/base_tiny")
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc_per_node", "2", str(ROOT / "02_sft.py"), "--run_name", "two",
-                    "--batch_size", "4", *common_args], check=True, env=env, capture_output=True, timeout=600)
+    # --standalone: a free rendezvous port, not the fixed 29500 another job may hold
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "02_sft.py"),
+                           "--run_name", "two", "--batch_size", "4", *common_args], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     a = weights(tmp_path / "one/02_sft/final/model")
     b = weights(tmp_path / "two/02_sft/final/model")
     base = weights(tmp_path / "one/02_sft/base_tiny")
