@@ -353,17 +353,24 @@ class Evaluator:
         texts, used, checks = [""] * len(prompts), [0] * len(prompts), [0] * len(prompts)
         active = list(range(len(prompts)))
         while active:
+            # one call for all active samples: cap it at the smallest remaining budget, so that no
+            # sample ever goes past tool_budget tokens in total
+            room = min(self.cfg.tool_budget - used[i] for i in active)
             gens = self.gen.generate([prompts[i] + texts[i] for i in active], [seeds[i] + checks[i] for i in active],
-                                     min(self.cfg.max_new_tokens, self.cfg.tool_budget), self.cfg.temperature,
+                                     min(self.cfg.max_new_tokens, room), self.cfg.temperature,
                                      self.cfg.top_p, stop=("</sketch>",))
             nxt, sketches = [], []
             for i, g in zip(active, gens):
                 texts[i] += g.text
                 used[i] += len(g.token_ids)
                 self.tokens += len(g.token_ids)
-                if g.finish == "stop" and checks[i] < self.cfg.tool_max_checks and used[i] < self.cfg.tool_budget:
+                if used[i] >= self.cfg.tool_budget:
+                    continue                              # the budget is spent: this sample is done
+                if g.finish == "stop" and checks[i] < self.cfg.tool_max_checks:
                     code = texts[i][texts[i].rfind("<sketch>") + len("<sketch>"):texts[i].rfind("</sketch>")]
-                    sketches.append((i, code.strip()))
+                    sketches.append((i, code.strip()))    # check it, then continue after <REPL>
+                elif g.finish == "length":
+                    nxt.append(i)                         # cut by this call's cap, not the budget
             if sketches:
                 verdicts = self.client.verify([{"id": str(i), "code": c} for i, c in sketches])
                 for (i, _), v in zip(sketches, verdicts):

@@ -261,3 +261,18 @@ def test_verl_export_and_reward(tmp_path, standin, monkeypatch):
     scores = rf.compute_score_batch(["s"] * 3, [good, bad, "no answer"], [stmt] * 3, [info] * 3)
     assert [s["score"] for s in scores] == [1.0, 0.0, 0.0]
     assert rf.compute_score("s", good, stmt, info)["score"] == 1.0
+
+
+def test_tool_loop_never_exceeds_the_token_budget(tmp_path, tiny_model, standin):
+    cfg = ev.Settings(mode="tool", n_samples=1, tool_max_checks=50, tool_budget=12, max_new_tokens=5, run_name="b")
+    rows = toy_rows(1)
+
+    class Sketcher(Scripted):   # 5 tokens per call, always a sketch: only the budget can stop it
+        def generate(self, prompts, seeds, max_new_tokens, *a, **k):
+            self.prompts += prompts
+            n = min(5, max_new_tokens)
+            return [common.Generation("<sketch>x</sketch>", [1] * n, [0.0] * n, "stop") for _ in prompts]
+    e = make_evaluator(cfg, tiny_model, standin, None)
+    e.gen = Sketcher(None)
+    (text, used), = e.tool_generate(["p"], [0])
+    assert used == 12 and text.count("\n<REPL>\n") == 2        # 5 + 5 + 2 tokens, two checks
