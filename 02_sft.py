@@ -236,23 +236,7 @@ def save_checkpoint(folder: Path, accelerator, model, tok, optimizer, scheduler,
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                         "numpy": np.random.get_state()}, **state}, tmp / "trainer_state.pt")
     common.save_config(cfg, tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
-    old = sorted(folder.parent.glob("step_*[0-9]"))[:-cfg.keep_checkpoints]
-    for f in old:
-        shutil.rmtree(f, ignore_errors=True)
-
-
-def find_resume(cfg: Settings, out: Path) -> Path | None:
-    if cfg.resume == "no":
-        return None
-    if cfg.resume != "auto":
-        path = Path(cfg.resume)
-        if not (path / "trainer_state.pt").exists():
-            raise SystemExit(f"--resume {path}: not a checkpoint folder (no trainer_state.pt)")
-        return path
-    found = sorted(p for p in out.glob("step_*[0-9]") if (p / "trainer_state.pt").exists())
-    return found[-1] if found else None
+    common.publish_checkpoint(tmp, folder, cfg.keep_checkpoints)
 
 
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler, cfg) -> dict:
@@ -323,7 +307,7 @@ def train(cfg: Settings) -> Path:
         raise SystemExit(f"--schedule must be cosine or constant, got {cfg.schedule!r}")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     step, epoch, cursor = 0, 0, 0
-    ckpt = find_resume(cfg, out)
+    ckpt = common.find_checkpoint(cfg.resume, out)
     if ckpt:
         st = load_checkpoint(ckpt, model, optimizer, scheduler, cfg)
         step, epoch, cursor = st["step"], st["epoch"], st["cursor"]

@@ -458,7 +458,7 @@ def train(cfg: Settings) -> Path:
     client.require_healthy()
     sampler = PromptSampler(train_rows, cfg)
     step = 0
-    ckpt = find_resume(cfg, out)
+    ckpt = common.find_checkpoint(cfg.resume, out)
     if ckpt:
         step = load_checkpoint(ckpt, model, optimizer, sampler, cfg)
         print(f"resumed from {ckpt} at step {step}")
@@ -584,21 +584,7 @@ def save_checkpoint(folder: Path, model, tok, optimizer, sampler, step: int, cfg
     torch.save({"optimizer": optimizer.state_dict(), "step": step, "sampler": sampler.state()},
                tmp / "trainer_state.pt")
     common.save_config(cfg, tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
-    for old in sorted(folder.parent.glob("step_*[0-9]"))[:-cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def find_resume(cfg: Settings, out: Path) -> Path | None:
-    if cfg.resume == "no":
-        return None
-    if cfg.resume != "auto":
-        if not (Path(cfg.resume) / "trainer_state.pt").exists():
-            raise SystemExit(f"--resume {cfg.resume}: not a checkpoint folder (no trainer_state.pt)")
-        return Path(cfg.resume)
-    found = sorted(p for p in out.glob("step_*[0-9]") if (p / "trainer_state.pt").exists())
-    return found[-1] if found else None
+    common.publish_checkpoint(tmp, folder, cfg.keep_checkpoints)
 
 
 def load_checkpoint(ckpt: Path, model, optimizer, sampler, cfg) -> int:

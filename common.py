@@ -391,6 +391,28 @@ def write_manifest(folder: Path, files: Iterable[Path], extra: dict | None = Non
     return path
 
 
+def find_checkpoint(resume: str, stage_folder: Path) -> Path | None:
+    """--resume: 'no', 'auto' (the latest complete step_* of this stage), or a checkpoint path."""
+    if resume == "no":
+        return None
+    if resume != "auto":
+        if not (Path(resume) / "trainer_state.pt").exists():
+            raise SystemExit(f"--resume {resume}: not a checkpoint folder (no trainer_state.pt)")
+        return Path(resume)
+    found = sorted(p for p in stage_folder.glob("step_*[0-9]") if (p / "trainer_state.pt").exists())
+    return found[-1] if found else None
+
+
+def publish_checkpoint(tmp: Path, folder: Path, keep: int) -> None:
+    """Move a fully written checkpoint into place (a crash never leaves half a checkpoint under
+    the final name) and keep only the newest `keep`."""
+    import shutil
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    for old in sorted(folder.parent.glob("step_*[0-9]"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parquet contracts between stages
 # ---------------------------------------------------------------------------------------------
