@@ -322,13 +322,14 @@ def train(cfg: Settings) -> Path:
     bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
     while step < total_steps:
         t0 = time.perf_counter()
-        micro = []
+        micro, n_tokens = [], 0
         for _ in range(cfg.grad_accum):
             if cursor + cfg.batch_size * world > len(units):    # epoch boundary: next order
                 epoch, cursor = epoch + 1, 0
                 units = epoch_units(train_ex, epoch, cfg)
             mine = units[cursor + rank * cfg.batch_size: cursor + (rank + 1) * cfg.batch_size]
             micro.append({k: v.to(accelerator.device) for k, v in collate(train_ex, mine, tok.pad_token_id).items()})
+            n_tokens += sum(len(train_ex[i]["input_ids"]) for unit in mine for i in unit)   # no padding
             cursor += cfg.batch_size * world
         n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         n_target = int(accelerator.reduce(torch.tensor(n_target, device=accelerator.device), "sum"))
@@ -346,8 +347,6 @@ def train(cfg: Settings) -> Path:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         dt = time.perf_counter() - t0
-        n_tokens = sum(int(b["attention_mask"].sum()) if b["attention_mask"].dim() == 2 else
-                       int((b["labels"] != -100).numel()) for b in micro)
         record = {"step": step, "epoch": epoch, "loss": total * world / n_target,
                   "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "sec_per_step": dt,
                   "tokens_per_sec": n_tokens / dt}

@@ -187,3 +187,14 @@ def test_two_ddp_processes_match_one(toy_data, tmp_path):
     base = weights(tmp_path / "one/02_sft/base_tiny")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     assert max(float((a[k] - base[k]).abs().max()) for k in a) > 1e-3
+
+
+def test_tokens_per_second_counts_real_tokens_not_padding(toy_data, runs):
+    sft.train(settings(toy_data, run_name="tps", packing=True, max_steps=2, eval_every=0, save_every=0))
+    rows = [json.loads(l) for l in (runs / "tps/02_sft/metrics.jsonl").read_text().splitlines()]
+    tok = common.load_tokenizer(str(runs / "tps/02_sft/base_tiny"))
+    examples, _ = sft.tokenize_rows([r for r in common.read_rows(toy_data, "sft") if r["split"] != "valid"],
+                                    tok, settings(toy_data))
+    units = sft.epoch_units(examples, 0, settings(toy_data, packing=True))[:4]   # step 1: batch_size 4
+    real = sum(len(examples[i]["input_ids"]) for u in units for i in u)
+    assert rows[0]["tokens_per_sec"] * rows[0]["sec_per_step"] == pytest.approx(real, rel=1e-6)
