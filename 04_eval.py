@@ -165,18 +165,24 @@ class ProofBank:
         common.write_parquet(self.rows, self.path, "proof_bank")
 
     def retrieve(self, statement: str, k: int, exclude_id: str) -> list[dict]:
-        """Top-k by BM25 over statements; never the problem itself."""
-        pool = [r for r in self.rows if r["statement_id"] != exclude_id and
-                common.collapse_ws(r["formal_statement"]) != common.collapse_ws(statement)]
-        if not pool or k <= 0:
+        """Top-k by BM25 over statements; never the problem itself. The index is built once per
+        bank state (not per call): the excluded entries are filtered from a slightly longer list."""
+        if k <= 0 or not self.rows:
             return []
         import bm25s
-        retriever = bm25s.BM25()
-        retriever.index(bm25s.tokenize([r["formal_statement"] for r in pool], stopwords=None, show_progress=False),
-                        show_progress=False)
-        docs, _ = retriever.retrieve(bm25s.tokenize([statement], stopwords=None, show_progress=False),
-                                     k=min(k, len(pool)), show_progress=False)
-        return [pool[int(i)] for i in docs[0]]
+        if self._index is None:
+            self._index = bm25s.BM25()
+            self._index.index(bm25s.tokenize([r["formal_statement"] for r in self.rows], stopwords=None,
+                                             show_progress=False), show_progress=False)
+        key = common.collapse_ws(statement)
+        excluded = sum(r["statement_id"] == exclude_id or common.collapse_ws(r["formal_statement"]) == key
+                       for r in self.rows)
+        want = min(k + excluded, len(self.rows))
+        docs, _ = self._index.retrieve(bm25s.tokenize([statement], stopwords=None, show_progress=False),
+                                       k=want, show_progress=False)
+        hits = [self.rows[int(i)] for i in docs[0]]
+        return [r for r in hits if r["statement_id"] != exclude_id and
+                common.collapse_ws(r["formal_statement"]) != key][:k]
 
 
 def shipped_proofs() -> list[dict]:

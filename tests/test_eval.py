@@ -62,9 +62,8 @@ def test_pass_at_k_table_and_ks():
 # ---------------------------------------------------------------- proof bank
 
 def test_bank_never_holds_the_scored_problems(tmp_path):
-    scored = common.read_rows(ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl", "statements") if False else [
-        {"formal_statement": json.loads(l)["formal_statement"]}
-        for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open() if json.loads(l)["split"] == "test"]
+    scored = [{"formal_statement": json.loads(l)["formal_statement"]}
+              for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open() if json.loads(l)["split"] == "test"]
     bank = ev.ProofBank(tmp_path / "bank.parquet", scored)
     shipped = ev.shipped_proofs()
     assert len(shipped) == 67 + 197
