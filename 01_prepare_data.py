@@ -24,7 +24,10 @@ Departures from the papers:
   binder boilerplate makes unrelated statements share long n-grams.
 - `--task toy` generates the CPU smoke task instead: closed ℕ statements whose right tactic
   depends on the relation symbol (the stand-in server's fragment, lean_standin_server.py), with
-  SFT proofs that are right only part of the time, so that RL has something to learn.
+  SFT proofs that are right only part of the time, so that RL has something to learn. A share
+  of the SFT statements also get a second-turn (repair) row: a wrong first attempt, the
+  stand-in's feedback on it in Kimina's error-correction format, and a different tactic (right
+  one time in three). SFT teaches the shape of a correction; RL has to learn which tactic fits.
 
 Commands:
     python 01_prepare_data.py --task toy --run_name smoke                       # CPU smoke
@@ -76,6 +79,7 @@ class Settings:
     toy_eval_fraction: float = 0.1
     toy_sft_fraction: float = 0.5           # of the training statements, the rest are RL prompts
     toy_sft_correct: float = 0.25           # chance an SFT proof uses the right tactic (4 tactics)
+    toy_sft_repair: float = 0.3             # share of SFT statements that also get a repair row
     seed: int = 0
 
 
@@ -379,6 +383,20 @@ def toy_statement(rng: random.Random) -> tuple[str, str]:
     return f"{lhs} {rel} {rhs}", rel
 
 
+def toy_completion(stmt: str, tactic: str) -> str:
+    return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}", "One tactic should close this closed ℕ goal.")
+
+
+def toy_feedback(stmt: str, tactic: str) -> str:
+    """The feedback 03 and 04 would show for this attempt: the stand-in's messages through the
+    same parser and formatter as a live verification (lean_client), so the repair rows match
+    the second-turn prompts the model meets in RL and evaluation."""
+    from lean_client import parse_result
+    from lean_standin_server import Checker
+    code = common.build_lean_code(TOY_HEADER, stmt, f"\n  {tactic}")
+    return parse_result("toy", code, {"response": Checker(code, "snippet").run()}).feedback("kimina")
+
+
 def build_toy(cfg: Settings) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
     from lean_standin_server import TACTIC_RULES
     rng = random.Random(cfg.seed)
@@ -398,10 +416,16 @@ def build_toy(cfg: Settings) -> tuple[dict[str, list[dict]], list[dict], list[di
         elif hash_split(prop + "#sft", cfg.toy_sft_fraction, held_out="sft") == "sft":
             correct = rng.random() < cfg.toy_sft_correct
             tactic = right[rel] if correct else rng.choice([t for t in TACTIC_RULES if t != right[rel]])
-            proof = f"\n  {tactic}"
-            sft.append({**rec, "split": hash_split(stmt, cfg.valid_fraction), "formal_proof": proof,
-                        "completion": kimina_completion(TOY_HEADER, stmt, proof,
-                                                        "One tactic should close this closed ℕ goal.")})
+            split = hash_split(stmt, cfg.valid_fraction)
+            sft.append({**rec, "split": split, "formal_proof": f"\n  {tactic}",
+                        "completion": toy_completion(stmt, tactic)})
+            if rng.random() < cfg.toy_sft_repair:
+                first = rng.choice([t for t in TACTIC_RULES if t != right[rel]])
+                second = rng.choice([t for t in TACTIC_RULES if t != first])
+                sft.append({**rec, "split": split, "formal_proof": f"\n  {second}",
+                            "completion": toy_completion(stmt, second),
+                            "prev_attempt": toy_completion(stmt, first),
+                            "lean_feedback": toy_feedback(stmt, first)})
         else:
             rl.append({**rec, "split": hash_split(stmt, cfg.valid_fraction)})
     return {"toy": evals}, rl, sft

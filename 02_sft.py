@@ -226,34 +226,15 @@ def heldout_loss(model, examples, cfg, pad_id, device) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def save_checkpoint(folder: Path, accelerator, model, tok, optimizer, scheduler, state: dict, cfg):
-    if not accelerator.is_main_process:
-        return
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp / "model")
-    tok.save_pretrained(tmp / "model")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                        "numpy": np.random.get_state()}, **state}, tmp / "trainer_state.pt")
-    common.save_config(cfg, tmp)
-    common.publish_checkpoint(tmp, folder, cfg.keep_checkpoints)
+    if accelerator.is_main_process:
+        common.save_checkpoint(folder, accelerator.unwrap_model(model), tok, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": np.random.get_state()}, **state}, cfg, cfg.keep_checkpoints)
 
 
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler, cfg) -> dict:
-    weights = ckpt / "model"
-    if cfg.lora:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-        set_peft_model_state_dict(model, load_file(weights / "adapter_model.safetensors"))
-    else:
-        from safetensors.torch import load_file
-        state = {}
-        for f in sorted(weights.glob("*.safetensors")):
-            state.update(load_file(f))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [m for m in missing if "lm_head" not in m]:   # tied lm_head is not saved
-            raise SystemExit(f"{weights}: weights do not fit the model ({missing[:3]}, {unexpected[:3]})")
-    st = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    st = common.load_checkpoint(ckpt, model, cfg.lora)
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
     torch.set_rng_state(st["rng"]["torch"])

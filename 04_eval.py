@@ -342,17 +342,7 @@ class Evaluator:
 
     def verify(self, rows, texts) -> list:
         """Extract, gate and verify; None where the completion holds no proof of the statement."""
-        items, where = [], []
-        for k, (row, text) in enumerate(zip(rows, texts)):
-            proof = common.extract_proof(text, row["formal_statement"])
-            if proof is not None:
-                items.append({"id": str(k), "statement": row["formal_statement"],
-                              "code": common.build_lean_code(row["header"], row["formal_statement"], proof)})
-                where.append(k)
-        out = [None] * len(rows)
-        for k, v in zip(where, self.client.verify(items)):
-            out[k] = v
-        return out
+        return common.verify_completions(self.client, rows, texts)
 
     def tool_generate(self, prompts, seeds) -> list[tuple[str, int]]:
         """StepFun loop: stop at </sketch>, check, append <REPL>, continue; budget in tokens."""

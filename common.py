@@ -252,6 +252,23 @@ def build_lean_code(header: str, statement: str, proof: str) -> str:
     return f"{header}{normalize_statement(statement)}{proof}"
 
 
+def verify_completions(client, rows: list[dict], texts: list[str]) -> list:
+    """Extract each completion's proof of its row's statement (header, formal_statement) and
+    verify them all through `client` (a LeanClient) in one call: a Verdict per completion, None
+    where the completion holds no proof of the statement."""
+    items, where = [], []
+    for k, (row, text) in enumerate(zip(rows, texts)):
+        proof = extract_proof(text, row["formal_statement"])
+        if proof is not None:
+            items.append({"id": str(k), "statement": row["formal_statement"],
+                          "code": build_lean_code(row["header"], row["formal_statement"], proof)})
+            where.append(k)
+    verdicts = [None] * len(texts)
+    for k, v in zip(where, client.verify(items) if items else []):
+        verdicts[k] = v
+    return verdicts
+
+
 def format_errors(completion: str, statement: str, *, require_tactic_blocks: bool = True,
                   min_overlap: float = 0.7) -> list[str]:
     """Kimina's format checks (REFERENCE.md section 2); an empty list means the format is fine.
@@ -403,14 +420,75 @@ def find_checkpoint(resume: str, stage_folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def publish_checkpoint(tmp: Path, folder: Path, keep: int) -> None:
-    """Move a fully written checkpoint into place (a crash never leaves half a checkpoint under
-    the final name) and keep only the newest `keep`."""
+def save_checkpoint(folder: Path, model, tok, trainer_state: dict, cfg, keep: int) -> None:
+    """Write model, tokenizer, trainer state and config to folder.tmp, then move it into place
+    (a crash never leaves half a checkpoint under the final name) and keep only the newest `keep`."""
     import shutil
+    import torch
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    torch.save(trainer_state, tmp / "trainer_state.pt")
+    save_config(cfg, tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
     for old in sorted(folder.parent.glob("step_*[0-9]"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(ckpt: Path, model, lora: bool) -> dict:
+    """Load a checkpoint's weights (full, or the LoRA adapter) into `model`; return its trainer state."""
+    import torch
+    from safetensors.torch import load_file
+    weights = ckpt / "model"
+    if lora:
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, load_file(weights / "adapter_model.safetensors"))
+    else:
+        state = {}
+        for f in sorted(weights.glob("*.safetensors")):
+            state.update(load_file(f))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if "lm_head" not in m]:   # a tied lm_head is not saved
+            raise SystemExit(f"{weights}: weights do not fit the model ({missing[:3]}, {unexpected[:3]})")
+    return torch.load(ckpt / "trainer_state.pt", weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes (torchrun / accelerate launch): the two collectives the RL stage needs
+# ---------------------------------------------------------------------------------------------
+
+def gather_lists(items: list, world: int) -> list:
+    """Every process's list, concatenated in rank order, on every process."""
+    if world == 1:
+        return list(items)
+    import torch.distributed as dist
+    parts: list = [None] * world
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def sum_gradients(params: list, world: int, bucket_elems: int = 25_000_000) -> None:
+    """Sum .grad over processes in place, in flat buckets (one collective per bucket, not per
+    tensor). A process with nothing to train on in a mini-batch takes part with zeros."""
+    if world == 1:
+        return
+    import torch
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list = []
+    for k, p in enumerate(params):
+        bucket.append(p.grad)
+        if k == len(params) - 1 or sum(g.numel() for g in bucket) >= bucket_elems:
+            flat = _flatten_dense_tensors(bucket)
+            dist.all_reduce(flat)
+            for g, summed in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                g.copy_(summed)
+            bucket = []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -851,12 +929,14 @@ class VLLMGenerator:
 
     def __init__(self, model_path: str, *, lora: bool = False, max_lora_rank: int = 16,
                  gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,
-                 dtype: str = "auto", max_model_len: int | None = None):
+                 dtype: str = "auto", max_model_len: int | None = None, external_launcher: bool = False):
         from vllm import LLM   # optional install: requirements-gpu.txt
         self.lora, self._lora_req, self._lora_id = lora, None, 0
         kwargs = dict(model=model_path, gpu_memory_utilization=gpu_memory_utilization,
                       tensor_parallel_size=tensor_parallel_size, dtype=dtype, enable_lora=lora,
                       max_lora_rank=max_lora_rank, enforce_eager=True, seed=0)
+        if external_launcher:   # one engine per torchrun process, each on its own GPU (TRL colocate)
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         self.llm = LLM(**kwargs)

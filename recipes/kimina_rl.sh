@@ -14,16 +14,19 @@ python 01_prepare_data.py --run_name "$RUN" --rl_sources kimina_promptset --sft_
     --eval_sets minif2f_test --tokenizer AI-MO/Kimina-Prover-Distill-$SIZE --max_prompt_tokens 8192
 # lr 2e-6 constant, 256 prompts x 8 samples, mini-batch 32 prompts, temperature 1.0, clip 0.2/0.3,
 # no KL, loss = per-sequence token sum / max response length, 15 epochs, validation every 5 steps.
-# 03_rl_grpo.py is single-process (one GPU, colocated vLLM): the published 8-GPU run is far
-# faster on verl with the same data and reward: RL_ENGINE=verl prints how.
+# One process per GPU (NGPUS, default all visible): each generates and verifies its share of the
+# 256 prompts with its own colocated vLLM engine, gradients are summed over processes. Every GPU
+# holds the whole model (no FSDP): fine for 0.6B/1.7B on 80 GB cards. Several machines, or the
+# published run's speed: RL_ENGINE=verl exports the same data and reward for verl.
 if [ "${RL_ENGINE:-local}" = verl ]; then
   python recipes/verl/export_verl.py --run_name "$RUN" --out "data/verl_$RUN"
   echo "Now run verl's GRPO trainer (see README, 'Stage 03') on data/verl_$RUN with"
   echo "custom_reward_function.path=recipes/verl/reward_fn.py and the settings above."
   exit 0
 fi
-python 03_rl_grpo.py --run_name "$RUN" \
-    --model AI-MO/Kimina-Prover-Distill-$SIZE --backend vllm \
+NGPUS=${NGPUS:-$(nvidia-smi -L | wc -l)}
+accelerate launch --num_processes "$NGPUS" 03_rl_grpo.py --run_name "$RUN" \
+    --model AI-MO/Kimina-Prover-Distill-$SIZE --backend vllm --vllm_gpu_memory 0.4 \
     --prompts_per_step 256 --group_size 8 --mini_batch_prompts 32 --lr 2e-6 --temperature 1.0 \
     --max_new_tokens 24576 --clip_low 0.2 --clip_high 0.3 --loss_agg seq_sum_norm --kl_coef 0 \
     --error_correction true --ec_prob 0.5 --epochs 15 --eval_every 5 --eval_samples 8 --eval_top_p 0.95

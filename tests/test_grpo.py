@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -196,3 +197,46 @@ def test_bad_settings(rl_run, standin, monkeypatch):
         grpo.train(cfg(loss_agg="mean"))
     with pytest.raises(SystemExit, match="multiple of --mini_batch_prompts"):
         grpo.train(cfg(prompts_per_step=3))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(rl_run, standin, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU) computes what one process computes: the same
+    rollouts, rewards, advantages, error-correction prompts, validation, and (to float rounding)
+    weights. Proofs are planted by tests/grpo_planted.py so the untrained model gets gradients."""
+    import pandas as pd
+    from safetensors.torch import load_file
+    run, model = rl_run
+    env = {**os.environ, "PROVER_RUNS_DIR": str(run.parent), "LEAN_SERVER_API_URL": standin}
+    args = ["--model", model, "--data", str(run / "01_data/rl_prompts.parquet"),
+            "--eval_data", str(run / "01_data/eval_toy.parquet"), "--prompts_per_step", "4", "--group_size", "4", "--mini_batch_prompts", "2",
+            "--micro_batch_size", "4", "--max_new_tokens", "12", "--max_steps", "3", "--lr", "3e-3",
+            "--loss_agg", "token_mean", "--require_tactic_blocks", "false", "--eval_every", "3",
+            "--eval_max_problems", "6", "--eval_samples", "2", "--save_every", "0"]
+    script = str(ROOT / "tests/grpo_planted.py")
+    one = subprocess.run([sys.executable, script, "--run_name", "one", *args], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-4000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", script, "--run_name", "two", *args],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-4000:]
+    a, b = run.parent / "one/03_grpo", run.parent / "two/03_grpo"
+    cols = ["prompt_id", "turn", "completion", "status", "reward", "advantage", "n_tokens"]
+    for step in (1, 2, 3):
+        ra = pd.read_parquet(a / f"rollouts/step_{step:06d}.parquet")[cols]
+        rb = pd.read_parquet(b / f"rollouts/step_{step:06d}.parquet")[cols]
+        pd.testing.assert_frame_equal(ra, rb)
+    assert 0 < ra.reward.mean() < 1 and (ra.turn == 2).any()   # real gradients, second turns used
+    va = [json.loads(l) for l in (a / "validation.jsonl").read_text().splitlines()]
+    vb = [json.loads(l) for l in (b / "validation.jsonl").read_text().splitlines()]
+    assert va == vb and va[-1]["problems"] == 6
+    wa, wb = load_file(a / "final/model/model.safetensors"), load_file(b / "final/model/model.safetensors")
+    w0 = load_file(Path(model) / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+    assert max(float((wa[k] - w0[k]).abs().max()) for k in wa) > 1e-3
+    ma = [json.loads(l) for l in (a / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(l) for l in (b / "metrics.jsonl").read_text().splitlines()]
+    for x, y in zip(ma, mb):
+        assert x["reward_mean"] == y["reward_mean"] and x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-7)
+    assert json.loads((b / "config.json").read_text())["processes"] == 2

@@ -47,16 +47,34 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
     rl = common.read_parquet(a / "rl_prompts.parquet", "statements")
     sft = common.read_parquet(a / "sft.parquet", "sft")
     ev = common.read_parquet(a / "eval_toy.parquet", "statements")
-    assert len(rl) + len(sft) + len(ev) == 400
+    assert len(rl) + len(set(sft.statement_id)) + len(ev) == 400
     assert not set(ev.formal_statement) & (set(rl.formal_statement) | set(sft.formal_statement))
     # SFT proofs are right only part of the time: check them on the stand-in's toy fragment
     from lean_client import LeanClient
-    verdicts = LeanClient(standin).verify(
-        [{"id": r.statement_id, "code": r.header + r.formal_statement + r.formal_proof,
-          "statement": r.formal_statement} for r in sft.itertuples()])
+    client = LeanClient(standin)
+
+    def verify(codes_and_rows):
+        return client.verify([{"id": f"{k}", "code": code, "statement": r.formal_statement}
+                              for k, (code, r) in enumerate(codes_and_rows)])
+
+    first = sft[sft.prev_attempt.isna()]
+    repair = sft[sft.prev_attempt.notna()]
+    assert 0.2 < len(repair) / len(first) < 0.4
+    verdicts = verify([(r.header + r.formal_statement + r.formal_proof, r) for r in first.itertuples()])
     rate = sum(v.ok for v in verdicts) / len(verdicts)
     assert 0.15 < rate < 0.40, rate
     assert not any(v.status in ("rejected", "server_error") for v in verdicts)
+    # repair rows: the first attempt fails, its feedback is what a live verification returns,
+    # and the correction tries another tactic (right about one time in three)
+    attempts = [(common.build_lean_code(r.header, r.formal_statement,
+                                        common.extract_proof(r.prev_attempt, r.formal_statement)), r)
+                for r in repair.itertuples()]
+    live = verify(attempts)
+    assert not any(v.ok for v in live)
+    assert [v.feedback("kimina") for v in live] == list(repair.lean_feedback)
+    assert all(r.formal_proof.strip() not in r.prev_attempt.split("```lean4")[-1] for r in repair.itertuples())
+    fixed = verify([(r.header + r.formal_statement + r.formal_proof, r) for r in repair.itertuples()])
+    assert 0.15 < sum(v.ok for v in fixed) / len(fixed) < 0.55
     # every completion is in the Kimina format and holds the statement
     assert all(common.format_errors(c, s, require_tactic_blocks=False) == []
                for c, s in zip(sft.completion, sft.formal_statement))

@@ -27,18 +27,13 @@ def _get_client() -> LeanClient:
 
 def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, **kwargs):
     tactic_blocks = os.environ.get("REQUIRE_TACTIC_BLOCKS", "1") != "0"
-    results, items, where = [], [], []
-    for k, (text, stmt, info) in enumerate(zip(solution_strs, ground_truths, extra_infos)):
-        fmt = common.format_errors(text, stmt, require_tactic_blocks=tactic_blocks)
-        proof = common.extract_proof(text, stmt)
-        results.append({"score": 0.0, "format_ok": float(not fmt), "proof_ok": 0.0})
-        if proof is not None:
-            items.append({"id": str(k), "statement": stmt,
-                          "code": common.build_lean_code(info["header"], stmt, proof)})
-            where.append(k)
-    for k, v in zip(where, _get_client().verify(items)):
-        results[k]["proof_ok"] = float(v.ok)
-        results[k]["score"] = results[k]["proof_ok"] * results[k]["format_ok"]
+    rows = [{"header": info["header"], "formal_statement": stmt} for stmt, info in zip(ground_truths, extra_infos)]
+    verdicts = common.verify_completions(_get_client(), rows, solution_strs)
+    results = []
+    for text, stmt, v in zip(solution_strs, ground_truths, verdicts):
+        format_ok = float(not common.format_errors(text, stmt, require_tactic_blocks=tactic_blocks))
+        proof_ok = float(bool(v and v.ok))
+        results.append({"score": proof_ok * format_ok, "format_ok": format_ok, "proof_ok": proof_ok})
     return results
 
 
