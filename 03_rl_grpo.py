@@ -341,8 +341,10 @@ def rollout_step(items, step, gen, tok, client, cfg, pool, index: list | None = 
     index = index if index is not None else list(range(len(items)))
     prompts = [common.render_prompt(tok, it.messages()) for it in items]
     prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
-    timings = {"time_generate": 0.0, "time_verify_wait": 0.0, "skipped_long_prompts": 0}
+    timings = {"time_generate": 0.0, "time_verify_wait": 0.0}
     rollouts: list[Rollout] = []
+    if not items:   # a process with no share (fewer eval problems than processes)
+        return rollouts, timings
     pending = []
     # chunks overlap verification with generation, but never at the cost of the generation batch:
     # a chunk is used only if it still fills gen_batch_size rollouts
@@ -422,6 +424,23 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
     if ref_model is not None:
         out["kl"] = totals["kl_sum"] / tokens
     return out
+
+
+def add_second_turns(rollouts: list[Rollout], sampler: PromptSampler, tok, cfg: Settings) -> int:
+    """Failed first turns with Lean errors (or a timeout) become cached second-turn prompts;
+    feedback over ec_max_feedback_chars is dropped (Kimina), and so is a second-turn prompt over
+    max_prompt_tokens (the first answer can be long). Returns how many were too long."""
+    too_long = 0
+    for r in rollouts:
+        if (r.item.turn == 1 and r.reward == 0 and r.status in ("lean_error", "timeout")
+                and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars):
+            item = PromptItem(r.item.row, 2, r.gen.text, r.feedback)
+            if len(tok(common.render_prompt(tok, item.messages()), add_special_tokens=False).input_ids) \
+                    > cfg.max_prompt_tokens:
+                too_long += 1
+                continue
+            sampler.cache.append(item)
+    return too_long
 
 
 def validate(rows, gen, tok, client, cfg, step, rank: int = 0, world: int = 1) -> dict:
@@ -522,11 +541,7 @@ def train(cfg: Settings) -> Path:
         # every process gets every verdict (not the token ids): same cache, same metrics
         shared = common.gather_lists([r.shareable() for r in local], world)
         rollouts = shared[:lo * cfg.group_size] + local + shared[hi * cfg.group_size:]
-        if cfg.error_correction:
-            for r in rollouts:
-                if (r.item.turn == 1 and r.reward == 0 and r.status in ("lean_error", "timeout")
-                        and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars):
-                    sampler.cache.append(PromptItem(r.item.row, 2, r.gen.text, r.feedback))
+        too_long = add_second_turns(rollouts, sampler, tok, cfg) if cfg.error_correction else 0
         train_on, zero_var = group_advantages(rollouts, cfg)
         t0 = time.perf_counter()
         upd = update(model, ref_model, optimizer, train_on, cfg, step, device, world) if train_on else {}
@@ -535,6 +550,7 @@ def train(cfg: Settings) -> Path:
             push_weights(gen, model, cfg, out)
         record = step_metrics(step, rollouts, zero_var, upd, timing, t_update, time.perf_counter() - t_step,
                               client.stats["cache_hits"] - hits_before, len(sampler.cache))
+        record["ec_skipped_long_prompts"] = too_long
         if main:
             metrics.log(record)
             save_rollouts(out / "rollouts" / f"step_{step:06d}.parquet", step, rollouts)
@@ -587,6 +603,10 @@ def step_metrics(step, rollouts, zero_var, upd, timing, t_update, t_step, cache_
            "second_turn_fraction": sum(r.item.turn == 2 for r in rollouts) / n,
            "zero_variance_groups": zero_var, "cache_hits": cache_hits, "ec_cache": ec_cache,
            "time_update": t_update, "time_step": t_step, **timing, **upd}
+    for turn in (1, 2):   # second turns dilute the overall rate: each turn's own
+        of_turn = [r for r in rollouts if r.item.turn == turn]
+        if of_turn:
+            rec[f"pass_rate_turn{turn}"] = sum(r.status == "valid" for r in of_turn) / len(of_turn)
     rec["verify_wait_share"] = timing["time_verify_wait"] / t_step
     rec.update({f"format/{k}": v / n for k, v in sorted(fmt.items())})
     rec.update({f"lean/{k}": v / n for k, v in sorted(status.items())})
@@ -602,7 +622,8 @@ def save_rollouts(path: Path, step: int, rollouts: list[Rollout]) -> None:
 
 
 def make_plots(out: Path, rows: list[dict], vrows: list[dict]) -> list[Path]:
-    plots = [common.plot_curves(rows, out / "reward.png", ["reward_mean", "pass_rate"], "GRPO reward and pass rate"),
+    plots = [common.plot_curves(rows, out / "reward.png", ["reward_mean", "pass_rate", "pass_rate_turn1",
+                                                           "pass_rate_turn2"], "GRPO reward and pass rate", smooth=10),
              common.plot_curves(rows, out / "format_errors.png", ["format_error_rate"] +
                                 sorted({k for r in rows for k in r if k.startswith("format/")}), "format errors"),
              common.plot_curves(rows, out / "response_length.png", ["response_length"], "mean response length (tokens)")]

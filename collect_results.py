@@ -65,11 +65,13 @@ def main(argv=None):
                   f"held-out loss {sft['final_heldout_loss']:.4f} (`sft_loss.png`)", ""]
     if rl:
         first, last = rl[:10], rl[-10:]
-        mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)
+        mean = lambda rows, k: sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows))
         lines += ["## 03 GRPO", "",
                   f"- {len(rl)} steps of {rl[0].get('updates', 1)} update(s); mean over the first / last 10 steps:",
                   f"  - reward {mean(first, 'reward_mean'):.3f} -> {mean(last, 'reward_mean'):.3f}",
                   f"  - verified pass rate {mean(first, 'pass_rate'):.3f} -> {mean(last, 'pass_rate'):.3f}",
+                  f"  - first turns only (second turns are error corrections): pass rate "
+                  f"{mean(first, 'pass_rate_turn1'):.3f} -> {mean(last, 'pass_rate_turn1'):.3f}",
                   f"  - format error rate {mean(first, 'format_error_rate'):.3f} -> {mean(last, 'format_error_rate'):.3f}",
                   f"  - mean response length {mean(first, 'response_length'):.1f} -> {mean(last, 'response_length'):.1f} tokens",
                   f"  - seconds per step {mean(rl, 'time_step'):.2f} (generation {mean(rl, 'time_generate'):.2f}, "

@@ -790,7 +790,8 @@ class MetricsLog:
 
 
 def plot_curves(rows: list[dict], path: Path, keys: Sequence[str], title: str = "",
-                logy: bool = False, x: str = "step") -> Path:
+                logy: bool = False, x: str = "step", smooth: int = 1) -> Path:
+    """One line per key against `x`; smooth > 1 plots the trailing mean over that many points."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -798,7 +799,12 @@ def plot_curves(rows: list[dict], path: Path, keys: Sequence[str], title: str = 
     for key in keys:
         pts = [(r[x], r[key]) for r in rows if r.get(key) is not None and r[key] == r[key]]
         if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 40 else None, label=key)
+            xs, ys = zip(*pts)
+            if smooth > 1:
+                ys = [sum(ys[max(0, i - smooth + 1):i + 1]) / len(ys[max(0, i - smooth + 1):i + 1])
+                      for i in range(len(ys))]
+            label = f"{key} (mean of last {smooth})" if smooth > 1 else key
+            ax.plot(xs, ys, marker="." if len(pts) < 40 else None, label=label)
     ax.set_xlabel(x)
     ax.set_title(title)
     if logy:

@@ -13,9 +13,14 @@ PRESET=${PRESET:-tiny}
 RUN=${RUN:-smoke}
 [ "$PRESET" = tiny ] || RUN=${RUN}_$PRESET
 export PROVER_RUNS_DIR=${PROVER_RUNS_DIR:-$PWD/runs}
-SFT_STEPS=${SFT_STEPS:-1500}
-RL_STEPS=${RL_STEPS:-100}
-EVAL_PROBLEMS=${EVAL_PROBLEMS:-200}
+if [ "$PRESET" = tiny ]; then
+  SFT_STEPS=${SFT_STEPS:-1500}; RL_STEPS=${RL_STEPS:-100}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-200}
+  # 8 prompts x 8 samples, two updates per step (mini-batches of 4 prompts)
+  RL_SHAPE=(--prompts_per_step 8 --group_size 8 --mini_batch_prompts 4 --lr 3e-4 --eval_max_problems 64)
+else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller of everything
+  SFT_STEPS=${SFT_STEPS:-60}; RL_STEPS=${RL_STEPS:-10}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
+  RL_SHAPE=(--prompts_per_step 4 --group_size 4 --mini_batch_prompts 4 --lr 1e-5 --eval_max_problems 16)
+fi
 step() { echo; echo "[smoke $(date +%H:%M:%S)] === $* ==="; }
 
 if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
@@ -27,7 +32,7 @@ if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
   export LEAN_SERVER_API_URL=${line##* }
   echo "[smoke] stand-in Lean server (NOT Lean) at $LEAN_SERVER_API_URL"
   DATA_ARGS=(--task toy)
-  RL_ARGS=(--require_tactic_blocks false --max_new_tokens 64 --eval_max_problems 100)
+  RL_ARGS=(--require_tactic_blocks false --max_new_tokens 64)
   EVAL_ARGS=(--max_new_tokens 64)
 else
   # a real Lean server: real statements (Lean-Workbook for RL, miniF2F-valid for validation);
@@ -44,15 +49,17 @@ if [ "$PRESET" = tiny ]; then
   $PY 02_sft.py --run_name "$RUN" --preset tiny --max_steps "$SFT_STEPS" --lr 3e-3 --warmup_steps 30 \
       --eval_every 250 --save_every 500
 else
-  $PY 02_sft.py --run_name "$RUN" --preset smollm2 --max_steps "${SMOL_SFT_STEPS:-60}" --lr 5e-5 \
+  $PY 02_sft.py --run_name "$RUN" --preset smollm2 --max_steps "$SFT_STEPS" --lr 5e-5 \
       --batch_size 4 --max_seq_len 512 --eval_every 20 --eval_batches 2 --save_every 20
 fi
 step "04 eval of the SFT model"
 $PY 04_eval.py --run_name "$RUN" --model "$PROVER_RUNS_DIR/$RUN/02_sft/final/model" --tag sft \
     --n_samples 8 --max_problems "$EVAL_PROBLEMS" "${EVAL_ARGS[@]}"
 step "03 GRPO ($RL_STEPS steps)"
-$PY 03_rl_grpo.py --run_name "$RUN" --prompts_per_step 8 --group_size 8 --mini_batch_prompts 8 \
-    --lr 3e-4 --max_steps "$RL_STEPS" --eval_every 25 --eval_samples 8 --save_every 25 "${RL_ARGS[@]}"
+# second turns at 0.25 rather than Kimina's 0.5: the model was not taught to correct (01's
+# --toy_sft_repair is off), so they rarely pay
+$PY 03_rl_grpo.py --run_name "$RUN" "${RL_SHAPE[@]}" --ec_prob 0.25 --max_steps "$RL_STEPS" \
+    --eval_every 50 --eval_samples 8 --save_every 25 "${RL_ARGS[@]}"
 step "04 eval of the RL model"
 $PY 04_eval.py --run_name "$RUN" --model "$PROVER_RUNS_DIR/$RUN/03_grpo/final/model" --tag grpo \
     --n_samples 8 --max_problems "$EVAL_PROBLEMS" "${EVAL_ARGS[@]}"

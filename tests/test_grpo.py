@@ -125,6 +125,19 @@ def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
     assert stats["updates"] == 1 and stats["clip_fraction"] == 0.0
 
 
+def test_second_turns_skip_overlong_prompts_and_long_feedback(tiny):
+    tok = tiny[0]
+    row = {"statement_id": "p", "header": "", "formal_statement": "theorem p : 1 = 1 := by"}
+    failed = [grpo.Rollout(grpo.PromptItem(row), [1], common.Generation("attempt " * n, [2], [0.0], "eos"),
+                           status="lean_error", feedback=fb) for n, fb in ((1, "short error"), (400, "short error"),
+                                                                          (1, "x" * 3001))]
+    ok = grpo.Rollout(grpo.PromptItem(row), [1], common.Generation("", [2], [0.0], "eos"), status="valid", reward=1.0)
+    c = cfg(max_prompt_tokens=300)
+    sampler = grpo.PromptSampler([row], c)
+    assert grpo.add_second_turns(failed + [ok], sampler, tok, c) == 1     # the 400-word attempt
+    assert [(i.turn, i.prev_attempt, i.feedback) for i in sampler.cache] == [(2, "attempt ", "short error")]
+
+
 # ---------------------------------------------------------------- the whole loop
 
 @pytest.fixture

@@ -39,8 +39,8 @@ def write_jsonl(path, rows, extra_lines=()):
 
 
 def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
-    run_stage(tmp_path, "--task", "toy", "--run_name", "a", "--toy_n_statements", "400")
-    run_stage(tmp_path, "--task", "toy", "--run_name", "b", "--toy_n_statements", "400")
+    run_stage(tmp_path, "--task", "toy", "--run_name", "a", "--toy_n_statements", "400", "--toy_sft_repair", "0.3")
+    run_stage(tmp_path, "--task", "toy", "--run_name", "b", "--toy_n_statements", "400", "--toy_sft_repair", "0.3")
     a, b = out_dir(tmp_path, "a"), out_dir(tmp_path, "b")
     for f in ("rl_prompts.parquet", "sft.parquet", "eval_toy.parquet", "rejects.parquet"):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
