@@ -19,6 +19,30 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
+def toy_tactic_table(rollouts: Path, steps: range) -> list[str]:
+    """Toy task only: which tactic the policy wrote for each relation symbol (first turns that hold
+    a proof), as shares over `steps`. Shows whether RL learnt the rule or a marginal preference."""
+    import re
+    import pandas as pd
+    from lean_standin_server import TACTIC_RULES
+    frames = [pd.read_parquet(f) for s in steps if (f := rollouts / f"step_{s:06d}.parquet").exists()]
+    if not frames:
+        return []
+    df = pd.concat(frames)
+    df = df[(df.turn == 1) & (df.status != "no_proof") & df.prompt_id.str.startswith("toy/")]
+    rel = df.prompt.str.extract(r"theorem toy_\d+ : \S+(?: [+*] \S+)? (\S+) \S+ := by")[0]
+    tac = df.completion.map(lambda c: (re.findall(r":= by\s+(\w+)", c) or ["?"])[-1])
+    table = pd.crosstab(rel, tac, normalize="index")
+    right = {r: t for t, rels in TACTIC_RULES.items() for r in rels}
+    cols = sorted(TACTIC_RULES)
+    lines = [f"| relation (right tactic) | " + " | ".join(cols) + " | attempts |", "|---|" + "---:|" * (len(cols) + 1)]
+    for r in table.index:
+        shares = [f"**{table.loc[r].get(c, 0):.2f}**" if right.get(r) == c else f"{table.loc[r].get(c, 0):.2f}"
+                  for c in cols]
+        lines.append(f"| `{r}` ({right.get(r, '?')}) | " + " | ".join(shares) + f" | {int((rel == r).sum())} |")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--run_name", required=True)
@@ -76,6 +100,13 @@ def main(argv=None):
                   f"  - mean response length {mean(first, 'response_length'):.1f} -> {mean(last, 'response_length'):.1f} tokens",
                   f"  - seconds per step {mean(rl, 'time_step'):.2f} (generation {mean(rl, 'time_generate'):.2f}, "
                   f"waiting on the verifier {mean(rl, 'time_verify_wait'):.3f}, update {mean(rl, 'time_update'):.2f})", ""]
+    if rl and (run / "03_grpo/rollouts/step_000001.parquet").exists():
+        n = len(rl)
+        for name, steps in (("first", range(1, min(n, 10) + 1)), ("last", range(max(1, n - 9), n + 1))):
+            table = toy_tactic_table(run / "03_grpo/rollouts", steps)
+            if table:
+                lines += [f"Tactic written per relation, first turns with a proof, {name} 10 steps "
+                          "(share of attempts; the right tactic in bold):", ""] + table + [""]
     if val:
         keys = [k for k in val[0] if k.startswith(("pass@1", "best@"))]
         lines += ["Validation (held-out eval set, 8 samples per problem; best@8 is Kimina's bootstrap):", "",

@@ -4,6 +4,7 @@
 # 04 (RL model), and collects tables and plots in results/<run>/.
 #   bash smoke.sh                        # tiny preset (~1M-parameter Qwen3)
 #   PRESET=smollm2 bash smoke.sh         # the real SmolLM2-135M-Instruct (slow: see README)
+#   SFT_STEPS, RL_STEPS, EVAL_PROBLEMS, RL_LR, RUN: override the preset's values
 #   LEAN_SERVER_API_URL=http://host:80 bash smoke.sh   # a real Kimina Lean Server: real statements
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,10 +17,10 @@ export PROVER_RUNS_DIR=${PROVER_RUNS_DIR:-$PWD/runs}
 if [ "$PRESET" = tiny ]; then
   SFT_STEPS=${SFT_STEPS:-1500}; RL_STEPS=${RL_STEPS:-100}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-200}
   # 8 prompts x 8 samples, two updates per step (mini-batches of 4 prompts)
-  RL_SHAPE=(--prompts_per_step 8 --group_size 8 --mini_batch_prompts 4 --lr 3e-4 --eval_max_problems 64)
+  RL_SHAPE=(--prompts_per_step 8 --group_size 8 --mini_batch_prompts 4 --lr "${RL_LR:-3e-4}" --eval_max_problems 64)
 else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller of everything
   SFT_STEPS=${SFT_STEPS:-60}; RL_STEPS=${RL_STEPS:-10}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
-  RL_SHAPE=(--prompts_per_step 4 --group_size 4 --mini_batch_prompts 4 --lr 1e-5 --eval_max_problems 16)
+  RL_SHAPE=(--prompts_per_step 4 --group_size 4 --mini_batch_prompts 4 --lr "${RL_LR:-1e-5}" --eval_max_problems 16)
 fi
 step() { echo; echo "[smoke $(date +%H:%M:%S)] === $* ==="; }
 
