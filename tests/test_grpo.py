@@ -246,8 +246,13 @@ def test_two_processes_match_one(rl_run, standin, tmp_path):
     assert va == vb and va[-1]["problems"] == 6
     wa, wb = load_file(a / "final/model/model.safetensors"), load_file(b / "final/model/model.safetensors")
     w0 = load_file(Path(model) / "model.safetensors")
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
-    assert max(float((wa[k] - w0[k]).abs().max()) for k in wa) > 1e-3
+    # the same up to float summation order, which Adam amplifies on near-zero gradient entries:
+    # judged against the change RL made (here about 1e-5 of it in L2, 0.1% at the worst entry)
+    diff = torch.cat([(wa[k] - wb[k]).flatten() for k in wa])
+    change = torch.cat([(wa[k] - w0[k]).flatten() for k in wa])
+    assert float(change.abs().max()) > 1e-3
+    assert float(diff.norm() / change.norm()) < 1e-4
+    assert float(diff.abs().max()) < 0.01 * float(change.abs().max())
     ma = [json.loads(l) for l in (a / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(l) for l in (b / "metrics.jsonl").read_text().splitlines()]
     for x, y in zip(ma, mb):
