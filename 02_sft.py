@@ -295,9 +295,11 @@ def train(cfg: Settings) -> Path:
         print(f"resumed from {ckpt} at step {step}")
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    common.save_config(cfg, out, extra={"resolved_model": model_name, "total_steps": total_steps})
-    metrics = common.MetricsLog(out / "metrics.jsonl", resume_step=step, wandb=cfg.wandb,
-                                run_name=cfg.run_name, config=dataclasses.asdict(cfg))
+    metrics = None   # files are written by the main process only (two writers race on the rename)
+    if accelerator.is_main_process:
+        common.save_config(cfg, out, extra={"resolved_model": model_name, "total_steps": total_steps})
+        metrics = common.MetricsLog(out / "metrics.jsonl", resume_step=step, wandb=cfg.wandb,
+                                    run_name=cfg.run_name, config=dataclasses.asdict(cfg))
     units = epoch_units(train_ex, epoch, cfg)
     from tqdm import tqdm
     bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
