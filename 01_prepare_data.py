@@ -19,7 +19,7 @@ test is always in the decontamination set, so no miniF2F-test proof is ever trai
 Departures from the papers:
 - Kimina trains RL on AI-MO/Kimina-Prover-Promptset and distils SFT from long reasoning traces
   we do not have; SFT rows built from a bare proof get a short templated reasoning
-  (common.thinking_from_proof) that passes Kimina's format checks.
+  (formats.thinking_from_proof) that passes Kimina's format checks.
 - n-gram overlap is reported (on conclusions only) as a diagnostic, never used to drop rows:
   binder boilerplate makes unrelated statements share long n-grams.
 - `--task toy` generates the CPU smoke task instead: closed ℕ statements whose right tactic
@@ -51,8 +51,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common
-from common import (canonical_statement, collapse_ws, kimina_completion, normalize_statement,
-                    split_header, statement_conclusion, theorem_name, thinking_from_proof)
+import formats
+import lean_client
+from canonical import canonical_statement, statement_conclusion
+from formats import kimina_completion, thinking_from_proof
+from lean_client import collapse_ws, normalize_statement, split_header, theorem_name
+from toy_task import TACTIC_RULES, TOY_HEADER, toy_completion, toy_feedback, toy_statement
 
 # ---------------------------------------------------------------------------------------------
 # Settings (defaults: the Kimina-Prover-RL sources; override with --key value)
@@ -241,7 +245,7 @@ def to_record(name: str, src: Source, row: dict, idx: int) -> dict:
     except ValueError as exc:
         raise RowError(str(exc)) from exc
     # keep only the theorem itself; a docstring or comment before it is not part of the statement
-    starts = [m.start() for m in re.finditer(rf"\n{common.DECL}\s", statement)]
+    starts = [m.start() for m in re.finditer(rf"\n{lean_client.DECL}\s", statement)]
     statement = statement[starts[-1] + 1:] if starts else statement.lstrip()
     if not theorem_name(statement):
         raise RowError("no theorem name")
@@ -356,7 +360,7 @@ def load_tokenizer(name_or_path: str):
 
 
 def prompt_tokens(tok, rec: dict) -> int:
-    msgs = common.kimina_messages(rec["formal_statement"], rec["informal_problem"], rec["header"])
+    msgs = formats.kimina_messages(rec["formal_statement"], rec["informal_problem"], rec["header"])
     return len(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
 
 
@@ -364,44 +368,7 @@ def prompt_tokens(tok, rec: dict) -> int:
 # Data: the toy task (CPU smoke run; decided by the stand-in server, not by Lean)
 # ---------------------------------------------------------------------------------------------
 
-TOY_HEADER = "import Mathlib\n\n"
-
-
-def toy_statement(rng: random.Random) -> tuple[str, str]:
-    """A true closed ℕ statement and the relation symbol it uses. The tactic that fits is drawn
-    first, then one of its relations, so every tactic is right equally often (with relations
-    drawn uniformly, omega would fit 4 of 7 and RL collapses onto it)."""
-    from lean_standin_server import TACTIC_RULES
-    rel = rng.choice(TACTIC_RULES[rng.choice(sorted(TACTIC_RULES))])
-    a, b = rng.randint(1, 30), rng.randint(1, 30)
-    lhs, val = rng.choice([(f"{a} + {b}", a + b), (f"{a} * {b}", a * b), (str(a), a)])
-    k = rng.randint(1, 20)
-    rhs = {"=": str(val), "≠": str(val + k), "<": str(val + k), "≤": str(val + k - 1),
-           ">": str(max(0, val - k)) if val > k else None, "≥": str(max(0, val - k))}.get(rel)
-    if rel == ">" and rhs is None:
-        lhs, rhs = str(val + k), str(val)
-    if rel == "∣":
-        d = rng.randint(2, 12)
-        lhs, rhs = str(d), str(d * rng.randint(1, 20))
-    return f"{lhs} {rel} {rhs}", rel
-
-
-def toy_completion(stmt: str, tactic: str) -> str:
-    return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}", "One tactic should close this closed ℕ goal.")
-
-
-def toy_feedback(stmt: str, tactic: str) -> str:
-    """The feedback 03 and 04 would show for this attempt: the stand-in's messages through the
-    same parser and formatter as a live verification (lean_client), so the repair rows match
-    the second-turn prompts the model meets in RL and evaluation."""
-    from lean_client import parse_result
-    from lean_standin_server import Checker
-    code = common.build_lean_code(TOY_HEADER, stmt, f"\n  {tactic}")
-    return parse_result("toy", code, {"response": Checker(code, "snippet").run()}).feedback("kimina")
-
-
 def build_toy(cfg: Settings) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
-    from lean_standin_server import TACTIC_RULES
     rng = random.Random(cfg.seed)
     props: dict[str, str] = {}
     while len(props) < cfg.toy_n_statements:   # unique statements, deterministic order

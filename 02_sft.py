@@ -43,6 +43,8 @@ import numpy as np
 import torch
 
 import common
+import formats
+import generation
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -96,21 +98,21 @@ def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator):
     if cfg.preset == "tiny":
         base = out / "base_tiny"
         if not (base / "config.json").exists() and accelerator.is_main_process:
-            texts = [common.render_prompt_text(r) + r["completion"] for r in rows]
-            common.build_tiny_model(texts, base, seed=cfg.seed)
+            texts = [formats.render_prompt_text(r) + r["completion"] for r in rows]
+            generation.build_tiny_model(texts, base, seed=cfg.seed)
         accelerator.wait_for_everyone()
         name = str(base)
     elif cfg.preset == "smollm2":
-        name = str(common.smollm2_folder())
+        name = str(generation.smollm2_folder())
     elif cfg.preset:
         raise SystemExit(f"--preset must be tiny or smollm2, got {cfg.preset!r}")
     else:
         name = cfg.model
-    tok = common.load_tokenizer(name)
+    tok = generation.load_tokenizer(name)
     if not tok.chat_template:
         raise SystemExit(f"tokenizer of {name} has no chat template; prompts are built with it")
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
-    model = common.load_model(name, dtype=dtype)
+    model = generation.load_model(name, dtype=dtype)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.lora:
@@ -132,7 +134,7 @@ def tokenize_rows(rows: list[dict], tok, cfg: Settings) -> tuple[list[dict], int
     generation time."""
     examples, truncated = [], 0
     for row in rows:
-        prompt = common.render_prompt(tok, common.prompt_messages(row))
+        prompt = formats.render_prompt(tok, formats.prompt_messages(row))
         p_ids = tok(prompt, add_special_tokens=False).input_ids
         c_ids = tok(row["completion"], add_special_tokens=False).input_ids + [tok.eos_token_id]
         if len(p_ids) + len(c_ids) > cfg.max_seq_len:

@@ -33,7 +33,6 @@ Several machines: recipes/verl/ exports the data and the reward for verl (Kimina
 """
 import concurrent.futures as cf
 import dataclasses
-import json
 import random
 import shutil
 import sys
@@ -46,7 +45,10 @@ import numpy as np
 import torch
 
 import common
+import formats
+import generation
 from lean_client import LeanClient
+from rl_objective import group_advantages, policy_loss, sequence_logprobs
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -122,7 +124,7 @@ class PromptItem:
     feedback: str = ""                     # ... and Lean's feedback on it
 
     def messages(self) -> list[dict]:
-        return common.prompt_messages({**self.row, "prev_attempt": self.prev_attempt,
+        return formats.prompt_messages({**self.row, "prev_attempt": self.prev_attempt,
                                        "lean_feedback": self.feedback})
 
 
@@ -130,7 +132,7 @@ class PromptItem:
 class Rollout:
     item: PromptItem
     prompt_ids: list[int]
-    gen: common.Generation
+    gen: generation.Generation
     status: str = ""                       # Lean verdict status, or no_proof
     format_errors: list[str] = field(default_factory=list)
     reward: float = 0.0
@@ -191,7 +193,7 @@ class PromptSampler:
         return order
 
     def sample(self, step: int) -> list[PromptItem]:
-        rng = random.Random(common.rollout_seed(self.cfg.seed, step, -1))
+        rng = random.Random(generation.rollout_seed(self.cfg.seed, step, -1))
         items = []
         for _ in range(self.cfg.prompts_per_step):
             if self.cfg.error_correction and self.cache and rng.random() < self.cfg.ec_prob:
@@ -227,9 +229,9 @@ class PromptSampler:
 
 def score(rollouts: list[Rollout], client: LeanClient, cfg: Settings) -> None:
     """Fill status, format errors, reward and feedback of each rollout (blocking)."""
-    verdicts = common.verify_completions(client, [r.item.row for r in rollouts], [r.gen.text for r in rollouts])
+    verdicts = formats.verify_completions(client, [r.item.row for r in rollouts], [r.gen.text for r in rollouts])
     for r, v in zip(rollouts, verdicts):
-        r.format_errors = common.format_errors(r.gen.text, r.item.row["formal_statement"],
+        r.format_errors = formats.format_errors(r.gen.text, r.item.row["formal_statement"],
                                                require_tactic_blocks=cfg.require_tactic_blocks)
         r.status = v.status if v else "no_proof"
         r.reward = float(bool(v and v.ok) and not r.format_errors)
@@ -243,91 +245,6 @@ def score(rollouts: list[Rollout], client: LeanClient, cfg: Settings) -> None:
                 r.reward -= over / cfg.overlong_buffer
 
 
-def group_advantages(rollouts: list[Rollout], cfg: Settings) -> tuple[list[Rollout], int]:
-    """reward - group mean (optionally / std); groups are consecutive runs of group_size.
-    Returns the rollouts to train on and the number of zero-variance groups."""
-    kept, zero_var = [], 0
-    for g in range(0, len(rollouts), cfg.group_size):
-        group = rollouts[g:g + cfg.group_size]
-        rewards = torch.tensor([r.reward for r in group], dtype=torch.float64)
-        adv = rewards - rewards.mean()
-        if cfg.adv_std_norm:
-            adv = adv / (rewards.std(unbiased=False) + 1e-6)
-        for r, a in zip(group, adv.tolist()):
-            r.advantage = a
-        if float(rewards.max() - rewards.min()) == 0.0:
-            zero_var += 1
-            if cfg.skip_zero_variance:
-                continue
-        kept += group
-    return kept, zero_var
-
-
-# ---------------------------------------------------------------------------------------------
-# Policy loss
-# ---------------------------------------------------------------------------------------------
-
-def sequence_logprobs(model, batch: list[tuple[list[int], list[int]]], temperature: float, device):
-    """Per-token log-probs (and entropies) of each completion given its prompt: [B, T] with a mask.
-
-    Prompts are left-padded so every completion starts at the same column; the vocabulary
-    projection then runs only on completion positions (logits_to_keep), not on the prompts."""
-    p_max = max(len(p) for p, _ in batch)
-    t_max = max(len(c) for _, c in batch)
-    ids = torch.zeros((len(batch), p_max + t_max), dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    targets = torch.zeros((len(batch), t_max), dtype=torch.long)
-    mask = torch.zeros((len(batch), t_max))
-    for b, (p, c) in enumerate(batch):
-        ids[b, p_max - len(p):p_max] = torch.tensor(p)
-        ids[b, p_max:p_max + len(c)] = torch.tensor(c)
-        attn[b, p_max - len(p):p_max + len(c)] = 1
-        targets[b, :len(c)] = torch.tensor(c)
-        mask[b, :len(c)] = 1
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    ids, attn, pos, targets, mask = (t.to(device) for t in (ids, attn, pos, targets, mask))
-    # logits at columns p_max-1 .. p_max+t_max-2 predict the completion tokens
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                   logits_to_keep=t_max + 1).logits[:, :t_max].float() / temperature
-    lsm = torch.log_softmax(logits, -1)
-    logp = lsm.gather(-1, targets[..., None]).squeeze(-1) * mask
-    ent = -(lsm.exp() * lsm).sum(-1) * mask
-    return logp, ent, mask
-
-
-def policy_loss(logp, old_logp, adv, mask, cfg: Settings, max_len: int, ref_logp=None,
-                n_seqs_total: int | None = None, n_tokens_total: int | None = None):
-    """Clipped surrogate with asymmetric clipping, aggregated as asked.
-
-    logp, old_logp, mask: [B, T]; adv: [B]. n_*_total: the mini-batch totals when this is one
-    micro-batch of it, so micro-batch losses add up to the mini-batch loss.
-    Returns (loss, stats)."""
-    log_ratio = (logp - old_logp) * mask
-    if cfg.ratio_level == "sequence":   # GSPO: exp(mean token log-ratio), one ratio per sequence
-        seq = log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)
-        log_ratio = seq[:, None].expand_as(logp)
-    ratio = torch.exp(log_ratio)
-    a = adv[:, None]
-    unclipped = ratio * a
-    clipped = torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * a
-    per_token = -torch.minimum(unclipped, clipped)
-    if cfg.kl_coef and ref_logp is not None:   # k3 estimator of KL(pi || ref)
-        d = ref_logp - logp
-        per_token = per_token + cfg.kl_coef * (torch.exp(d) - d - 1)
-    per_token = per_token * mask
-    n_seqs = n_seqs_total or logp.shape[0]
-    n_tokens = n_tokens_total or float(mask.sum())
-    if cfg.loss_agg == "seq_sum_norm":
-        loss = (per_token.sum(-1) / max_len).sum() / n_seqs
-    elif cfg.loss_agg == "token_mean":
-        loss = per_token.sum() / n_tokens
-    else:
-        loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
-    with torch.no_grad():
-        active = ((unclipped > clipped) & (mask > 0)).float().sum()
-    return loss, {"clipped_tokens": float(active), "tokens": float(mask.sum())}
-
-
 # ---------------------------------------------------------------------------------------------
 # Loop
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +256,7 @@ def rollout_step(items, step, gen, tok, client, cfg, pool, index: list | None = 
     seeds follow it, so how the step is split over processes changes no rollout. Returns
     rollouts (grouped) and timings."""
     index = index if index is not None else list(range(len(items)))
-    prompts = [common.render_prompt(tok, it.messages()) for it in items]
+    prompts = [formats.render_prompt(tok, it.messages()) for it in items]
     prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
     timings = {"time_generate": 0.0, "time_verify_wait": 0.0}
     rollouts: list[Rollout] = []
@@ -356,7 +273,7 @@ def rollout_step(items, step, gen, tok, client, cfg, pool, index: list | None = 
         t0 = time.perf_counter()
         todo = [(i, s) for i in chunk for s in range(cfg.group_size)]
         gens = gen.generate([prompts[i] for i, _ in todo],
-                            [common.rollout_seed(cfg.seed, step, index[i], s) for i, s in todo],
+                            [generation.rollout_seed(cfg.seed, step, index[i], s) for i, s in todo],
                             cfg.max_new_tokens, cfg.temperature, cfg.top_p)
         timings["time_generate"] += time.perf_counter() - t0
         part = [Rollout(items[i], prompt_ids[i], g, n_tokens=len(g.token_ids)) for (i, _), g in zip(todo, gens)]
@@ -382,7 +299,7 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
     order = list(range(len(rollouts)))
     old = {i: torch.tensor(r.gen.logprobs, dtype=torch.float32) for i, r in enumerate(rollouts) if r.local}
     for epoch in range(cfg.ppo_epochs):
-        random.Random(common.rollout_seed(cfg.seed, step, epoch, -2)).shuffle(order)
+        random.Random(generation.rollout_seed(cfg.seed, step, epoch, -2)).shuffle(order)
         for m in range(0, len(order), per_mb):
             mb = order[m:m + per_mb]
             n_tokens = sum(rollouts[i].n_tokens for i in mb)
@@ -435,7 +352,7 @@ def add_second_turns(rollouts: list[Rollout], sampler: PromptSampler, tok, cfg: 
         if (r.item.turn == 1 and r.reward == 0 and r.status in ("lean_error", "timeout")
                 and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars):
             item = PromptItem(r.item.row, 2, r.gen.text, r.feedback)
-            if len(tok(common.render_prompt(tok, item.messages()), add_special_tokens=False).input_ids) \
+            if len(tok(formats.render_prompt(tok, item.messages()), add_special_tokens=False).input_ids) \
                     > cfg.max_prompt_tokens:
                 too_long += 1
                 continue
@@ -488,13 +405,13 @@ def train(cfg: Settings) -> Path:
     if cfg.eval_max_problems:
         eval_rows = eval_rows[:cfg.eval_max_problems]
     torch.manual_seed(cfg.seed)
-    tok = common.load_tokenizer(model_path)
-    model = common.load_model(model_path, dtype="bfloat16" if device.type == "cuda" else "float32", device=device)
+    tok = generation.load_tokenizer(model_path)
+    model = generation.load_model(model_path, dtype="bfloat16" if device.type == "cuda" else "float32", device=device)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
                                                  target_modules=cfg.lora_targets.split(","), task_type="CAUSAL_LM"))
-    ref_model = common.load_model(model_path, device=device).eval() if cfg.kl_coef else None
+    ref_model = generation.load_model(model_path, device=device).eval() if cfg.kl_coef else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, max_retries=cfg.lean_retries,
                         cache_path=out / ("verdicts.sqlite" if main else f"verdicts.rank{rank}.sqlite"))
@@ -506,11 +423,11 @@ def train(cfg: Settings) -> Path:
         step = load_checkpoint(ckpt, model, optimizer, sampler, cfg)
         print(f"resumed from {ckpt} at step {step}")
     if cfg.backend == "vllm":
-        gen = common.VLLMGenerator(model_path, lora=cfg.lora, max_lora_rank=cfg.lora_r,
+        gen = generation.VLLMGenerator(model_path, lora=cfg.lora, max_lora_rank=cfg.lora_r,
                                    gpu_memory_utilization=cfg.vllm_gpu_memory, external_launcher=world > 1)
         push_weights(gen, model, cfg, out)
     else:
-        gen = common.HFGenerator(model, tok, batch_size=cfg.gen_batch_size)
+        gen = generation.HFGenerator(model, tok, batch_size=cfg.gen_batch_size)
     total = cfg.max_steps or cfg.epochs * max(1, len(train_rows) // cfg.prompts_per_step)
     if main:
         common.save_config(cfg, out, extra={"resolved_model": model_path, "data": str(data_path), "processes": world,

@@ -37,7 +37,6 @@ import csv
 import json
 import math
 import os
-import random
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -46,7 +45,10 @@ from pathlib import Path
 import numpy as np
 
 import common
+import formats
+import generation
 from lean_client import LeanClient
+from proof_memory import ProofBank, shipped_proofs
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -94,7 +96,7 @@ TOOL_SYSTEM = (" You may check partial Lean 4 code while you think: write it bet
                "</sketch>, and the Lean REPL's answer will follow between <REPL> and </REPL>.")
 
 # ---------------------------------------------------------------------------------------------
-# Setup: model, benchmarks, proof bank
+# Setup: model, benchmarks
 # ---------------------------------------------------------------------------------------------
 
 
@@ -128,82 +130,6 @@ def load_benchmarks(cfg: Settings) -> dict[str, list[dict]]:
         rows = common.read_rows(path, "statements")
         out[path.stem.removeprefix("eval_")] = rows[:cfg.max_problems] if cfg.max_problems else rows
     return out
-
-
-class ProofBank:
-    """Verified proofs (statement, proof, source, run) with BM25 retrieval over statements."""
-
-    def __init__(self, path: Path, scored: list[dict]):
-        self.path = path
-        self.blocked = {common.canonical_statement(r["formal_statement"]) for r in scored}
-        self.blocked_names = {common.theorem_name(r["formal_statement"]) for r in scored}
-        self.rows = common.read_rows(path, "proof_bank") if path.exists() and path.stat().st_size else []
-        self._index = None
-
-    def seed(self, rows: list[dict]) -> int:
-        """Add shipped proofs, leaving out every problem of the benchmarks being scored."""
-        added = 0
-        for r in rows:
-            if (common.theorem_name(r["formal_statement"]) in self.blocked_names or
-                    common.canonical_statement(r["formal_statement"]) in self.blocked):
-                continue
-            added += self.add(r, save=False)
-        self.save()
-        return added
-
-    def add(self, row: dict, save: bool = True) -> bool:
-        key = (common.collapse_ws(row["formal_statement"]), common.collapse_ws(row["proof"]))
-        if any((common.collapse_ws(r["formal_statement"]), common.collapse_ws(r["proof"])) == key for r in self.rows):
-            return False
-        self.rows.append(row)
-        self._index = None
-        if save:
-            self.save()
-        return True
-
-    def save(self) -> None:
-        common.write_parquet(self.rows, self.path, "proof_bank")
-
-    def retrieve(self, statement: str, k: int, exclude_id: str) -> list[dict]:
-        """Top-k by BM25 over statements; never the problem itself. The index is built once per
-        bank state (not per call): the excluded entries are filtered from a slightly longer list."""
-        if k <= 0 or not self.rows:
-            return []
-        import bm25s
-        if self._index is None:
-            self._index = bm25s.BM25()
-            self._index.index(bm25s.tokenize([r["formal_statement"] for r in self.rows], stopwords=None,
-                                             show_progress=False), show_progress=False)
-        key = common.collapse_ws(statement)
-        excluded = sum(r["statement_id"] == exclude_id or common.collapse_ws(r["formal_statement"]) == key
-                       for r in self.rows)
-        want = min(k + excluded, len(self.rows))
-        docs, _ = self._index.retrieve(bm25s.tokenize([statement], stopwords=None, show_progress=False),
-                                       k=want, show_progress=False)
-        hits = [self.rows[int(i)] for i in docs[0]]
-        return [r for r in hits if r["statement_id"] != exclude_id and
-                common.collapse_ws(r["formal_statement"]) != key][:k]
-
-
-def shipped_proofs() -> list[dict]:
-    """The verified proofs bundled in data/: 67 miniF2F-valid human proofs and Kimina-Prover-Preview's
-    197 miniF2F-test proofs (the latter are left out whenever miniF2F-test is scored)."""
-    rows = []
-    for line in (common.PROJECT_ROOT / "data/proofs/deepseek_v15_minif2f_valid_few_shot.jsonl").open():
-        r = json.loads(line)
-        rows.append({"statement_id": f"minif2f_valid_proofs/{r['name']}", "formal_statement":
-                     common.normalize_statement(r["formal_statement"]), "header": "",
-                     "proof": r["formal_proof"], "source": "deepseek_v15_minif2f_valid_few_shot", "run": "shipped"})
-    with zipfile.ZipFile(common.PROJECT_ROOT / "data/proofs/kimina_preview_minif2f_test_solved.zip") as zf:
-        name = next(n for n in zf.namelist() if n.endswith(".jsonl"))
-        for line in zf.read(name).decode().splitlines():
-            r = json.loads(line)
-            header, body = common.split_header(r["correct_proof"])
-            stmt = body[body.find("theorem"):body.find(":= by") + 5]
-            rows.append({"statement_id": f"kimina_preview/{r['name']}", "formal_statement": stmt,
-                         "header": header, "proof": body[body.find(":= by") + 5:],
-                         "source": "kimina_preview_minif2f_test_solved", "run": "shipped"})
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,15 +244,15 @@ def plot_pass_at_k(path: Path, curves: dict[str, list[dict]], title: str, anchor
 class Evaluator:
     def __init__(self, cfg: Settings, model_path: str, client: LeanClient):
         self.cfg, self.client = cfg, client
-        self.tok = common.load_tokenizer(model_path)
+        self.tok = generation.load_tokenizer(model_path)
         if cfg.backend == "vllm":
-            self.gen = common.VLLMGenerator(model_path, tensor_parallel_size=cfg.vllm_tp)
+            self.gen = generation.VLLMGenerator(model_path, tensor_parallel_size=cfg.vllm_tp)
         else:
-            self.gen = common.HFGenerator(common.load_model(model_path), self.tok, batch_size=cfg.gen_batch_size)
+            self.gen = generation.HFGenerator(generation.load_model(model_path), self.tok, batch_size=cfg.gen_batch_size)
         self.tokens = 0
 
     def messages(self, row, retrieved=(), attempt="", feedback="") -> list[dict]:
-        msgs = common.prompt_messages({**row, "prev_attempt": attempt, "lean_feedback": feedback})
+        msgs = formats.prompt_messages({**row, "prev_attempt": attempt, "lean_feedback": feedback})
         if self.cfg.mode == "tool":
             msgs[0] = {"role": "system", "content": msgs[0]["content"] + TOOL_SYSTEM}
         if retrieved:
@@ -335,14 +261,14 @@ class Evaluator:
                        f"\n# Verified proofs of similar statements:\n{block}\n"}
         return msgs
 
-    def sample(self, prompts: list[str], seeds: list[int], stop=()) -> list[common.Generation]:
+    def sample(self, prompts: list[str], seeds: list[int], stop=()) -> list[generation.Generation]:
         gens = self.gen.generate(prompts, seeds, self.cfg.max_new_tokens, self.cfg.temperature, self.cfg.top_p, stop)
         self.tokens += sum(len(g.token_ids) for g in gens)
         return gens
 
     def verify(self, rows, texts) -> list:
         """Extract, gate and verify; None where the completion holds no proof of the statement."""
-        return common.verify_completions(self.client, rows, texts)
+        return formats.verify_completions(self.client, rows, texts)
 
     def tool_generate(self, prompts, seeds) -> list[tuple[str, int]]:
         """StepFun loop: stop at </sketch>, check, append <REPL>, continue; budget in tokens."""
@@ -398,9 +324,9 @@ class Evaluator:
                         pending.result()
                     self.repair(bench, todo, log, bank, repair_rows)
                 else:
-                    prompts = [common.render_prompt(self.tok, self.messages(r)) for r, _ in todo]
+                    prompts = [formats.render_prompt(self.tok, self.messages(r)) for r, _ in todo]
                     # a sample's seed depends on (problem, index) only: a resumed run draws the same
-                    seeds = [common.rollout_seed(cfg.seed, r["statement_id"], k) for r, k in todo]
+                    seeds = [generation.rollout_seed(cfg.seed, r["statement_id"], k) for r, k in todo]
                     if cfg.mode == "tool":
                         outs = self.tool_generate(prompts, seeds)
                     else:
@@ -423,8 +349,8 @@ class Evaluator:
                       and len(rec["feedback"]) <= 3000]
             msgs = [self.messages(rows[i], attempt=records[i]["completion"], feedback=records[i]["feedback"])
                     for i in failed]
-            p2 = [common.render_prompt(self.tok, m) for m in msgs]
-            gens = self.sample(p2, [common.rollout_seed(self.cfg.seed, 2, rows[i]["statement_id"], todo[i][1])
+            p2 = [formats.render_prompt(self.tok, m) for m in msgs]
+            gens = self.sample(p2, [generation.rollout_seed(self.cfg.seed, 2, rows[i]["statement_id"], todo[i][1])
                                     for i in failed])
             v2 = self.verify([rows[i] for i in failed], [g.text for g in gens])
             records += [sample_row(bench, "correction", rows[i], todo[i][1], 2, p, g.text, v, len(g.token_ids))
@@ -443,9 +369,9 @@ class Evaluator:
             for i in active:
                 row = todo[i][0]
                 retrieved = bank.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
-                prompts.append(common.render_prompt(self.tok, self.messages(
+                prompts.append(formats.render_prompt(self.tok, self.messages(
                     row, retrieved, state[i]["attempt"], state[i]["feedback"])))
-            gens = self.sample(prompts, [common.rollout_seed(cfg.seed, rnd, todo[i][0]["statement_id"], todo[i][1])
+            gens = self.sample(prompts, [generation.rollout_seed(cfg.seed, rnd, todo[i][0]["statement_id"], todo[i][1])
                                          for i in active])
             verdicts = self.verify([todo[i][0] for i in active], [g.text for g in gens])
             records, nxt = [], []
@@ -456,7 +382,7 @@ class Evaluator:
                     rec["feedback"] = v.feedback("goedel", round_idx=rnd)
                 records.append(rec)
                 if rec["ok"]:
-                    proof = common.extract_proof(g.text, row["formal_statement"])
+                    proof = formats.extract_proof(g.text, row["formal_statement"])
                     bank.add({"statement_id": row["statement_id"], "formal_statement": row["formal_statement"],
                               "header": row["header"], "proof": proof, "source": bench, "run": cfg.run_name})
                     if rnd > 1:   # a fix: attempt + feedback -> verified proof, in the SFT schema
@@ -611,7 +537,7 @@ def sft_proofs_that_verify(cfg: Settings, client: LeanClient) -> list[dict]:
     path = common.stage_dir(cfg.run_name, "01_data") / "sft.parquet"
     rows = common.read_rows(path, "sft")
     verdicts = client.verify([{"id": r["statement_id"], "statement": r["formal_statement"],
-                               "code": common.build_lean_code(r["header"], r["formal_statement"], r["formal_proof"])}
+                               "code": formats.build_lean_code(r["header"], r["formal_statement"], r["formal_proof"])}
                               for r in rows])
     return [{"statement_id": r["statement_id"], "formal_statement": r["formal_statement"], "header": r["header"],
              "proof": r["formal_proof"], "source": "sft", "run": cfg.run_name} for r, v in zip(rows, verdicts) if v.ok]

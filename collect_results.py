@@ -24,7 +24,7 @@ def toy_tactic_table(rollouts: Path, steps: range) -> list[str]:
     a proof), as shares over `steps`. Shows whether RL learnt the rule or a marginal preference."""
     import re
     import pandas as pd
-    from lean_standin_server import TACTIC_RULES
+    from toy_task import TACTIC_RULES
     frames = [pd.read_parquet(f) for s in steps if (f := rollouts / f"step_{s:06d}.parquet").exists()]
     if not frames:
         return []

@@ -19,6 +19,11 @@ What it promises: `verify` never raises because of the server. Anything that cou
 verified becomes a verdict with status `timeout`, `server_error` or `rejected`, and only
 `valid` has `ok == True`.
 
+It stands alone: it imports nothing from this project (only `requests`), so it can be copied
+into another codebase as one file. The Lean text helpers it needs (comment stripping, header /
+statement split, statement normalisation, import-line counting) live here, and the rest of the
+project imports them from here.
+
 What it does not do: it is not Lean. A `valid` verdict is only as good as the server behind
 the URL; the stand-in server used by the tests (`lean_standin_server.py`) reports itself in
 `/health`, and that identity is part of every cache key.
@@ -39,12 +44,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import requests
 
-from common import (collapse_ws, import_line_count, normalize_statement, strip_lean_comments,
-                    theorem_name)
 
 log = logging.getLogger("lean_client")
 
@@ -62,6 +64,134 @@ DOCKER_HINT = ("Start a Kimina Lean Server with\n"
 
 class LeanServerUnavailable(RuntimeError):
     pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Lean text
+# ---------------------------------------------------------------------------------------------
+
+# What a statement may declare. ProofNet has a few `def`/`noncomputable def` items (data whose
+# construction is the proof); they are benchmark items like the theorems.
+DECL = r"(?:noncomputable\s+)?(?:theorem|lemma|def)"
+
+
+def strip_lean_comments(code: str, keep_columns: bool = False) -> str:
+    """Remove `--` line comments and (nested) `/- ... -/` block comments, docstrings included.
+
+    Newlines inside comments are kept so that line numbers stay valid (with keep_columns, every
+    other comment character becomes a space, so columns stay valid too); string literals are
+    left alone (a `--` inside "..." is not a comment). Why it matters: the soundness gate must
+    not be fooled by a statement or a forbidden word that only appears inside a comment.
+    """
+    out: list[str] = []
+    i, n, depth = 0, len(code), 0
+    in_string = False
+    while i < n:
+        ch = code[i]
+        two = code[i:i + 2]
+        if depth:
+            if two == "/-":
+                depth += 1
+                i += 2
+                out.append("  " if keep_columns else "")
+            elif two == "-/":
+                depth -= 1
+                i += 2
+                out.append("  " if keep_columns else "")
+            else:
+                if ch == "\n":
+                    out.append("\n")
+                elif keep_columns:
+                    out.append(" ")
+                i += 1
+            continue
+        if in_string:
+            out.append(ch)
+            if ch == "\\" and i + 1 < n:
+                out.append(code[i + 1])
+                i += 2
+                continue
+            if ch == '"':
+                in_string = False
+            i += 1
+            continue
+        if two == "/-":
+            depth = 1
+            i += 2
+            out.append("  " if keep_columns else "")
+        elif two == "--":
+            j = code.find("\n", i)
+            j = n if j < 0 else j
+            out.append(" " * (j - i) if keep_columns else "")
+            i = j
+        else:
+            if ch == '"':
+                in_string = True
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def collapse_ws(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+_TRAILING_PROOF = re.compile(r"(:=\s*(by)?\s*(sorry)?\s*|\s+sorry\s*)$", re.S)
+
+
+def normalize_statement(statement: str) -> str:
+    """A theorem statement in the form every stage uses: comments kept, trailing `sorry` removed,
+    ending in `:= by` (Kimina: 'trailing sorry stripped, " by" appended if missing').
+
+    Raises ValueError when the text holds no `theorem`/`lemma` declaration.
+    """
+    text = statement.strip()
+    if not re.search(rf"(^|\n)\s*{DECL}\s", text):
+        raise ValueError(f"no theorem/lemma/def declaration in statement: {text[:80]!r}")
+    body = _TRAILING_PROOF.sub("", text).rstrip()
+    if body.endswith(":="):
+        body = body[:-2].rstrip()
+    return body + " := by"
+
+
+def theorem_name(statement: str) -> str | None:
+    m = re.search(rf"(?:^|\n)\s*{DECL}\s+([^\s:({{\[]+)", strip_lean_comments(statement))
+    return m.group(1) if m else None
+
+
+_HEADER_LINE = re.compile(r"^\s*(import|set_option|open|universe|$)")
+
+
+def split_header(code: str) -> tuple[str, str]:
+    """Split a Lean file into (header, rest): the header is the leading run of import /
+    set_option / open / universe lines, blank lines and comments."""
+    lines = code.split("\n")
+    stripped = strip_lean_comments(code).split("\n")
+    cut = 0
+    for idx, line in enumerate(stripped):
+        if _HEADER_LINE.match(line):
+            cut = idx + 1
+            continue
+        break
+    # A line that was only a comment is blank after stripping and counts as header; give a
+    # trailing comment block (a docstring before the theorem) back to the body.
+    while cut > 0 and lines[cut - 1].strip() and not _HEADER_LINE.match(lines[cut - 1]):
+        cut -= 1
+    header = "\n".join(lines[:cut])
+    return (header + "\n" if cut else ""), "\n".join(lines[cut:])
+
+
+def import_line_count(code: str) -> int:
+    """Lines up to and including the last leading `import` line: what servers older than
+    Oct 2025 cut off before counting message positions."""
+    last = 0
+    for idx, line in enumerate(strip_lean_comments(code).split("\n")):
+        s = line.strip()
+        if s.startswith("import "):
+            last = idx + 1
+        elif s:
+            break
+    return last
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import formats  # noqa: E402
+import generation  # noqa: E402
 
 
 def load_stage(name: str, file: str):

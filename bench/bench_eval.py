@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _util import common, load_stage
+from _util import common, formats, load_stage
 from lean_client import LeanClient
 from lean_standin_server import StandinProcess
 
@@ -42,16 +42,16 @@ def main():
         t0 = time.perf_counter()
         solved_naive = 0
         for row in rows:
-            prompt = common.render_prompt(tok, common.prompt_messages(row))
+            prompt = formats.render_prompt(tok, formats.prompt_messages(row))
             ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
             for k in range(args.samples):
                 out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0,
                                      top_p=0.95, pad_token_id=tok.pad_token_id)
                 text = tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
-                proof = common.extract_proof(text, row["formal_statement"])
+                proof = formats.extract_proof(text, row["formal_statement"])
                 if proof is not None:
                     v = client.verify([{"id": "x", "statement": row["formal_statement"],
-                                        "code": common.build_lean_code(row["header"], row["formal_statement"], proof)}])[0]
+                                        "code": formats.build_lean_code(row["header"], row["formal_statement"], proof)}])[0]
                     solved_naive += v.ok
         naive = time.perf_counter() - t0
     print(json.dumps({"samples": n, "latency_ms_per_proof": args.latency_ms,

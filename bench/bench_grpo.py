@@ -17,7 +17,7 @@ import shutil
 import statistics
 import time
 
-from _util import common, load_stage, toy_run
+from _util import common, formats, generation, load_stage, toy_run
 from lean_client import LeanClient
 from lean_standin_server import StandinProcess
 
@@ -33,8 +33,8 @@ def main():
     work = toy_run("bench_grpo_")
     rows = [r for r in common.read_rows(work / "runs/b/01_data/rl_prompts.parquet", "statements")
             if r["split"] != "valid"]
-    model = args.model or str(common.build_tiny_model(
-        [common.render_prompt_text(r) for r in rows[:2000]], work / "base"))
+    model = args.model or str(generation.build_tiny_model(
+        [formats.render_prompt_text(r) for r in rows[:2000]], work / "base"))
     grpo = load_stage("grpo", "03_rl_grpo.py")
 
     with StandinProcess(workers=16, latency_ms=args.latency_ms) as url:
@@ -53,15 +53,15 @@ def main():
         from datasets import Dataset
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
-        tok = common.load_tokenizer(model)
+        tok = generation.load_tokenizer(model)
         by_prompt = {}
         for r in rows:
-            by_prompt[common.render_prompt(tok, common.prompt_messages(r))] = r
+            by_prompt[formats.render_prompt(tok, formats.prompt_messages(r))] = r
         ds = Dataset.from_list([{"prompt": p} for p in list(by_prompt)[:4 * (args.steps + 2)]])
         client = LeanClient(url, batch_size=8)
 
         def reward(prompts, completions, **kw):
-            rollouts = [grpo.Rollout(grpo.PromptItem(by_prompt[p]), [], common.Generation(c, [], [], "eos"))
+            rollouts = [grpo.Rollout(grpo.PromptItem(by_prompt[p]), [], generation.Generation(c, [], [], "eos"))
                         for p, c in zip(prompts, completions)]
             grpo.score(rollouts, client, cfg)
             return [r.reward for r in rollouts]
@@ -84,7 +84,7 @@ def main():
                              epsilon=0.2, epsilon_high=0.3, max_steps=args.steps, logging_steps=1,
                              gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none",
                              save_strategy="no", seed=0, disable_tqdm=True, scale_rewards=False)
-        trainer = GRPOTrainer(model=common.load_model(model), reward_funcs=reward, args=trl_cfg,
+        trainer = GRPOTrainer(model=generation.load_model(model), reward_funcs=reward, args=trl_cfg,
                               train_dataset=ds, processing_class=tok, callbacks=[Timer()])
         trainer.train()
         trl_sec = statistics.median(times[args.warmup:])

@@ -14,7 +14,7 @@ import shutil
 import statistics
 import time
 
-from _util import common, load_stage, toy_run
+from _util import common, formats, generation, load_stage, toy_run
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
     work = toy_run("bench_sft_")
     data = work / "runs/b/01_data/sft.parquet"
     rows = [r for r in common.read_rows(data, "sft") if r["split"] != "valid"]
-    base = common.build_tiny_model([common.render_prompt_text(r) + r["completion"] for r in rows],
+    base = generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows],
                                    work / "base", seed=0)
 
     # ---- ours: the stage's own train() on a copy of the base model
@@ -38,7 +38,7 @@ def main():
     sft.train(cfg)
     ours = [json.loads(l) for l in (work / "runs/ours/02_sft/metrics.jsonl").read_text().splitlines()]
     ours_sec = statistics.median(r["sec_per_step"] for r in ours[args.warmup:])
-    tok = common.load_tokenizer(str(base))
+    tok = generation.load_tokenizer(str(base))
     examples, _ = sft.tokenize_rows(rows, tok, cfg)
     mean_tokens = statistics.mean(len(e["input_ids"]) for e in examples)
 
@@ -46,7 +46,7 @@ def main():
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
-    ds = Dataset.from_list([{"prompt": common.render_prompt(tok, common.prompt_messages(r)),
+    ds = Dataset.from_list([{"prompt": formats.render_prompt(tok, formats.prompt_messages(r)),
                              "completion": r["completion"]} for r in rows])
     times = []
 
@@ -63,13 +63,13 @@ def main():
                         completion_only_loss=True, gradient_checkpointing=False, bf16=False, fp16=False,
                         use_cpu=True, report_to="none", save_strategy="no", logging_steps=1000,
                         dataloader_num_workers=0, seed=0, disable_tqdm=True)
-    trainer = SFTTrainer(model=common.load_model(str(base)), args=trl_cfg, train_dataset=ds,
+    trainer = SFTTrainer(model=generation.load_model(str(base)), args=trl_cfg, train_dataset=ds,
                          processing_class=tok, callbacks=[Timer()])
     trainer.train()
     trl_sec = statistics.median(times[args.warmup:])
 
     tokens_per_step = mean_tokens * args.batch_size
-    result = {"model_params": sum(p.numel() for p in common.load_model(str(base)).parameters()),
+    result = {"model_params": sum(p.numel() for p in generation.load_model(str(base)).parameters()),
               "batch_size": args.batch_size, "mean_tokens_per_row": round(mean_tokens, 1),
               "steps_timed": args.steps - args.warmup,
               "ours_sec_per_step": round(ours_sec, 4), "trl_sec_per_step": round(trl_sec, 4),

@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
-from lean_standin_server import TACTIC_RULES  # noqa: E402
+import generation  # noqa: E402
+from toy_task import TACTIC_RULES  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("grpo", ROOT / "03_rl_grpo.py")
 grpo = importlib.util.module_from_spec(spec)
@@ -29,7 +30,7 @@ def planted_score(rollouts, client, cfg):
         right = next(t for t, rels in TACTIC_RULES.items() if any(f" {rel} " in stmt for rel in rels))
         tactic = right if r.gen.token_ids[0] % 2 == 0 else next(t for t in TACTIC_RULES if t != right)
         text = f"<think>\nplanted\n</think>\n```lean4\n{r.item.row['header']}{stmt}\n  {tactic}\n```"
-        r.gen = common.Generation(text, r.gen.token_ids, r.gen.logprobs, r.gen.finish)
+        r.gen = generation.Generation(text, r.gen.token_ids, r.gen.logprobs, r.gen.finish)
     return real_score(rollouts, client, cfg)
 
 

@@ -7,8 +7,9 @@ import pytest
 
 from conftest import ROOT
 import common
-from common import (extract_proof, format_errors, normalize_statement, pass_at_k, split_header,
-                    strip_lean_comments, theorem_name)
+from common import pass_at_k
+from formats import extract_proof, format_errors
+from lean_client import normalize_statement, split_header, strip_lean_comments, theorem_name
 
 
 # ---------------------------------------------------------------- pass@k

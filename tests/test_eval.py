@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT
 import common
+import generation
+import proof_memory
 from lean_client import LeanClient
 
 spec = importlib.util.spec_from_file_location("ev", ROOT / "04_eval.py")
@@ -64,8 +66,8 @@ def test_pass_at_k_table_and_ks():
 def test_bank_never_holds_the_scored_problems(tmp_path):
     scored = [{"formal_statement": json.loads(l)["formal_statement"]}
               for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open() if json.loads(l)["split"] == "test"]
-    bank = ev.ProofBank(tmp_path / "bank.parquet", scored)
-    shipped = ev.shipped_proofs()
+    bank = proof_memory.ProofBank(tmp_path / "bank.parquet", scored)
+    shipped = proof_memory.shipped_proofs()
     assert len(shipped) == 67 + 197
     added = bank.seed(shipped)
     assert added == 67                       # every Kimina miniF2F-test proof is left out
@@ -73,12 +75,12 @@ def test_bank_never_holds_the_scored_problems(tmp_path):
     # scoring only miniF2F-valid instead: the valid proofs are left out, the test proofs go in
     valid = [{"formal_statement": json.loads(l)["formal_statement"]}
              for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open() if json.loads(l)["split"] == "valid"]
-    bank2 = ev.ProofBank(tmp_path / "bank2.parquet", valid)
+    bank2 = proof_memory.ProofBank(tmp_path / "bank2.parquet", valid)
     assert bank2.seed(shipped) == 197
 
 
 def test_bm25_retrieves_similar_statements_and_never_the_problem_itself(tmp_path):
-    bank = ev.ProofBank(tmp_path / "b.parquet", [])
+    bank = proof_memory.ProofBank(tmp_path / "b.parquet", [])
     for i, st in enumerate(["theorem a : 2 + 3 = 5 := by", "theorem b (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by",
                             "theorem c : 7 ∣ 21 := by"]):
         bank.add({"statement_id": f"s{i}", "formal_statement": st, "header": "", "proof": " norm_num",
@@ -105,7 +107,7 @@ class Scripted:
         for p in prompts:
             self.prompts.append(p)
             text, finish = self.answer(p)
-            out.append(common.Generation(text, [1] * 5, [0.0] * 5, finish))
+            out.append(generation.Generation(text, [1] * 5, [0.0] * 5, finish))
         return out
 
 
@@ -115,7 +117,7 @@ def answer_block(stmt, tactic):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return str(common.build_tiny_model(["hello <think> lean4 theorem"] * 10, tmp_path_factory.mktemp("m") / "tiny"))
+    return str(generation.build_tiny_model(["hello <think> lean4 theorem"] * 10, tmp_path_factory.mktemp("m") / "tiny"))
 
 
 def make_evaluator(cfg, tiny_model, url, answer):
@@ -141,7 +143,7 @@ def test_repair_loop_stops_feeds_back_and_grows_the_bank(tmp_path, tiny_model, s
         return answer_block(stmt, "rfl" if "The rfl tactic failed" in prompt or "omega could not" in prompt
                             else "omega"), "eos"
     e = make_evaluator(cfg, tiny_model, standin, answer)
-    bank = ev.ProofBank(tmp_path / "bank.parquet", rows)
+    bank = proof_memory.ProofBank(tmp_path / "bank.parquet", rows)
     bank.add({"statement_id": "seed/1", "formal_statement": "theorem s : 5 + 5 = 10 := by", "header": HEADER,
               "proof": "\n  rfl", "source": "seed", "run": "x"})
     log, repair_rows = ev.SampleLog(tmp_path / "s"), []
@@ -209,8 +211,8 @@ def test_single_mode_resumes_and_writes_tables_and_plots(tmp_path, tiny_model, s
     # a crash: half the samples lost, the last line cut in the middle
     log.write_text("\n".join(lines[:9]) + "\n" + lines[9][:20])
     calls = []
-    real = common.HFGenerator.generate
-    monkeypatch.setattr(common.HFGenerator, "generate", lambda self, p, *a, **k: calls.append(len(p)) or real(self, p, *a, **k))
+    real = generation.HFGenerator.generate
+    monkeypatch.setattr(generation.HFGenerator, "generate", lambda self, p, *a, **k: calls.append(len(p)) or real(self, p, *a, **k))
     ev.main(args)
     rows = [json.loads(l) for l in log.read_text().splitlines()]   # every line whole again
     assert sum(calls) == 11                                    # only the lost samples were drawn again
@@ -270,7 +272,7 @@ def test_tool_loop_never_exceeds_the_token_budget(tmp_path, tiny_model, standin)
         def generate(self, prompts, seeds, max_new_tokens, *a, **k):
             self.prompts += prompts
             n = min(5, max_new_tokens)
-            return [common.Generation("<sketch>x</sketch>", [1] * n, [0.0] * n, "stop") for _ in prompts]
+            return [generation.Generation("<sketch>x</sketch>", [1] * n, [0.0] * n, "stop") for _ in prompts]
     e = make_evaluator(cfg, tiny_model, standin, None)
     e.gen = Sketcher(None)
     (text, used), = e.tool_generate(["p"], [0])

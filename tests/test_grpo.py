@@ -13,6 +13,7 @@ import torch
 
 from conftest import ROOT
 import common
+import generation
 
 spec = importlib.util.spec_from_file_location("grpo", ROOT / "03_rl_grpo.py")
 grpo = importlib.util.module_from_spec(spec)
@@ -28,7 +29,7 @@ def cfg(**kw):
 
 def fake_rollouts(rewards, group_size):
     item = grpo.PromptItem({"statement_id": "x", "formal_statement": "theorem x : 1 = 1 := by", "header": ""})
-    return [grpo.Rollout(item, [1], common.Generation("", [2], [0.0], "eos"), reward=r) for r in rewards]
+    return [grpo.Rollout(item, [1], generation.Generation("", [2], [0.0], "eos"), reward=r) for r in rewards]
 
 
 # ---------------------------------------------------------------- advantages
@@ -99,8 +100,8 @@ def test_kl_term_is_zero_at_the_reference_and_positive_elsewhere():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     texts = ["<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n rfl decide omega norm_num"] * 30
-    folder = common.build_tiny_model(texts, tmp_path_factory.mktemp("m") / "tiny")
-    return common.load_tokenizer(str(folder)), common.load_model(str(folder)), folder
+    folder = generation.build_tiny_model(texts, tmp_path_factory.mktemp("m") / "tiny")
+    return generation.load_tokenizer(str(folder)), generation.load_model(str(folder)), folder
 
 
 def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
@@ -111,7 +112,7 @@ def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
     with torch.no_grad():
         before, _, mask = grpo.sequence_logprobs(model, pairs, 1.0, "cpu")
     item = grpo.PromptItem({"statement_id": "p"})
-    rollouts = [grpo.Rollout(item, prompt, common.Generation("", c, before[i, :len(c)].tolist(), "eos"),
+    rollouts = [grpo.Rollout(item, prompt, generation.Generation("", c, before[i, :len(c)].tolist(), "eos"),
                              reward=float(i == 0)) for i, c in enumerate([good, bad])]
     c = cfg(group_size=2, mini_batch_prompts=1, prompts_per_step=1, lr=1e-2)
     grpo.group_advantages(rollouts, c)
@@ -128,10 +129,10 @@ def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
 def test_second_turns_skip_overlong_prompts_and_long_feedback(tiny):
     tok = tiny[0]
     row = {"statement_id": "p", "header": "", "formal_statement": "theorem p : 1 = 1 := by"}
-    failed = [grpo.Rollout(grpo.PromptItem(row), [1], common.Generation("attempt " * n, [2], [0.0], "eos"),
+    failed = [grpo.Rollout(grpo.PromptItem(row), [1], generation.Generation("attempt " * n, [2], [0.0], "eos"),
                            status="lean_error", feedback=fb) for n, fb in ((1, "short error"), (400, "short error"),
                                                                           (1, "x" * 3001))]
-    ok = grpo.Rollout(grpo.PromptItem(row), [1], common.Generation("", [2], [0.0], "eos"), status="valid", reward=1.0)
+    ok = grpo.Rollout(grpo.PromptItem(row), [1], generation.Generation("", [2], [0.0], "eos"), status="valid", reward=1.0)
     c = cfg(max_prompt_tokens=300)
     sampler = grpo.PromptSampler([row], c)
     assert grpo.add_second_turns(failed + [ok], sampler, tok, c) == 1     # the 400-word attempt
@@ -164,7 +165,7 @@ def test_faults_cost_error_verdicts_not_the_run(rl_run, make_standin, monkeypatc
             proc.stop()
         r = rollouts[0]
         stmt = r.item.row["formal_statement"]
-        r.gen = common.Generation(f"<think>\nx\n</think>\n```lean4\n{r.item.row['header']}{stmt}\n  rfl\n```",
+        r.gen = generation.Generation(f"<think>\nx\n</think>\n```lean4\n{r.item.row['header']}{stmt}\n  rfl\n```",
                                   r.gen.token_ids, r.gen.logprobs, r.gen.finish)
         return real_score(rollouts, client, c)
     monkeypatch.setattr(grpo, "score", score_with_planted)

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT
 import common
+import formats
 
 MINIF2F = [json.loads(l) for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open()]
 TEST_478 = next(r for r in MINIF2F if r["name"] == "mathd_algebra_478")
@@ -66,8 +67,8 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
     assert not any(v.status in ("rejected", "server_error") for v in verdicts)
     # repair rows: the first attempt fails, its feedback is what a live verification returns,
     # and the correction tries another tactic (right about one time in three)
-    attempts = [(common.build_lean_code(r.header, r.formal_statement,
-                                        common.extract_proof(r.prev_attempt, r.formal_statement)), r)
+    attempts = [(formats.build_lean_code(r.header, r.formal_statement,
+                                        formats.extract_proof(r.prev_attempt, r.formal_statement)), r)
                 for r in repair.itertuples()]
     live = verify(attempts)
     assert not any(v.ok for v in live)
@@ -76,7 +77,7 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
     fixed = verify([(r.header + r.formal_statement + r.formal_proof, r) for r in repair.itertuples()])
     assert 0.15 < sum(v.ok for v in fixed) / len(fixed) < 0.55
     # every completion is in the Kimina format and holds the statement
-    assert all(common.format_errors(c, s, require_tactic_blocks=False) == []
+    assert all(formats.format_errors(c, s, require_tactic_blocks=False) == []
                for c, s in zip(sft.completion, sft.formal_statement))
     manifest = json.loads((a / "manifest.json").read_text())
     assert manifest["files"]["sft.parquet"]["sha256"] == common.sha256_file(a / "sft.parquet")
@@ -210,7 +211,7 @@ def test_online_sources_through_datasets_on_a_local_mirror(tmp_path):
     sft = common.read_parquet(out / "sft.parquet", "sft")
     assert list(sft.statement_id) == ["numina_lean/u-1"]              # win_rate 0.95 filtered out
     assert sft.formal_proof[0] == "\n  norm_num"
-    assert common.extract_proof(sft.completion[0], sft.formal_statement[0]) == "\n  norm_num"
+    assert formats.extract_proof(sft.completion[0], sft.formal_statement[0]) == "\n  norm_num"
     ev = common.read_parquet(out / "eval_minif2f_test_kimina.parquet", "statements")
     assert ev.informal_problem[0] == "Show 5 ≤ 6."
     # the same columns from a local file, NAME=PATH, without the Hub code path

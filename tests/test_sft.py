@@ -13,6 +13,8 @@ import torch
 
 from conftest import ROOT
 import common
+import formats
+import generation
 
 spec = importlib.util.spec_from_file_location("sft", ROOT / "02_sft.py")
 sft = importlib.util.module_from_spec(spec)
@@ -51,12 +53,12 @@ def weights(folder):
 def test_loss_only_on_completion_tokens(toy_data, runs):
     rows = common.read_rows(toy_data, "sft")[:3]
     out = runs / "tok"
-    common.build_tiny_model([common.render_prompt_text(r) + r["completion"] for r in rows], out)
-    tok = common.load_tokenizer(str(out))
+    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows], out)
+    tok = generation.load_tokenizer(str(out))
     examples, truncated = sft.tokenize_rows(rows, tok, settings(toy_data))
     assert truncated == 0
     for row, ex in zip(rows, examples):
-        prompt_len = len(tok(common.render_prompt(tok, common.prompt_messages(row)),
+        prompt_len = len(tok(formats.render_prompt(tok, formats.prompt_messages(row)),
                              add_special_tokens=False).input_ids)
         assert ex["labels"][:prompt_len] == [-100] * prompt_len
         target = [t for t in ex["labels"] if t != -100]
@@ -67,18 +69,18 @@ def test_loss_only_on_completion_tokens(toy_data, runs):
 def test_repair_rows_become_earlier_turns(toy_data):
     row = dict(common.read_rows(toy_data, "sft")[0], prev_attempt="<think>x</think> bad",
                lean_feedback="# Error 1:\nError message:\nboom")
-    msgs = common.prompt_messages(row)
+    msgs = formats.prompt_messages(row)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert msgs[2]["content"].endswith("bad") and msgs[3]["content"].startswith("# Error 1:")
     plain = dict(row, prev_attempt=None, lean_feedback=None)
-    assert len(common.prompt_messages(plain)) == 2
+    assert len(formats.prompt_messages(plain)) == 2
 
 
 def test_packed_batch_has_the_same_loss_as_separate_rows(toy_data, runs):
     rows = common.read_rows(toy_data, "sft")[:5]
     out = runs / "pk"
-    common.build_tiny_model([common.render_prompt_text(r) + r["completion"] for r in rows], out)
-    tok, model = common.load_tokenizer(str(out)), common.load_model(str(out))
+    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows], out)
+    tok, model = generation.load_tokenizer(str(out)), generation.load_model(str(out))
     examples, _ = sft.tokenize_rows(rows, tok, settings(toy_data))
     with torch.no_grad():
         separate = sum(float(sft.token_loss_sum(model, sft.collate(examples, [[i]], tok.pad_token_id))[0])
@@ -119,7 +121,7 @@ def test_lora_merges_into_a_plain_model(toy_data, runs):
     merged, base = weights(final), weights(runs / "lo/02_sft/base_tiny")
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
-    common.load_model(str(final))   # loads as an ordinary model
+    generation.load_model(str(final))   # loads as an ordinary model
 
 
 def test_packing_trains(toy_data, runs):
@@ -147,7 +149,7 @@ def test_bad_input(toy_data, runs, tmp_path):
         sft.train(settings(bad))
     # a tokenizer without a chat template
     plain = runs / "plain"
-    common.build_tiny_model(["a b c"], plain)
+    generation.build_tiny_model(["a b c"], plain)
     cfg = json.loads((plain / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
     (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
@@ -194,7 +196,7 @@ def test_two_ddp_processes_match_one(toy_data, tmp_path):
 def test_tokens_per_second_counts_real_tokens_not_padding(toy_data, runs):
     sft.train(settings(toy_data, run_name="tps", packing=True, max_steps=2, eval_every=0, save_every=0))
     rows = [json.loads(l) for l in (runs / "tps/02_sft/metrics.jsonl").read_text().splitlines()]
-    tok = common.load_tokenizer(str(runs / "tps/02_sft/base_tiny"))
+    tok = generation.load_tokenizer(str(runs / "tps/02_sft/base_tiny"))
     examples, _ = sft.tokenize_rows([r for r in common.read_rows(toy_data, "sft") if r["split"] != "valid"],
                                     tok, settings(toy_data))
     units = sft.epoch_units(examples, 0, settings(toy_data, packing=True))[:4]   # step 1: batch_size 4

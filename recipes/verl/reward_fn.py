@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import common  # noqa: E402
+import formats  # noqa: E402
 from lean_client import LeanClient  # noqa: E402
 
 _client = None
@@ -28,10 +28,10 @@ def _get_client() -> LeanClient:
 def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, **kwargs):
     tactic_blocks = os.environ.get("REQUIRE_TACTIC_BLOCKS", "1") != "0"
     rows = [{"header": info["header"], "formal_statement": stmt} for stmt, info in zip(ground_truths, extra_infos)]
-    verdicts = common.verify_completions(_get_client(), rows, solution_strs)
+    verdicts = formats.verify_completions(_get_client(), rows, solution_strs)
     results = []
     for text, stmt, v in zip(solution_strs, ground_truths, verdicts):
-        format_ok = float(not common.format_errors(text, stmt, require_tactic_blocks=tactic_blocks))
+        format_ok = float(not formats.format_errors(text, stmt, require_tactic_blocks=tactic_blocks))
         proof_ok = float(bool(v and v.ok))
         results.append({"score": proof_ok * format_ok, "format_ok": format_ok, "proof_ok": proof_ok})
     return results

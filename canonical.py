@@ -1,0 +1,51 @@
+"""When two Lean statements say the same thing: the canonical form (comments, theorem name,
+whitespace and bound-variable names factored out) that deduplication and decontamination (01)
+and the proof memory's self-exclusion (04) all key on, so the three agree by construction.
+"""
+from __future__ import annotations
+
+import re
+
+from lean_client import DECL, collapse_ws, normalize_statement, strip_lean_comments
+
+
+_BINDER_GROUP = re.compile(r"[(\{\[⦃]\s*([^\s:(){}\[\]⦃⦄,]+(?:\s+[^\s:(){}\[\]⦃⦄,]+)*)\s*:")
+_QUANTIFIED = re.compile(r"(?:∀|∃!?|fun|λ|∑|∏|⋃|⋂)\s+([^,:=↦]+?)\s*(?=,|:|=>|↦|\bin\b|∈|>|<|≥|≤|≠)")
+_IDENT = re.compile(r"^[^\W\d][\w'!?₀-₉]*$")
+
+
+def binder_names(statement: str) -> list[str]:
+    """Names bound in a statement (signature binders and ∀/∃/fun/∑ binders), in order."""
+    found: list[tuple[int, str]] = []
+    for rx in (_BINDER_GROUP, _QUANTIFIED):
+        for m in rx.finditer(statement):
+            for name in m.group(1).replace("(", " ").replace(")", " ").split():
+                if _IDENT.match(name) and name not in ("in", "fun", "λ"):
+                    found.append((m.start(1), name))
+    return list(dict.fromkeys(name for _, name in sorted(found)))
+
+
+def canonical_statement(statement: str) -> str:
+    """The statement with comments, theorem name, whitespace and bound-variable names factored
+    out: two statements with the same canonical form say the same thing. Used to decontaminate
+    training data against eval sets (a renamed copy of a miniF2F theorem is still caught)."""
+    text = strip_lean_comments(normalize_statement(statement))
+    text = re.sub(rf"^\s*{DECL}\s+\S+", "theorem _", text)
+    names = binder_names(text)
+    if names:
+        mapping = {n: f"v{i}" for i, n in enumerate(names)}
+        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w'.])({alternatives})(?![\w'!?₀-₉])", lambda m: mapping[m.group(1)], text)
+    return collapse_ws(text)
+
+
+def statement_conclusion(statement: str) -> str:
+    """The goal after the binders: what follows the last top-level ':' before ':= by'."""
+    text = normalize_statement(statement)[:-len(":= by")]
+    depth, cut = 0, -1
+    for i, ch in enumerate(text):
+        depth += ch in "([{⦃"
+        depth -= ch in ")]}⦄"
+        if ch == ":" and depth == 0 and text[i + 1:i + 2] != "=":
+            cut = i
+    return collapse_ws(text[cut + 1:])

@@ -1,0 +1,93 @@
+"""The RL objective of 03_rl_grpo.py: group advantages, per-token log-probs of completions, and
+the clipped policy loss (GRPO token ratios or GSPO sequence ratios; Kimina's seq_sum_norm,
+token_mean or seq_mean aggregation; optional k3 KL). One concern, kept apart from the stage's
+loop so it can be read and checked on its own against verl's core_algos.
+
+`cfg` is the stage's Settings (any object with the attributes read here).
+"""
+import torch
+
+
+def group_advantages(rollouts: list, cfg) -> tuple[list, int]:
+    """reward - group mean (optionally / std); groups are consecutive runs of group_size.
+    Returns the rollouts to train on and the number of zero-variance groups."""
+    kept, zero_var = [], 0
+    for g in range(0, len(rollouts), cfg.group_size):
+        group = rollouts[g:g + cfg.group_size]
+        rewards = torch.tensor([r.reward for r in group], dtype=torch.float64)
+        adv = rewards - rewards.mean()
+        if cfg.adv_std_norm:
+            adv = adv / (rewards.std(unbiased=False) + 1e-6)
+        for r, a in zip(group, adv.tolist()):
+            r.advantage = a
+        if float(rewards.max() - rewards.min()) == 0.0:
+            zero_var += 1
+            if cfg.skip_zero_variance:
+                continue
+        kept += group
+    return kept, zero_var
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy loss
+# ---------------------------------------------------------------------------------------------
+
+def sequence_logprobs(model, batch: list[tuple[list[int], list[int]]], temperature: float, device):
+    """Per-token log-probs (and entropies) of each completion given its prompt: [B, T] with a mask.
+
+    Prompts are left-padded so every completion starts at the same column; the vocabulary
+    projection then runs only on completion positions (logits_to_keep), not on the prompts."""
+    p_max = max(len(p) for p, _ in batch)
+    t_max = max(len(c) for _, c in batch)
+    ids = torch.zeros((len(batch), p_max + t_max), dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    targets = torch.zeros((len(batch), t_max), dtype=torch.long)
+    mask = torch.zeros((len(batch), t_max))
+    for b, (p, c) in enumerate(batch):
+        ids[b, p_max - len(p):p_max] = torch.tensor(p)
+        ids[b, p_max:p_max + len(c)] = torch.tensor(c)
+        attn[b, p_max - len(p):p_max + len(c)] = 1
+        targets[b, :len(c)] = torch.tensor(c)
+        mask[b, :len(c)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    ids, attn, pos, targets, mask = (t.to(device) for t in (ids, attn, pos, targets, mask))
+    # logits at columns p_max-1 .. p_max+t_max-2 predict the completion tokens
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                   logits_to_keep=t_max + 1).logits[:, :t_max].float() / temperature
+    lsm = torch.log_softmax(logits, -1)
+    logp = lsm.gather(-1, targets[..., None]).squeeze(-1) * mask
+    ent = -(lsm.exp() * lsm).sum(-1) * mask
+    return logp, ent, mask
+
+
+def policy_loss(logp, old_logp, adv, mask, cfg, max_len: int, ref_logp=None,
+                n_seqs_total: int | None = None, n_tokens_total: int | None = None):
+    """Clipped surrogate with asymmetric clipping, aggregated as asked.
+
+    logp, old_logp, mask: [B, T]; adv: [B]. n_*_total: the mini-batch totals when this is one
+    micro-batch of it, so micro-batch losses add up to the mini-batch loss.
+    Returns (loss, stats)."""
+    log_ratio = (logp - old_logp) * mask
+    if cfg.ratio_level == "sequence":   # GSPO: exp(mean token log-ratio), one ratio per sequence
+        seq = log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)
+        log_ratio = seq[:, None].expand_as(logp)
+    ratio = torch.exp(log_ratio)
+    a = adv[:, None]
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * a
+    per_token = -torch.minimum(unclipped, clipped)
+    if cfg.kl_coef and ref_logp is not None:   # k3 estimator of KL(pi || ref)
+        d = ref_logp - logp
+        per_token = per_token + cfg.kl_coef * (torch.exp(d) - d - 1)
+    per_token = per_token * mask
+    n_seqs = n_seqs_total or logp.shape[0]
+    n_tokens = n_tokens_total or float(mask.sum())
+    if cfg.loss_agg == "seq_sum_norm":
+        loss = (per_token.sum(-1) / max_len).sum() / n_seqs
+    elif cfg.loss_agg == "token_mean":
+        loss = per_token.sum() / n_tokens
+    else:
+        loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
+    with torch.no_grad():
+        active = ((unclipped > clipped) & (mask > 0)).float().sum()
+    return loss, {"clipped_tokens": float(active), "tokens": float(mask.sum())}

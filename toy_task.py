@@ -1,0 +1,302 @@
+"""The toy task of the CPU smoke run, defined once: the statement grammar, the rule that says
+which tactic proves which relation, and the checker that decides a snippet. 01_prepare_data.py
+builds the toy data from it; the stand-in server (lean_standin_server.py) answers with it.
+This is NOT Lean: it decides one invented fragment,
+
+    theorem NAME : A REL B := by
+      TACTIC
+
+where A and B are closed natural-number expressions (literals, + - * / % ^, parentheses,
+`(n : ℕ)` ascriptions; truncated subtraction and floor division as in Lean's ℕ) and REL is one
+of = ≠ < ≤ > ≥ ∣. The tactic rules are invented so that the right tactic depends on the
+relation symbol:
+
+    rfl       closes a true  =
+    decide    closes a true  ≠
+    omega     closes a true  < ≤ > ≥
+    norm_num  closes a true  ∣
+    sorry     closes anything, with Lean's "declaration uses 'sorry'" warning and a sorries entry
+    exact X   closes the goal if X is an axiom or theorem declared earlier with the same statement
+
+Any other use fails with an error message shaped like Lean's, at the tactic's position; a
+tactic after the goal is closed gives "no goals to be proved". `axiom NAME : P` and
+`#print axioms NAME` are understood. Every statement outside the fragment (for example a real
+miniF2F theorem) gets an error saying so: it is never reported as proved.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from formats import build_lean_code, kimina_completion
+from lean_client import import_line_count, parse_result, strip_lean_comments
+
+FRAGMENT = "toy-nat-arith-v1"
+RELATIONS = ("=", "≠", "<", "≤", ">", "≥", "∣")
+TACTIC_RULES = {"rfl": ("=",), "decide": ("≠",), "omega": ("<", "≤", ">", "≥"), "norm_num": ("∣",)}
+TACTIC_AXIOMS = {"rfl": [], "decide": [], "omega": ["propext"],
+                 "norm_num": ["Classical.choice", "Quot.sound", "propext"]}
+MAX_VALUE = 10 ** 60
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy fragment
+# ---------------------------------------------------------------------------------------------
+
+class OutsideFragment(Exception):
+    pass
+
+
+def _tokens(expr: str) -> list[str]:
+    toks = re.findall(r"\d+|[()+\-*/%^:]|ℕ|Nat|\S", expr)
+    return toks
+
+
+def eval_nat(expr: str) -> int:
+    """Evaluate a closed ℕ expression with Lean's truncated - and floor / (x / 0 = 0)."""
+    toks, pos = _tokens(expr), 0
+
+    def peek():
+        return toks[pos] if pos < len(toks) else None
+
+    def take(expected=None):
+        nonlocal pos
+        tok = peek()
+        if tok is None or (expected and tok != expected):
+            raise OutsideFragment(f"expected {expected or 'a term'} in {expr!r}")
+        pos += 1
+        return tok
+
+    def atom():
+        tok = peek()
+        if tok and tok.isdigit():
+            return int(take())
+        if tok == "(":
+            take("(")
+            val = additive()
+            if peek() == ":":
+                take(":")
+                if take() not in ("ℕ", "Nat"):
+                    raise OutsideFragment("only ℕ is in the toy fragment")
+            take(")")
+            return val
+        raise OutsideFragment(f"unexpected {tok!r} in {expr!r}")
+
+    def power():
+        base = atom()
+        if peek() == "^":
+            take("^")
+            exp = power()
+            if exp > 256 or base > 10 ** 6:
+                raise OutsideFragment("number too large for the toy fragment")
+            base = base ** exp
+        return base
+
+    def multiplicative():
+        val = power()
+        while peek() in ("*", "/", "%"):
+            op, rhs = take(), power()
+            val = val * rhs if op == "*" else (val // rhs if rhs else 0) if op == "/" else (
+                val % rhs if rhs else val)
+        return val
+
+    def additive():
+        val = multiplicative()
+        while peek() in ("+", "-"):
+            op, rhs = take(), multiplicative()
+            val = val + rhs if op == "+" else max(0, val - rhs)
+        if val > MAX_VALUE:
+            raise OutsideFragment("number too large for the toy fragment")
+        return val
+
+    result = additive()
+    if pos != len(toks):
+        raise OutsideFragment(f"unexpected {toks[pos]!r} in {expr!r}")
+    return result
+
+
+def decide_prop(prop: str) -> tuple[str, bool]:
+    """(relation, truth) of a closed ℕ proposition, or OutsideFragment."""
+    depth, at = 0, None
+    for i, ch in enumerate(prop):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and ch in RELATIONS:
+            at = i
+            break
+    if at is None:
+        raise OutsideFragment("no relation")
+    rel, lhs, rhs = prop[at], eval_nat(prop[:at]), eval_nat(prop[at + 1:])
+    truth = {"=": lhs == rhs, "≠": lhs != rhs, "<": lhs < rhs, "≤": lhs <= rhs, ">": lhs > rhs,
+             "≥": lhs >= rhs, "∣": (rhs % lhs == 0) if lhs else rhs == 0}[rel]
+    return rel, truth
+
+
+def _failure(tactic: str, rel: str, truth: bool, goal: str) -> str:
+    if tactic == "rfl":
+        return ("The rfl tactic failed. Possible reasons:\n- The goal is not a reflexive relation "
+                "(neither `=` nor a relation with a @[refl] lemma).\n- The arguments of the "
+                f"relation are not equal.\n⊢ {goal}")
+    if tactic == "decide":
+        if truth:
+            return "maximum recursion depth has been reached\nuse `set_option maxRecDepth <num>` to increase limit"
+        return (f"decide failed to prove the proposition\n  {goal}\nsince its 'Decidable' instance "
+                "reduced to\n  Decidable.isFalse")
+    if tactic == "omega":
+        return ("omega could not prove the goal:\na possible counterexample may satisfy the "
+                "constraints\n  " + ("no usable constraints found" if truth else goal))
+    return f"unsolved goals\n⊢ {goal}" if not truth else "simp made no progress"
+
+
+class Checker:
+    """Elaborates one snippet of the toy fragment; returns the REPL-style response dict."""
+
+    CMD = re.compile(r"^(theorem|lemma|axiom|#print|example|def|#check|#eval|import|set_option|"
+                     r"open|namespace|section|end|noncomputable|instance|@\[)\b|^@\[", re.M)
+
+    def __init__(self, code: str, line_base: str):
+        self.code = code
+        self.blank = strip_lean_comments(code, keep_columns=True)
+        self.offset = import_line_count(code) if line_base == "after_imports" else 0
+        self.messages: list[dict] = []
+        self.sorries: list[dict] = []
+        self.env: dict[str, dict] = {}  # name -> {"prop": str, "axioms": [..]}
+
+    def pos(self, index: int) -> dict:
+        line = self.blank.count("\n", 0, index) + 1
+        col = index - (self.blank.rfind("\n", 0, index) + 1)
+        return {"line": line - self.offset, "column": col}
+
+    def msg(self, severity: str, start: int, end: int, text: str) -> None:
+        self.messages.append({"severity": severity, "pos": self.pos(start),
+                              "endPos": self.pos(end), "data": text})
+
+    def run(self) -> dict:
+        starts = [m.start() for m in self.CMD.finditer(self.blank)] + [len(self.blank)]
+        for a, b in zip(starts, starts[1:]):
+            self.command(a, b)
+        return {"messages": self.messages, "sorries": self.sorries, "env": 0}
+
+    def command(self, a: int, b: int) -> None:
+        text = self.blank[a:b]
+        head = text.split(None, 1)[0] if text.strip() else ""
+        if head in ("import", "set_option", "open"):
+            return
+        if head == "axiom":
+            m = re.match(r"axiom\s+(\S+)\s*:\s*(.+?)\s*$", text, re.S)
+            if m:
+                self.env[m.group(1)] = {"prop": " ".join(m.group(2).split()), "axioms": [m.group(1)]}
+                return
+        if head == "#print":
+            m = re.match(r"#print\s+axioms\s+(\S+)", text)
+            if m:
+                name = m.group(1)
+                if name not in self.env:
+                    self.msg("error", a, a + len(m.group(0)), f"unknown constant '{name}'")
+                    return
+                used = sorted(set(self.env[name]["axioms"]))
+                self.msg("info", a, a + 6, f"'{name}' depends on axioms: [{', '.join(used)}]" if used
+                         else f"'{name}' does not depend on any axioms")
+                return
+        if head in ("theorem", "lemma"):
+            self.theorem(a, b)
+            return
+        self.msg("error", a, a + len(head), f"stand-in server: command '{head}' is outside the toy "
+                 "fragment (theorem/lemma/axiom/#print axioms only)")
+
+    def theorem(self, a: int, b: int) -> None:
+        text = self.blank[a:b]
+        m = re.match(r"(theorem|lemma)\s+(\S+)\s*:(.*?):=\s*by\b", text, re.S)
+        if not m:
+            self.msg("error", a, b, "stand-in server: this declaration is outside the toy fragment "
+                     "(expected `theorem NAME : A REL B := by TACTIC` over closed ℕ terms)")
+            return
+        name, prop = m.group(2), " ".join(m.group(3).split())
+        name_at = a + m.start(2)
+        axioms: list[str] = ["sorryAx"]   # an elaboration error leaves the decl with sorryAx
+        try:
+            rel, truth = decide_prop(prop)
+        except OutsideFragment as exc:
+            self.msg("error", name_at, name_at + len(name), "stand-in server: statement outside the "
+                     f"toy fragment (closed ℕ arithmetic), cannot be checked here: {exc}")
+            self.env[name] = {"prop": prop, "axioms": axioms}
+            return
+        proof_start = a + m.end()
+        tactics = [(proof_start + t.start(1), t.group(1).rstrip())
+                   for t in re.finditer(r"[ \t]*([^;\n]+)", self.blank[proof_start:b])
+                   if t.group(1).strip()]
+        open_goal, used = True, []
+        for at, tac in tactics:
+            word = tac.split()[0]
+            if not open_goal:
+                self.msg("error", at, at + len(tac), "no goals to be proved")
+                open_goal = None
+                break
+            if word == "sorry":
+                self.sorries.append({"pos": self.pos(at), "endPos": self.pos(at + 5),
+                                     "goal": f"⊢ {prop}"})
+                self.msg("warning", name_at, name_at + len(name), "declaration uses 'sorry'")
+                used.append("sorryAx")
+                open_goal = False
+            elif word == "exact" and len(tac.split()) == 2:
+                ref = self.env.get(tac.split()[1])
+                if ref and ref["prop"] == prop:
+                    used += ref["axioms"]
+                    open_goal = False
+                else:
+                    self.msg("error", at, at + len(tac), f"type mismatch\n  {tac.split()[1]}\n"
+                             f"has a different type than the goal\n  {prop}")
+                    break
+            elif word in TACTIC_RULES and len(tac.split()) == 1:
+                if truth and rel in TACTIC_RULES[word]:
+                    used += TACTIC_AXIOMS[word]
+                    open_goal = False
+                else:
+                    self.msg("error", at, at + len(tac), _failure(word, rel, truth, prop))
+                    break
+            else:
+                self.msg("error", at, at + len(word), f"unknown tactic '{word}'")
+                break
+        else:
+            if open_goal:
+                self.msg("error", a + m.end() - 2, a + m.end(), f"unsolved goals\n⊢ {prop}")
+        if open_goal is False and not any(x["severity"] == "error" for x in self.messages):
+            axioms = used
+        self.env[name] = {"prop": prop, "axioms": axioms}
+
+
+# ---------------------------------------------------------------------------------------------
+# Statements, targets and feedback for the toy data (01_prepare_data.py --task toy)
+# ---------------------------------------------------------------------------------------------
+
+TOY_HEADER = "import Mathlib\n\n"
+
+
+def toy_statement(rng: random.Random) -> tuple[str, str]:
+    """A true closed ℕ statement and the relation symbol it uses. The tactic that fits is drawn
+    first, then one of its relations, so every tactic is right equally often (with relations
+    drawn uniformly, omega would fit 4 of 7 and RL collapses onto it)."""
+    rel = rng.choice(TACTIC_RULES[rng.choice(sorted(TACTIC_RULES))])
+    a, b = rng.randint(1, 30), rng.randint(1, 30)
+    lhs, val = rng.choice([(f"{a} + {b}", a + b), (f"{a} * {b}", a * b), (str(a), a)])
+    k = rng.randint(1, 20)
+    rhs = {"=": str(val), "≠": str(val + k), "<": str(val + k), "≤": str(val + k - 1),
+           ">": str(max(0, val - k)) if val > k else None, "≥": str(max(0, val - k))}.get(rel)
+    if rel == ">" and rhs is None:
+        lhs, rhs = str(val + k), str(val)
+    if rel == "∣":
+        d = rng.randint(2, 12)
+        lhs, rhs = str(d), str(d * rng.randint(1, 20))
+    return f"{lhs} {rel} {rhs}", rel
+
+
+def toy_completion(stmt: str, tactic: str) -> str:
+    return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}", "One tactic should close this closed ℕ goal.")
+
+
+def toy_feedback(stmt: str, tactic: str) -> str:
+    """The feedback 03 and 04 would show for this attempt: the stand-in's messages through the
+    same parser and formatter as a live verification (lean_client), so the repair rows match
+    the second-turn prompts the model meets in RL and evaluation."""
+    code = build_lean_code(TOY_HEADER, stmt, f"\n  {tactic}")
+    return parse_result("toy", code, {"response": Checker(code, "snippet").run()}).feedback("kimina")
