@@ -99,6 +99,8 @@ class Settings:
     # verification
     lean_timeout: int = 60
     lean_batch_size: int = 8
+    check_axioms: bool = False          # #print axioms on every proof that verifies (off in RL for speed)
+    reject_native_decide: bool = False   # for benchmarks that forbid native_decide
     lean_retries: int = 4                # per batch, with exponential backoff
     # schedule and bookkeeping
     epochs: int = 15
@@ -236,7 +238,7 @@ def score(rollouts: list[Rollout], client: LeanClient, cfg: Settings) -> None:
         r.status = v.status if v else "no_proof"
         r.reward = float(bool(v and v.ok) and not r.format_errors)
         if v and not v.ok:
-            r.feedback = v.feedback("kimina")
+            r.feedback = formats.lean_feedback(v, "kimina")
     if cfg.overlong_buffer:
         limit = cfg.max_new_tokens
         for r in rollouts:
@@ -413,7 +415,8 @@ def train(cfg: Settings) -> Path:
                                                  target_modules=cfg.lora_targets.split(","), task_type="CAUSAL_LM"))
     ref_model = generation.load_model(model_path, device=device).eval() if cfg.kl_coef else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, max_retries=cfg.lean_retries,
+    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, check_axioms=cfg.check_axioms,
+                        reject_native_decide=cfg.reject_native_decide, max_retries=cfg.lean_retries,
                         cache_path=out / ("verdicts.sqlite" if main else f"verdicts.rank{rank}.sqlite"))
     client.require_healthy()
     sampler = PromptSampler(train_rows, cfg)   # the same on every process: same seed, same cache

@@ -86,6 +86,8 @@ class Settings:
     bootstrap: int = 1000
     lean_timeout: int = 60
     lean_batch_size: int = 8
+    check_axioms: bool = True           # #print axioms on every proof that verifies: reported numbers
+    reject_native_decide: bool = False   # for benchmarks that forbid native_decide
     seed: int = 0
 
 
@@ -170,7 +172,7 @@ def sample_row(bench, mode, row, k, rnd, prompt, text, verdict_or_none, n_tokens
     return {"statement_id": row["statement_id"], "benchmark": bench, "mode": mode, "sample_idx": k,
             "round": rnd, "prompt": prompt, "completion": text, "lean_code": v.code if v else "",
             "status": v.status if v else "no_proof", "ok": bool(v and v.ok),
-            "feedback": v.feedback("kimina") if v and not v.ok else "", "n_tokens": n_tokens}
+            "feedback": formats.lean_feedback(v, "kimina") if v and not v.ok else "", "n_tokens": n_tokens}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +381,7 @@ class Evaluator:
                 row, k = todo[i]
                 rec = sample_row(bench, "repair", row, k, rnd, p, g.text, v, len(g.token_ids))
                 if v is not None and not v.ok and cfg.feedback_style == "goedel":
-                    rec["feedback"] = v.feedback("goedel", round_idx=rnd)
+                    rec["feedback"] = formats.lean_feedback(v, "goedel", round_idx=rnd)
                 records.append(rec)
                 if rec["ok"]:
                     proof = formats.extract_proof(g.text, row["formal_statement"])
@@ -453,7 +455,8 @@ def main(argv=None):
     benches = load_benchmarks(cfg)
     out = common.stage_dir(cfg.run_name, "04_eval") / tag
     common.save_config(cfg, out, extra={"resolved_model": model_path})
-    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size,
+    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, check_axioms=cfg.check_axioms,
+                        reject_native_decide=cfg.reject_native_decide,
                         cache_path=common.stage_dir(cfg.run_name, "04_eval") / "verdicts.sqlite")
     client.require_healthy()
     ev = Evaluator(cfg, model_path, client)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from lean_client import normalize_statement, strip_lean_comments
+from lean_client import LeanMessage, Verdict, normalize_statement, strip_lean_comments
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def verify_completions(client, rows: list[dict], texts: list[str]) -> list:
     for k, (row, text) in enumerate(zip(rows, texts)):
         proof = extract_proof(text, row["formal_statement"])
         if proof is not None:
-            items.append({"id": str(k), "statement": row["formal_statement"],
+            items.append({"id": str(k), "statement": row["formal_statement"], "header": row.get("header") or "",
                           "code": build_lean_code(row["header"], row["formal_statement"], proof)})
             where.append(k)
     verdicts = [None] * len(texts)
@@ -156,3 +156,68 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
                          "prompts are built with it (use an instruct/chat model or set one)")
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lean feedback for second turns and repair prompts
+# ---------------------------------------------------------------------------------------------
+
+GOEDEL_HEAD = ("The proof (Round {r}) is not correct. Following is the compilation error message, "
+               "where we use <error></error> to signal the position of the error.")
+GOEDEL_TAIL = ("Before producing the Lean 4 code to formally prove the given theorem, provide a "
+               "detailed analysis of the error message.")
+
+
+def lean_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -> str:
+    """Repair text from a failed verdict.
+
+    kimina: the first 3 errors, each `# Error i:`, `Error message:`, and the offending lines
+            +-2 with a `>` marker; a timeout or server failure gives `# System Error:`.
+    goedel: Goedel-Prover-V2's correction turn: up to 8 errors, the span wrapped in
+            <error></error> with 2 lines of context either side (4 in all).
+    Lines are snippet lines (the client normalised old servers' after-import numbering).
+    """
+    if style not in ("kimina", "goedel"):
+        raise ValueError(f"unknown feedback style {style!r} (kimina or goedel)")
+    lines = verdict.code.split("\n")
+    if verdict.status in ("timeout", "server_error", "rejected"):
+        text = verdict.error or verdict.status
+        if style == "kimina":
+            return f"# System Error:\n{text}\n"
+        return f"{GOEDEL_HEAD.format(r=round_idx)}\n\nSystem error: {text}\n\n{GOEDEL_TAIL}"
+    problems = verdict.errors
+    if verdict.status == "sorry" and not problems:
+        problems = [m for m in verdict.messages if "sorry" in m.text] or [
+            LeanMessage("warning", int(s.get("pos", {}).get("line", 1)), 0, None, None,
+                        "declaration uses 'sorry'") for s in verdict.sorries[:1]]
+    if style == "kimina":
+        parts = []
+        for i, msg in enumerate(problems[:3], 1):
+            lo, hi = max(1, msg.line - 2), min(len(lines), msg.line + 2)
+            snippet = "\n".join(("> " if ln == msg.line else "  ") + lines[ln - 1]
+                                for ln in range(lo, hi + 1))
+            parts.append(f"# Error {i}:\nError message:\n{msg.text}\n\n{snippet}\n")
+        return "\n".join(parts)
+    parts = [GOEDEL_HEAD.format(r=round_idx)]
+    for i, msg in enumerate(problems[:8], 1):
+        parts.append(f"Error {i}:\n\nCorresponding Code:\n```lean4\n{_wrap_span(lines, msg)}\n```\n\n"
+                     f"Error Message: {msg.text}")
+    parts.append(GOEDEL_TAIL)
+    return "\n\n".join(parts)
+
+
+def _wrap_span(lines: list[str], msg: LeanMessage, context: int = 2) -> str:
+    start_l, start_c = msg.line, msg.column
+    end_l = msg.end_line or msg.line
+    end_c = msg.end_column if msg.end_line else len(lines[end_l - 1]) if end_l <= len(lines) else 0
+    if (end_l, end_c) < (start_l, start_c):
+        end_l, end_c = start_l, len(lines[start_l - 1]) if start_l <= len(lines) else 0
+    out = []
+    for ln in range(max(1, start_l - context), min(len(lines), end_l + context) + 1):
+        text = lines[ln - 1]
+        if ln == end_l:
+            text = text[:end_c] + "</error>" + text[end_c:]
+        if ln == start_l:
+            text = text[:start_c] + "<error>" + text[start_c:]
+        out.append(text)
+    return "\n".join(out)

@@ -3,7 +3,7 @@
     from lean_client import LeanClient
     client = LeanClient()                        # LEAN_SERVER_API_URL / LEAN_SERVER_API_KEY
     verdicts = client.verify([{"id": "a", "code": full_lean_file, "statement": stmt}])
-    verdicts[0].ok, verdicts[0].status, verdicts[0].feedback("kimina")
+    verdicts[0].ok, verdicts[0].status, verdicts[0].errors   # messages in snippet line numbers
 
 What it does:
 - sends snippets in batches over one pooled `requests.Session`, several batches at once, to one
@@ -12,21 +12,20 @@ What it does:
   with a 500 (one snippet crashing a REPL) is split in halves until the culprit stands alone;
 - verifies identical code once per call and remembers definitive verdicts in an optional sqlite
   cache keyed by the server's identity and the code;
-- runs a static soundness gate before sending anything (the statement unchanged, no sorry /
-  admit / axiom / apply? / exact? / #exit / kernel-bypassing options / redefinitions ...).
+- runs a static soundness gate before sending anything: the statement unchanged, and nothing
+  that fakes a proof (sorry, axioms, #exit, ...) or changes what the statement means
+  (variable/include, instances, notation, opens, options): the policy is above `soundness_gate`.
 
 What it promises: `verify` never raises because of the server. Anything that could not be
 verified becomes a verdict with status `timeout`, `server_error` or `rejected`, and only
 `valid` has `ok == True`.
 
-It stands alone: it imports nothing from this project (only `requests`), so it can be copied
-into another codebase as one file. The Lean text helpers it needs (comment stripping, header /
-statement split, statement normalisation, import-line counting) live here, and the rest of the
-project imports them from here.
+It stands alone (only `requests` besides the standard library): copy it into another project
+as one file. The Lean text helpers (comments, header split, statement normalisation) live here
+and the rest of this project imports them from here; repair-prompt text is in formats.py.
 
-What it does not do: it is not Lean. A `valid` verdict is only as good as the server behind
-the URL; the stand-in server used by the tests (`lean_standin_server.py`) reports itself in
-`/health`, and that identity is part of every cache key.
+It is not Lean: a `valid` verdict is only as good as the server behind the URL. The tests'
+stand-in (`lean_standin_server.py`) says so in `/health`, and that identity keys the cache.
 """
 from __future__ import annotations
 
@@ -219,6 +218,7 @@ class Verdict:
     error: str = ""                               # server error / timeout text / gate reason
     raw: dict | None = None                       # the server's result object, untouched
     cached: bool = False
+    axioms: list[str] | None = None               # from `#print axioms`, when it was asked for
 
     @property
     def ok(self) -> bool:
@@ -227,9 +227,6 @@ class Verdict:
     @property
     def errors(self) -> list[LeanMessage]:
         return [m for m in self.messages if m.severity == "error"]
-
-    def feedback(self, style: str = "kimina", round_idx: int = 1) -> str:
-        return format_feedback(self, style=style, round_idx=round_idx)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -273,9 +270,22 @@ def parse_result(item_id: str, code: str, result: dict, line_numbering: str = "s
 # Soundness gate (static, before anything is sent)
 # ---------------------------------------------------------------------------------------------
 
+# Policy: what may stand in a checked file besides the theorem. Anything that can change what
+# the theorem's text *means* is refused, not only what can fake a proof (Lean elaborates the
+# statement in the environment the file builds: `variable (h : False)` + `include h` makes it
+# a different, provable statement with the same text). Allowed: import; `open A B` / `open
+# scoped A B` before the first declaration, `open ... in` on a helper; `universe`; options from
+# SAFE_OPTIONS; helper theorem/lemma/def/structure with their own proofs, SAFE_ATTRIBUTES only,
+# and names the statement does not use. Refused, with a reason naming the command: the rest.
+SAFE_OPTIONS = ("maxHeartbeats", "maxRecDepth", "linter.unusedVariables", "linter.unusedTactic",
+                "pp.all", "pp.numericTypes", "synthInstance.maxHeartbeats")
+SAFE_ATTRIBUTES = ("simp", "reducible", "irreducible", "inline", "specialize")
+NATIVE_AXIOMS = ("Lean.ofReduceBool", "Lean.trustCompiler")   # what native_decide adds
 _FORBIDDEN = [
     (r"\bsorry\b", "uses sorry"),
     (r"\badmit\b", "uses admit"),
+    (r"(?<![\w'.])(?:[\w']+\.)*(?:[a-z]{2,}Ax|lcProof|lcUnreachable)(?![\w'])",
+     "names a sorryAx-like escape constant"),
     (r"(^|\s)(private\s+|protected\s+)?axiom\s", "declares an axiom"),
     (r"\bapply\?", "uses apply? (can close goals without a sorry warning on old Lean)"),
     (r"\bexact\?", "uses exact?"),
@@ -285,22 +295,44 @@ _FORBIDDEN = [
     (r"@\[\s*extern\b|\bextern\b", "uses extern"),
     (r"\bunsafe\b", "uses unsafe"),
     (r"set_option\s+debug\.skipKernelTC", "switches off the kernel type checker"),
-    (r"set_option\s+(debug\.|trace\.kernel|kernel\.)", "sets a kernel/debug option"),
-    (r"\b(run_cmd|run_elab|run_meta)\b|#eval\b", "runs meta code (#eval / run_cmd) in the file"),
-    (r"(^|\s)(elab|elab_rules|macro|macro_rules|syntax|notation|infix|infixl|infixr|prefix|"
-     r"postfix|declare_syntax_cat)\s", "declares notation, syntax or macros"),
-    (r"(^|\s)(instance|attribute\s*\[)", "declares instances or attributes"),
-    (r"(^|\s)(namespace|section|export)\s", "opens a namespace or section"),
+    (r"(?<![\w'.])(variable|include|omit)(?![\w'.])", "declares section variables ({0}): they "
+     "change the theorem's hypotheses"),
+    (r"\b(run_cmd|run_elab|run_meta|initialize|builtin_initialize|simproc|dsimproc)\b|#eval\b",
+     "runs meta code ({0})"),
+    (r"(?<![\w'.])(elab|elab_rules|macro|macro_rules|syntax|notation|notation3|infix|infixl|"
+     r"infixr|prefix|postfix|declare_syntax_cat|binder_predicate)(?![\w'.])",
+     "declares notation, syntax or macros ({0})"),
+    (r"(?<![\w'.])(instance|attribute\s*\[)", "declares an instance or changes attributes ({0})"),
+    (r"(?<![\w'.])(namespace|section|export|mutual|seal|unseal)(?![\w'.])",
+     "opens a namespace or section, or changes unfolding ({0})"),
     (r"(^|\s)opaque\s", "declares an opaque constant"),
     (r"\bLean\.(Elab|Meta|Environment|Kernel)\b|\baddDecl\b", "uses the meta API"),
 ]
+_NATIVE = [(r"\bnative_decide\b|\bdecide\s+\+native\b|\bnative\s*:=\s*true\b|\bofReduceBool\b",
+            "uses native_decide (Lean.ofReduceBool), refused for this benchmark")]
+_DECL_HEAD = (r"(?m)^[ \t]*((?:@\[[^\]\n]*\][ \t]*)?)((?:private|protected|noncomputable|nonrec)[ \t]+)*"
+              r"(theorem|lemma|def|abbrev|structure|inductive|class|example)[ \t]+([^\s:({\[]*)")
 
 
-def soundness_gate(code: str, statement: str) -> str | None:
+def _opened(command: str) -> list[str] | str:
+    """Namespaces an `open` command opens, or a reason it is refused (renaming, hiding, ...)."""
+    words = command.split()[1:]
+    if words[:1] == ["scoped"]:
+        words = words[1:]
+    if not words or any(not re.fullmatch(r"[A-Za-z_][\w.']*", w) or w in ("renaming", "hiding", "private")
+                        for w in words):
+        return f"uses an `open` form that can rename or shadow names ({collapse_ws(command)})"
+    return words
+
+
+def soundness_gate(code: str, statement: str, header: str | None = None,
+                   reject_native_decide: bool = False) -> str | None:
     """Why `code` cannot count as a proof of `statement`, or None when it may be sent.
 
-    Conservative on purpose: the real verified proofs we ship (197 Kimina miniF2F proofs) use
-    only import / set_option / open / theorem at top level, and all pass.
+    Static and conservative (the policy is in the comment above). `header`: the dataset's
+    header, when known: then the file may open no namespace the header does not. The 197
+    Kimina-Preview and 28 Kimina-72B verified miniF2F proofs and the 67 human miniF2F-valid
+    proofs we ship all pass (tests/test_lean_client.py); a real server still has the last word.
     """
     try:
         stmt = normalize_statement(statement)
@@ -309,92 +341,54 @@ def soundness_gate(code: str, statement: str) -> str | None:
     name = theorem_name(stmt)
     # comments and string literals cannot hold the statement or a forbidden word
     bare = re.sub(r'"(?:[^"\\]|\\.)*"', '""', strip_lean_comments(code))
-    for pattern, reason in _FORBIDDEN:
-        if re.search(pattern, bare, re.M):
-            return reason
+    for pattern, reason in _FORBIDDEN + (_NATIVE if reject_native_decide else []):
+        m = re.search(pattern, bare, re.M)
+        if m:
+            return reason.format(collapse_ws(m.group(0)))
     for m in re.finditer(r"set_option\s+(\S+)", bare):
-        if m.group(1) not in ("maxHeartbeats", "maxRecDepth", "linter.unusedVariables",
-                              "linter.unusedTactic", "pp.all", "pp.numericTypes"):
+        if m.group(1) not in SAFE_OPTIONS:
             return f"sets option {m.group(1)}"
     tokens = collapse_ws(strip_lean_comments(stmt)).split(" ")
     if collapse_ws(" ".join(tokens)) not in collapse_ws(bare):
         return "the theorem statement is missing or changed"
     # it must stand as a declaration of its own at the start of a line, not inside a term
-    pattern = r"\s+".join(map(re.escape, tokens))
-    if not re.search(r"(?m)^[ \t]*(@\[[^\]\n]*\][ \t]*)?((private|protected|nonrec)[ \t]+)?"
-                     + pattern, bare):
+    at = re.search(r"(?m)^[ \t]*(@\[[^\]\n]*\][ \t]*)?((private|protected|nonrec)[ \t]+)?"
+                   + r"\s+".join(map(re.escape, tokens)), bare)
+    if not at:
         return "the theorem statement is not a top-level declaration"
+    decls = list(re.finditer(_DECL_HEAD, bare))
+    for d in decls:
+        for attr in re.findall(r"[^\s,\[@\]]+", d.group(1)) if d.group(1) else []:
+            if attr not in SAFE_ATTRIBUTES:
+                return f"puts attribute @[{attr}] on a declaration (allowed: {', '.join(SAFE_ATTRIBUTES)})"
     if name:
-        decls = re.findall(r"(?:^|\s)(?:theorem|lemma|def|abbrev|opaque|structure|inductive|class|"
-                           r"instance|example)\s+(?:\{[^}]*\}\s*)?([^\s:({\[]+)", bare)
-        if decls.count(name) != 1:
-            return f"the name {name} is declared {decls.count(name)} times"
+        names = [d.group(4) for d in decls]
+        if names.count(name) != 1:
+            return f"the name {name} is declared {names.count(name)} times"
+        used = {t.split(".")[-1] for t in re.findall(r"[^\W\d][\w'.]*", strip_lean_comments(stmt))}
+        for helper in names:
+            if helper != name and helper and helper.split(".")[-1] in used:
+                return f"a helper declaration {helper} reuses a name the statement uses"
+    # what is open when the theorem is elaborated: header opens only
+    first_decl = min((d.start() for d in decls), default=len(bare))
+    declared = {n for d in decls for n in d.group(4).split(".")[:-1]}
+    header_opens = set()
+    for line in re.findall(r"(?m)^[ \t]*open\b[^\n]*", strip_lean_comments(header or "")):
+        header_opens |= set(_opened(line)) if isinstance(_opened(line), list) else set()
+    for m in re.finditer(r"(?m)(?<![\w'.])open\b[^\n]*", bare[:at.start()]):
+        opened = _opened(re.sub(r"\s+in\s*$", "", m.group(0)))
+        if isinstance(opened, str):
+            return opened
+        if declared & set(opened):
+            return f"opens a namespace the file declares into ({', '.join(sorted(declared & set(opened)))})"
+        if m.group(0).rstrip().endswith(" in"):
+            if not bare[m.end():at.start()].strip():
+                return "puts `open ... in` on the theorem: it changes the names its statement sees"
+        elif m.start() > first_decl:
+            return "opens a namespace after a declaration: the theorem would see other names"
+        elif header is not None and set(opened) - header_opens:
+            return f"opens {', '.join(sorted(set(opened) - header_opens))}, which the header does not"
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Feedback for repair prompts
-# ---------------------------------------------------------------------------------------------
-
-GOEDEL_HEAD = ("The proof (Round {r}) is not correct. Following is the compilation error message, "
-               "where we use <error></error> to signal the position of the error.")
-GOEDEL_TAIL = ("Before producing the Lean 4 code to formally prove the given theorem, provide a "
-               "detailed analysis of the error message.")
-
-
-def format_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -> str:
-    """Repair text from a failed verdict.
-
-    kimina: the first 3 errors, each `# Error i:`, `Error message:`, and the offending lines
-            +-2 with a `>` marker; a timeout or server failure gives `# System Error:`.
-    goedel: Goedel-Prover-V2's correction turn: up to 8 errors, the span wrapped in
-            <error></error> with 2 lines of context either side (4 in all).
-    Lines are snippet lines (the client normalised old servers' after-import numbering).
-    """
-    if style not in ("kimina", "goedel"):
-        raise ValueError(f"unknown feedback style {style!r} (kimina or goedel)")
-    lines = verdict.code.split("\n")
-    if verdict.status in ("timeout", "server_error", "rejected"):
-        text = verdict.error or verdict.status
-        if style == "kimina":
-            return f"# System Error:\n{text}\n"
-        return f"{GOEDEL_HEAD.format(r=round_idx)}\n\nSystem error: {text}\n\n{GOEDEL_TAIL}"
-    problems = verdict.errors
-    if verdict.status == "sorry" and not problems:
-        problems = [m for m in verdict.messages if "sorry" in m.text] or [
-            LeanMessage("warning", int(s.get("pos", {}).get("line", 1)), 0, None, None,
-                        "declaration uses 'sorry'") for s in verdict.sorries[:1]]
-    if style == "kimina":
-        parts = []
-        for i, msg in enumerate(problems[:3], 1):
-            lo, hi = max(1, msg.line - 2), min(len(lines), msg.line + 2)
-            snippet = "\n".join(("> " if ln == msg.line else "  ") + lines[ln - 1]
-                                for ln in range(lo, hi + 1))
-            parts.append(f"# Error {i}:\nError message:\n{msg.text}\n\n{snippet}\n")
-        return "\n".join(parts)
-    parts = [GOEDEL_HEAD.format(r=round_idx)]
-    for i, msg in enumerate(problems[:8], 1):
-        parts.append(f"Error {i}:\n\nCorresponding Code:\n```lean4\n{_wrap_span(lines, msg)}\n```\n\n"
-                     f"Error Message: {msg.text}")
-    parts.append(GOEDEL_TAIL)
-    return "\n\n".join(parts)
-
-
-def _wrap_span(lines: list[str], msg: LeanMessage, context: int = 2) -> str:
-    start_l, start_c = msg.line, msg.column
-    end_l = msg.end_line or msg.line
-    end_c = msg.end_column if msg.end_line else len(lines[end_l - 1]) if end_l <= len(lines) else 0
-    if (end_l, end_c) < (start_l, start_c):
-        end_l, end_c = start_l, len(lines[start_l - 1]) if start_l <= len(lines) else 0
-    out = []
-    for ln in range(max(1, start_l - context), min(len(lines), end_l + context) + 1):
-        text = lines[ln - 1]
-        if ln == end_l:
-            text = text[:end_c] + "</error>" + text[end_c:]
-        if ln == start_l:
-            text = text[:start_c] + "<error>" + text[start_c:]
-        out.append(text)
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,7 +451,7 @@ class LeanClient:
                  cache_path: str | Path | None = None, endpoint: str = "check",
                  line_numbering: str = "snippet", check_axioms: bool = False,
                  allowed_axioms: tuple[str, ...] = DEFAULT_ALLOWED_AXIOMS,
-                 server_identity: str | None = None):
+                 reject_native_decide: bool = False, server_identity: str | None = None):
         url = url or os.environ.get("LEAN_SERVER_API_URL", "")
         self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
         if not self.urls:
@@ -473,7 +467,11 @@ class LeanClient:
         self.http_timeout = http_timeout or self.timeout * self.batch_size + 60
         self.max_retries, self.backoff = max_retries, backoff
         self.endpoint, self.line_numbering = endpoint, line_numbering
-        self.check_axioms, self.allowed_axioms = check_axioms, tuple(allowed_axioms)
+        # native_decide is accepted unless refused (Kimina's verified proofs use it); when
+        # accepted, its axioms pass the #print axioms check and show in Verdict.axioms
+        self.reject_native_decide = reject_native_decide
+        self.check_axioms = check_axioms
+        self.allowed_axioms = tuple(allowed_axioms) + (() if reject_native_decide else NATIVE_AXIOMS)
         self._identity = server_identity
         self.cache = VerdictCache(cache_path) if cache_path else None
         self.session = requests.Session()
@@ -530,22 +528,24 @@ class LeanClient:
     # -- verify -------------------------------------------------------------------------------
     def verify(self, items: list[dict], timeout: int | None = None,
                progress: bool = False) -> list[Verdict]:
-        """One Verdict per item, in input order. Items: {"id", "code", optional "statement"}."""
+        """One Verdict per item, in input order. Items: {"id", "code", optional "statement",
+        optional "header" (the dataset's header: the gate then allows no other `open`)}."""
         timeout = int(timeout or self.timeout)
-        prepared: list[tuple[str, str, str | None, bool]] = []  # id, code sent, gate reason, axioms?
+        prepared: list[tuple[str, str, str | None, bool, str]] = []  # id, sent, gate reason, axioms?, code
         for idx, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("code"), str):
                 raise ValueError(f"verify item {idx} needs a dict with a string 'code'")
-            code, stmt = item["code"], item.get("statement")
-            reason = soundness_gate(code, stmt) if stmt else None
+            code = given = item["code"]
+            stmt = item.get("statement")
+            reason = soundness_gate(code, stmt, item.get("header"), self.reject_native_decide) if stmt else None
             axioms = bool(stmt and not reason and self.check_axioms)
             if axioms:
                 code = f"{code.rstrip()}\n\n#print axioms {theorem_name(stmt)}\n"
-            prepared.append((str(item.get("id", idx)), code, reason, axioms))
+            prepared.append((str(item.get("id", idx)), code, reason, axioms, given))
         self._bump("items", len(items))
         self._bump("rejected", sum(1 for p in prepared if p[2]))
 
-        unique = list(dict.fromkeys(code for _, code, reason, _ in prepared if not reason))
+        unique = list(dict.fromkeys(p[1] for p in prepared if not p[2]))
         self._bump("dedup_hits", sum(1 for p in prepared if not p[2]) - len(unique))
         results: dict[str, dict] = {}
         from_cache: set[str] = set()
@@ -563,7 +563,7 @@ class LeanClient:
             results.update(self._send_all(todo, timeout, progress))
 
         verdicts, to_cache = [], []
-        for item_id, code, reason, axioms in prepared:
+        for item_id, code, reason, axioms, given in prepared:
             if reason:
                 verdicts.append(Verdict(item_id, "rejected", code, error=reason))
                 continue
@@ -571,6 +571,7 @@ class LeanClient:
             v.cached = code in from_cache
             if axioms and v.ok:
                 v = self._check_axioms(v)
+            v.code = given   # feedback quotes the code as written, not the appended check
             verdicts.append(v)
         if identity:
             for code in todo:
@@ -592,8 +593,8 @@ class LeanClient:
             return dataclasses.replace(v, status="rejected", error="no #print axioms output")
         bad = [a for a in used if a not in self.allowed_axioms]
         if bad:
-            return dataclasses.replace(v, status="rejected", error=f"uses axioms {bad}")
-        return v
+            return dataclasses.replace(v, status="rejected", error=f"uses axioms {bad}", axioms=used)
+        return dataclasses.replace(v, axioms=used)
 
     # -- transport ----------------------------------------------------------------------------
     def _bump(self, key: str, n: int = 1) -> None:

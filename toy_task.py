@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 import re
 
-from formats import build_lean_code, kimina_completion
+from formats import build_lean_code, kimina_completion, lean_feedback
 from lean_client import import_line_count, parse_result, strip_lean_comments
 
 FRAGMENT = "toy-nat-arith-v1"
@@ -299,4 +299,4 @@ def toy_feedback(stmt: str, tactic: str) -> str:
     same parser and formatter as a live verification (lean_client), so the repair rows match
     the second-turn prompts the model meets in RL and evaluation."""
     code = build_lean_code(TOY_HEADER, stmt, f"\n  {tactic}")
-    return parse_result("toy", code, {"response": Checker(code, "snippet").run()}).feedback("kimina")
+    return lean_feedback(parse_result("toy", code, {"response": Checker(code, "snippet").run()}), "kimina")

@@ -7,7 +7,8 @@ import pytest
 import requests
 
 from conftest import HEADER, ROOT, toy
-from lean_client import (LeanClient, LeanServerUnavailable, Verdict, parse_result,
+from formats import lean_feedback
+from lean_client import (LeanClient, LeanServerUnavailable, parse_result,
                          soundness_gate)
 
 KIMINA_ZIP = ROOT / "data/proofs/kimina_preview_minif2f_test_solved.zip"
@@ -276,6 +277,42 @@ RED_TEAM = {
     "statement inside another term": f"{HEADER}example := fun _ => {STMT}\n  norm_num",
     "decreasing_by sorry": f"{HEADER}{STMT}\n  norm_num\n  decreasing_by sorry",
 }
+# Second round (issue #18): the theorem's text kept verbatim, its meaning changed by what the file
+# declares before it. Each entry names the class it stands for.
+MEANING_RED_TEAM = {
+    "variable + include": f"{HEADER}variable (h : False)\ninclude h\n{STMT}\n  exact h.elim",
+    "indented variable": f"{HEADER}  variable (h : False)\n  include h\n{STMT}\n  exact h.elim",
+    "omit": f"{HEADER}omit [Fact True] in\n{STMT}\n  norm_num",
+    "local instance": f"{HEADER}local instance : Inhabited ℝ := ⟨0⟩\n{STMT}\n  norm_num",
+    "scoped instance": f"{HEADER}scoped instance : Inhabited ℝ := ⟨0⟩\n{STMT}\n  norm_num",
+    "attribute [instance]": f"{HEADER}def i : Inhabited ℝ := ⟨0⟩\nattribute [instance] i\n{STMT}\n  norm_num",
+    "attribute [local instance]": f"{HEADER}def i : Inhabited ℝ := ⟨0⟩\nattribute [local instance] i\n{STMT}\n  norm_num",
+    "attribute removal": f"{HEADER}attribute [-instance] Real.instLE\n{STMT}\n  norm_num",
+    "@[instance] def": f"{HEADER}@[instance] def i : Inhabited ℝ := ⟨0⟩\n{STMT}\n  norm_num",
+    "@[default_instance]": f"{HEADER}@[default_instance] def i : Inhabited ℝ := ⟨0⟩\n{STMT}\n  norm_num",
+    "@[csimp]": f"{HEADER}@[csimp] theorem c : @id = @id := rfl\n{STMT}\n  norm_num",
+    "notation3": f'{HEADER}notation3 "abs" => id\n{STMT}\n  norm_num',
+    "infixl": f'{HEADER}infixl:65 " * " => HAdd.hAdd\n{STMT}\n  norm_num',
+    "binder_predicate": f"{HEADER}binder_predicate x \" > \" y:term => `($x < $y)\n{STMT}\n  norm_num",
+    "open ... in on the theorem": f"{HEADER}open Nat in\n{STMT}\n  norm_num",
+    "open after a declaration": f"{HEADER}theorem helper : True := trivial\nopen Nat\n{STMT}\n  norm_num",
+    "open a namespace the file fills": f"{HEADER}open Foo\ndef Foo.ten : ℝ := 10\n{STMT}\n  norm_num",
+    "open renaming": f"{HEADER}open Nat renaming sqrt → abs\n{STMT}\n  norm_num",
+    "open hiding": f"{HEADER}open Real hiding pi\n{STMT}\n  norm_num",
+    "open with explicit names": f"{HEADER}open Nat (sqrt)\n{STMT}\n  norm_num",
+    "helper reusing a statement name": f"{HEADER}def abs (x : ℝ) : ℝ := 10\n{STMT}\n  norm_num",
+    "export": f"{HEADER}export Nat (sqrt)\n{STMT}\n  norm_num",
+    "noncomputable section": f"{HEADER}noncomputable section\n{STMT}\n  norm_num\nend",
+    "mutual": f"{HEADER}mutual\ntheorem a : True := trivial\nend\n{STMT}\n  norm_num",
+    "unseal": f"{HEADER}unseal Nat.add in\n{STMT}\n  norm_num",
+    "autoImplicit": f"{HEADER}set_option autoImplicit true\n{STMT}\n  norm_num",
+    "set_option ... in on the theorem": f"{HEADER}set_option pp.proofs true in\n{STMT}\n  norm_num",
+    "simproc": f"{HEADER}simproc s (abs _) := fun _ => pure .continue\n{STMT}\n  norm_num",
+    "initialize": f"{HEADER}initialize pure ()\n{STMT}\n  norm_num",
+    "literal sorryAx": f"{HEADER}{STMT}\n  exact sorryAx _ false",
+    "qualified sorryAx": f"{HEADER}{STMT}\n  exact (Lean.sorryAx _ false)",
+    "lcProof": f"{HEADER}{STMT}\n  exact lcProof",
+}
 
 
 def test_gate_accepts_a_fair_proof():
@@ -284,10 +321,39 @@ def test_gate_accepts_a_fair_proof():
     assert soundness_gate(OK_PROOF, STMT.replace(":= by", ":= by sorry")) is None
 
 
-@pytest.mark.parametrize("name", sorted(RED_TEAM))
+@pytest.mark.parametrize("name", sorted(RED_TEAM) + sorted(MEANING_RED_TEAM))
 def test_gate_rejects_every_cheat(name):
-    reason = soundness_gate(RED_TEAM[name], STMT)
+    reason = soundness_gate({**RED_TEAM, **MEANING_RED_TEAM}[name], STMT)
     assert reason, f"cheat {name!r} passed the gate"
+
+
+def test_gate_reasons_name_the_command():
+    assert "variable" in soundness_gate(MEANING_RED_TEAM["variable + include"], STMT)
+    assert "instance" in soundness_gate(MEANING_RED_TEAM["attribute [instance]"], STMT)
+    assert "@[csimp]" in soundness_gate(MEANING_RED_TEAM["@[csimp]"], STMT)
+    assert "open ... in" in soundness_gate(MEANING_RED_TEAM["open ... in on the theorem"], STMT)
+    assert "declares into (Foo)" in soundness_gate(MEANING_RED_TEAM["open a namespace the file fills"], STMT)
+    assert "omit" in soundness_gate(MEANING_RED_TEAM["omit"], STMT)
+
+
+def test_gate_allows_helpers_and_header_opens():
+    helper = "theorem h_aux : (2 : ℝ) = 1 + 1 := by norm_num\n"
+    assert soundness_gate(f"{HEADER}{helper}{STMT}\n  norm_num", STMT) is None
+    assert soundness_gate(f"{HEADER}open Finset in\n@[simp] {helper}{STMT}\n  norm_num", STMT) is None
+    assert soundness_gate(f"{HEADER}{STMT}\n  set_option maxRecDepth 4000 in\n  norm_num", STMT) is None
+    # with the dataset's header known, the file may open nothing the header does not
+    assert soundness_gate(OK_PROOF, STMT, header=HEADER) is None
+    extra = OK_PROOF.replace("open BigOperators", "open Finset BigOperators")
+    assert soundness_gate(extra, STMT) is None
+    assert "Finset" in soundness_gate(extra, STMT, header=HEADER)
+
+
+def test_native_decide_accepted_by_default_and_refusable():
+    code = f"{HEADER}theorem t : 2 ^ 10 = 1024 := by\n  native_decide"
+    assert soundness_gate(code, "theorem t : 2 ^ 10 = 1024 := by") is None
+    assert "native_decide" in soundness_gate(code, "theorem t : 2 ^ 10 = 1024 := by", reject_native_decide=True)
+    # Kimina's own verified proofs use it: 11 of the 197 (they pass above)
+    assert sum("native_decide" in r["correct_proof"] for r in _kimina_real_proofs()) == 11
 
 
 def test_gate_rejects_before_sending(standin):
@@ -320,6 +386,46 @@ def test_gate_accepts_all_197_real_verified_proofs():
             assert soundness_gate(code, dataset[row["name"]]) is None, row["name"]
             checked_against_dataset += 1
     assert checked_against_dataset == 190   # 7 proofs target Kimina's corrected statements
+
+
+def test_gate_accepts_the_67_human_minif2f_valid_proofs():
+    # DeepSeek-Prover-V1.5's few-shot file: statement and human proof, checked under its header
+    header = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\n"
+              "open BigOperators Real Nat Topology Rat\n\n")
+    rows = [json.loads(l) for l in (ROOT / "data/proofs/deepseek_v15_minif2f_valid_few_shot.jsonl").open()]
+    assert len(rows) == 67
+    for r in rows:
+        code = header + r["formal_statement"] + r["formal_proof"]
+        assert soundness_gate(code, r["formal_statement"], header=header) is None, r["name"]
+
+
+def test_gate_accepts_the_28_kimina_72b_proofs():
+    # whole files with helper lemmas, `open ... in` on helpers, their own headers
+    import re
+    with zipfile.ZipFile(ROOT / "data/proofs/kimina_72b_minif2f_test_solved_filtered_0710.zip") as zf:
+        files = [n for n in zf.namelist() if "/src/" in n and n.endswith(".lean")]
+        assert len(files) == 28
+        for n in files:
+            code, name = zf.read(n).decode(), n.rsplit("/", 1)[1][:-5]
+            stmt = re.search(rf"(?m)^theorem {re.escape(name)}\b.*?:=\s*by", code, re.S).group(0)
+            assert soundness_gate(code, stmt) is None, name
+
+
+def test_axiom_check_reports_native_decide(recorder):
+    stmt = "theorem t : 2 ^ 10 = 1024 := by"
+    code = f"{HEADER}{stmt}\n  native_decide"
+    reply = (200, {"results": [{"id": "0", "time": 0.1, "response": {"env": 0, "messages": [
+        {"severity": "info", "pos": {"line": 9, "column": 0}, "endPos": None,
+         "data": "'t' depends on axioms: [propext, Lean.ofReduceBool]"}]}}]})
+    recorder.replies = [reply]
+    [v] = fast_client(recorder.url, check_axioms=True).verify([{"id": "t", "code": code, "statement": stmt}])
+    assert v.ok and v.axioms == ["propext", "Lean.ofReduceBool"] and v.code == code
+    recorder.replies = [reply]
+    strict = fast_client(recorder.url, check_axioms=True, reject_native_decide=True)
+    # refused by the gate before sending; a proof that hides it from the gate fails the axiom check
+    assert strict.verify([{"id": "t", "code": code, "statement": stmt}])[0].status == "rejected"
+    [v] = strict.verify([{"id": "t", "code": code.replace("native_decide", "exact my_lemma"), "statement": stmt}])
+    assert v.status == "rejected" and "Lean.ofReduceBool" in v.error
 
 
 def test_axiom_check(recorder):
@@ -361,7 +467,7 @@ def _failed(url, line_base_client="snippet"):
 
 def test_kimina_feedback_marks_the_offending_line(standin):
     v = _failed(standin)
-    fb = v.feedback("kimina")
+    fb = lean_feedback(v, "kimina")
     assert fb.startswith("# Error 1:\nError message:\nThe rfl tactic failed")
     assert ">   rfl" in fb and "  theorem t : 2 + 2 = 5 := by" in fb
     assert fb.count(">") == 1
@@ -374,12 +480,12 @@ def test_feedback_line_arithmetic_old_and_new_servers(make_standin, standin):
     raw_old_line = old.raw["response"]["messages"][0]["pos"]["line"]
     assert raw_old_line == new.errors[0].line - 2          # two import lines cut off
     assert old.errors[0].line == new.errors[0].line        # normalised by the client
-    assert old.feedback("kimina") == new.feedback("kimina")
-    assert old.feedback("goedel") == new.feedback("goedel")
+    assert lean_feedback(old, "kimina") == lean_feedback(new, "kimina")
+    assert lean_feedback(old, "goedel") == lean_feedback(new, "goedel")
 
 
 def test_goedel_feedback_wraps_the_span(standin):
-    fb = _failed(standin).feedback("goedel", round_idx=2)
+    fb = lean_feedback(_failed(standin), "goedel", round_idx=2)
     assert fb.startswith("The proof (Round 2) is not correct.")
     assert "  <error>rfl</error>" in fb
     assert fb.rstrip().endswith("provide a detailed analysis of the error message.")
@@ -390,9 +496,9 @@ def test_feedback_caps_error_counts():
     msgs = [{"severity": "error", "pos": {"line": i, "column": 0}, "endPos": {"line": i, "column": 4},
              "data": f"err{i}"} for i in range(1, 11)]
     v = parse_result("x", code, {"time": 0, "response": {"messages": msgs, "env": 0}})
-    assert v.feedback("kimina").count("# Error") == 3
-    assert v.feedback("goedel").count("</error>") - 1 == 8   # the header names the tags once
+    assert lean_feedback(v, "kimina").count("# Error") == 3
+    assert lean_feedback(v, "goedel").count("</error>") - 1 == 8   # the header names the tags once
     t = parse_result("x", code, {"error": "Lean REPL command timed out in 30.0 seconds"})
-    assert t.feedback("kimina").startswith("# System Error:\nLean REPL command timed out")
+    assert lean_feedback(t, "kimina").startswith("# System Error:\nLean REPL command timed out")
     with pytest.raises(ValueError):
-        v.feedback("other")
+        lean_feedback(v, "other")

@@ -72,7 +72,7 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
                 for r in repair.itertuples()]
     live = verify(attempts)
     assert not any(v.ok for v in live)
-    assert [v.feedback("kimina") for v in live] == list(repair.lean_feedback)
+    assert [formats.lean_feedback(v, "kimina") for v in live] == list(repair.lean_feedback)
     assert all(r.formal_proof.strip() not in r.prev_attempt.split("```lean4")[-1] for r in repair.itertuples())
     fixed = verify([(r.header + r.formal_statement + r.formal_proof, r) for r in repair.itertuples()])
     assert 0.15 < sum(v.ok for v in fixed) / len(fixed) < 0.55
