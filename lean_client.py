@@ -297,7 +297,8 @@ _FORBIDDEN = [
     (r"set_option\s+debug\.skipKernelTC", "switches off the kernel type checker"),
     (r"(?<![\w'.])(variable|include|omit)(?![\w'.])", "declares section variables ({0}): they "
      "change the theorem's hypotheses"),
-    (r"\b(run_cmd|run_elab|run_meta|initialize|builtin_initialize|simproc|dsimproc)\b|#eval\b",
+    (r"\b(run_cmd|run_elab|run_meta|run_tac|by_elab|initialize|builtin_initialize|simproc|dsimproc|"
+     r"mkSorry|admitGoal)\b|#eval\b",
      "runs meta code ({0})"),
     (r"(?<![\w'.])(elab|elab_rules|macro|macro_rules|syntax|notation|notation3|infix|infixl|"
      r"infixr|prefix|postfix|declare_syntax_cat|binder_predicate)(?![\w'.])",
@@ -375,14 +376,14 @@ def soundness_gate(code: str, statement: str, header: str | None = None,
     header_opens = set()
     for line in re.findall(r"(?m)^[ \t]*open\b[^\n]*", strip_lean_comments(header or "")):
         header_opens |= set(_opened(line)) if isinstance(_opened(line), list) else set()
-    for m in re.finditer(r"(?m)(?<![\w'.])open\b[^\n]*", bare[:at.start()]):
-        opened = _opened(re.sub(r"\s+in\s*$", "", m.group(0)))
+    for m in re.finditer(r"(?<![\w'.])open\b[^\n]*?(?=(?<![\w'.])in(?![\w'.])|\n|$)(in\b)?", bare[:at.start()]):
+        opened = _opened(m.group(0)[:-2] if m.group(1) else m.group(0))
         if isinstance(opened, str):
             return opened
         if declared & set(opened):
             return f"opens a namespace the file declares into ({', '.join(sorted(declared & set(opened)))})"
-        if m.group(0).rstrip().endswith(" in"):
-            if not bare[m.end():at.start()].strip():
+        if m.group(1):   # `open ... in` scopes over the next command: it must not be the theorem
+            if min((d.start() for d in decls if d.start() >= m.end()), default=at.start()) >= at.start():
                 return "puts `open ... in` on the theorem: it changes the names its statement sees"
         elif m.start() > first_decl:
             return "opens a namespace after a declaration: the theorem would see other names"
