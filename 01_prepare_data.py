@@ -9,12 +9,18 @@ Writes runs/<run_name>/01_data/:
     config.json             the resolved settings
     manifest.json           row counts, column schema and sha256 of each file (written last)
 
-Cleaning, in this order, each step counted per source: parse (header split off, whitespace and
-the `:= by` ending normalised; unparseable rows rejected), deduplicate on the normalised
-statement, decontaminate against every eval set (same theorem name, or the same canonical
-statement: whitespace, comments and bound-variable names factored out), filter by prompt token
-length with the target tokenizer (when one is given), split by a hash of the statement. miniF2F
-test is always in the decontamination set, so no miniF2F-test proof is ever trained on.
+Cleaning, row by row (sources are streamed in batches and written in row groups: a 1.7M-row
+source never sits in a list), each step counted per source: parse (header split off outside
+comments, whitespace and the `:= by` ending normalised, the problem comment before the theorem
+left out; unparseable rows rejected), true (Lean-Workbook: statements InternLM disproved are
+dropped), deduplicate on the canonical statement (theorem name, whitespace, comments and
+bound-variable names factored out; Kimina's Promptset repeats hard problems on purpose, so its
+copies become a `weight` column that 03 samples by, or separate rows with --keep_duplicates),
+decontaminate against every eval set (same theorem name, or the same canonical statement),
+filter by prompt token length with the target tokenizer (when one is given), split by a hash of
+the statement. miniF2F test always guards, so no miniF2F-test proof is ever trained on. Every
+output row has a unique id (a repeated one gets #2, #3; the theorem name has its own column);
+eval files are written in a seeded random order, so any prefix is a fair sample.
 
 Departures from the papers:
 - Kimina trains RL on AI-MO/Kimina-Prover-Promptset and distils SFT from long reasoning traces
@@ -22,15 +28,12 @@ Departures from the papers:
   (formats.thinking_from_proof) that passes Kimina's format checks.
 - n-gram overlap is reported (on conclusions only) as a diagnostic, never used to drop rows:
   binder boilerplate makes unrelated statements share long n-grams.
-- `--task toy` generates the CPU smoke task instead: closed ℕ statements whose right tactic
-  depends on the relation symbol (the stand-in server's fragment, lean_standin_server.py), with
-  SFT proofs that are right only part of the time, so that RL has something to learn. A share
-  of the SFT statements also get a second-turn (repair) row: a wrong first attempt, the
-  stand-in's feedback on it in Kimina's error-correction format, and a different tactic (right
-  one time in three), with `--toy_sft_repair 0.3`: SFT then teaches the shape of a correction.
-  Off by default: with these rows, 1,500 SFT steps of the tiny preset copy statements much worse
-  (03's step-0 validation pass@1 9.6% instead of 17.2%, README), which costs more than the
-  second turn gives.
+- `--task toy` generates the CPU smoke task instead (toy_task.py): closed ℕ statements whose
+  right tactic depends on the relation symbol, a quarter per tactic in every file, with SFT
+  proofs that are right only part of the time, so that RL has something to learn.
+  `--toy_sft_repair 0.3` adds second-turn (repair) rows for a share of the SFT statements: a
+  wrong first attempt, the stand-in's feedback on it in Kimina's error-correction format, and
+  another tactic. Off by default (README: it cost the tiny preset its statement copying).
 
 Commands:
     python 01_prepare_data.py --task toy --run_name smoke                       # CPU smoke
@@ -42,21 +45,25 @@ This stage runs on CPU; on a GPU machine the commands are the same.
 """
 import dataclasses
 import hashlib
+import itertools
 import json
 import random
 import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm import tqdm
 
 import common
 import formats
 import lean_client
-from canonical import canonical_statement, statement_conclusion
+from canonical import canonical_statement, hash_split, statement_conclusion
 from formats import kimina_completion, thinking_from_proof
-from lean_client import collapse_ws, normalize_statement, split_header, theorem_name
-from toy_task import TACTIC_RULES, TOY_HEADER, toy_completion, toy_feedback, toy_statement
+from lean_client import collapse_ws, normalize_statement, split_header, strip_lean_comments, theorem_name
+from toy_task import build_toy
 
 # ---------------------------------------------------------------------------------------------
 # Settings (defaults: the Kimina-Prover-RL sources; override with --key value)
@@ -72,7 +79,8 @@ class Settings:
     sft_sources: str = "numina_lean"
     eval_sets: str = "minif2f_test"
     hf_mirror: str = ""                     # folder with local copies of Hub datasets (<org>/<name>/...)
-    limit_per_source: int = 0               # 0 = all rows
+    limit_per_source: int = 0               # 0 = all rows (sources are streamed: no full list in memory)
+    keep_duplicates: bool = False           # Promptset: keep each deliberate copy as a row, not as weight
     # NuminaMath-LEAN: keep rows whose rl_data.win_rate lies in [min, max]
     min_win_rate: float = 0.0
     max_win_rate: float = 1.0
@@ -98,28 +106,35 @@ DATA = common.PROJECT_ROOT / "data"
 DEEPSEEK_HEADER = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\n"
                    "open BigOperators Real Nat Topology Rat\n\n")
 ID_COLUMNS = ("statement_id", "uuid", "id", "problem_id", "name")
-INFORMAL_COLUMNS = ("informal_problem", "problem", "informal_statement", "natural_language_statement",
-                    "informal_prefix", "informal_stmt", "nl_statement")
+INFORMAL_COLUMNS = ("informal_problem", "natural_language", "problem", "informal_statement",
+                    "natural_language_statement", "informal_prefix", "informal_stmt", "nl_statement")
+BATCH_ROWS = 4096   # rows per read batch and per Parquet row group: sources are streamed, never listed
 
 
 @dataclass(frozen=True)
 class Source:
-    hub: str = ""             # Hugging Face dataset id (online sources)
-    path: str = ""            # bundled file under data/
-    split: str = ""           # keep rows whose 'split' column equals this
+    hub: str = ""                  # Hugging Face dataset id (online sources)
+    path: str = ""                 # bundled file under data/
+    split: str = ""                # keep rows whose 'split' column equals this
     hub_split: str = "train"
-    proof_column: str = ""    # the column holding a verified proof (SFT sources)
+    hub_files: str = ""            # read this file of the repository explicitly (not the default pick)
+    status_file: str = ""          # Lean-Workbook: the file that says which statements were disproved
+    proof_columns: tuple = ()      # verified-proof columns, first non-empty wins (SFT sources)
     header_column: str = ""
     statement_column: str = "formal_statement"
+    multiplicity_is_weight: bool = False   # duplicates were made on purpose: count them, keep one
+    raw_informal: bool = False     # keep the informal text as the source writes it (Kimina's miniF2F)
 
 
 SOURCES = {
-    # online, by name (need the Hub or --hf_mirror / NAME=PATH)
-    "numina_lean": Source(hub="AI-MO/NuminaMath-LEAN", proof_column="formal_proof"),
-    "kimina_promptset": Source(hub="AI-MO/Kimina-Prover-Promptset"),
-    "lean_workbook": Source(hub="internlm/Lean-Workbook"),
+    # online, by name (need the Hub, or --hf_mirror / NAME=PATH); layouts in shared HUB_DATASETS.md
+    "numina_lean": Source(hub="AI-MO/NuminaMath-LEAN", proof_columns=("formal_proof", "formal_ground_truth")),
+    "kimina_promptset": Source(hub="AI-MO/Kimina-Prover-Promptset", multiplicity_is_weight=True),
+    # load_dataset("internlm/Lean-Workbook") reads wkbk_1009.parquet (proof steps), not the problems
+    "lean_workbook": Source(hub="internlm/Lean-Workbook", hub_files="lean_workbook.json",
+                            status_file="wkbk_1009.parquet"),
     "goedel_pset": Source(hub="Goedel-LM/Goedel-Pset-v1"),
-    "minif2f_test_kimina": Source(hub="AI-MO/minif2f_test", hub_split="train"),
+    "minif2f_test_kimina": Source(hub="AI-MO/minif2f_test", hub_split="train", raw_informal=True),
     # bundled with this repository (data/README.md gives origins and licenses)
     "minif2f_test": Source(path="minif2f/deepseek_v15_minif2f.jsonl", split="test", header_column="header"),
     "minif2f_valid": Source(path="minif2f/deepseek_v15_minif2f.jsonl", split="valid", header_column="header"),
@@ -131,7 +146,7 @@ SOURCES = {
     "mobench": Source(path="matholympiadbench/goedel_v2_MOBench.jsonl", header_column="header"),
     "leanworkbook_6k": Source(path="training/leanworkbook_statements_6k.jsonl"),
     "minif2f_valid_proofs": Source(path="proofs/deepseek_v15_minif2f_valid_few_shot.jsonl",
-                                   proof_column="formal_proof"),
+                                   proof_columns=("formal_proof",)),
 }
 
 
@@ -147,39 +162,47 @@ def parse_spec(spec: str) -> tuple[str, Source, str]:
             raise SystemExit(f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))}")
         return name, SOURCES[name], path
     if Path(spec).suffix in (".jsonl", ".json", ".parquet"):
-        return Path(spec).stem, Source(proof_column="formal_proof", header_column="header"), spec
+        return Path(spec).stem, Source(proof_columns=("formal_proof",), header_column="header"), spec
     raise SystemExit(f"unknown source {spec!r}: not a known name ({', '.join(sorted(SOURCES))}) "
-                     "nor a .jsonl/.parquet path")
+                     "nor a .jsonl/.json/.parquet path")
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: loading and cleaning
+# Data: loading (streamed) and cleaning
 # ---------------------------------------------------------------------------------------------
 
-def read_local(path: Path, rejects: list, name: str) -> list[dict]:
-    """Rows of a JSONL or Parquet file. A line that is not UTF-8 or not JSON is a counted reject."""
+def read_local(path: Path, rejects, name: str) -> Iterator[dict]:
+    """Rows of a JSONL, JSON-list or Parquet file, in batches. A line that is not UTF-8 or not
+    JSON is a counted reject."""
     if not path.exists():
         raise SystemExit(f"source {name}: no such file {path}")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
-    rows = []
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+            yield from batch.to_pylist()
+        return
+    if path.suffix == ".json":
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if not isinstance(data, list):
+            raise SystemExit(f"{path}: expected a JSON list of objects")
+        yield from data
+        return
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(raw.decode("utf-8")))
+                yield json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                rejects.append(reject(f"{path.name}:{lineno}", name, "load",
-                                      f"non-UTF-8 bytes at line {lineno} ({exc.reason})", raw[:500]))
+                rejects.add(f"{path.name}:{lineno}", name, "load",
+                            f"non-UTF-8 bytes at line {lineno} ({exc.reason})", raw[:500])
             except json.JSONDecodeError as exc:
-                rejects.append(reject(f"{path.name}:{lineno}", name, "load",
-                                      f"line {lineno} is not JSON ({exc.msg})", raw[:500]))
-    return rows
+                rejects.add(f"{path.name}:{lineno}", name, "load", f"line {lineno} is not JSON ({exc.msg})", raw[:500])
 
 
-def read_hub(src: Source, name: str, cfg: Settings) -> list[dict]:
+def read_hub(src: Source, name: str, cfg: Settings, data_file: str = ""):
+    """A Hub dataset (or its --hf_mirror copy) as an Arrow-backed, memory-mapped Dataset."""
     from datasets import load_dataset
     target = src.hub
     if cfg.hf_mirror:
@@ -187,40 +210,75 @@ def read_hub(src: Source, name: str, cfg: Settings) -> list[dict]:
         if not Path(target).exists():
             raise SystemExit(f"source {name}: --hf_mirror has no folder {target}")
     try:
-        return list(load_dataset(target, split=src.hub_split))
+        return load_dataset(target, split=src.hub_split, data_files=data_file or None)
     except Exception as exc:
-        raise SystemExit(f"source {name}: cannot load {target} ({type(exc).__name__}: {exc}).\n"
-                         f"Offline? Pass a local copy: --rl_sources {name}=/path/file.parquet, "
-                         "or --hf_mirror /folder/with/<org>/<name>") from exc
+        raise SystemExit(f"source {name}: cannot load {target}{' file ' + data_file if data_file else ''} "
+                         f"({type(exc).__name__}: {exc}).\nOffline? Pass a local copy: "
+                         f"--rl_sources {name}=/path/file.parquet, or --hf_mirror /folder/with/<org>/<name>") from exc
 
 
-def load_source(spec: str, cfg: Settings, rejects: list) -> tuple[str, Source, list[dict]]:
+def disproved_statements(src: Source, name: str, cfg: Settings, local: str) -> dict[str, str]:
+    """Lean-Workbook: theorem name and canonical statement -> id, for every statement InternLM
+    disproved (wkbk_1009.parquet, status 'disproved'). Such a statement is false: never an RL prompt."""
+    if local:
+        status = Path(local).with_name(src.status_file)
+        rows = read_local(status, None, name) if status.exists() else []
+    else:
+        rows = read_hub(src, name, cfg, src.status_file)
+    out: dict[str, str] = {}
+    for r in rows:
+        if r.get("status") == "disproved" and isinstance(r.get("formal_statement"), str):
+            try:
+                stmt = normalize_statement(r["formal_statement"])
+            except ValueError:
+                continue
+            out[canonical_statement(stmt)] = out[theorem_name(stmt) or ""] = str(r.get("id", ""))
+    out.pop("", None)
+    return out
+
+
+@dataclass
+class Loaded:
+    name: str
+    src: Source
+    origin: str
+    rows: Iterable[dict]
+    disproved: dict = dataclasses.field(default_factory=dict)
+
+
+def load_source(spec: str, cfg: Settings, rejects) -> Loaded:
     name, src, path = parse_spec(spec)
     if path:
         rows, origin = read_local(Path(path), rejects, name), path
     elif src.path:
-        rows, origin = read_local(DATA / src.path, rejects, name), str(DATA / src.path)
+        rows, origin = read_local(DATA / src.path, rejects, name), f"data/{src.path}"
     else:
-        rows, origin = read_hub(src, name, cfg), src.hub
-    if rows and src.statement_column not in rows[0]:
-        raise SystemExit(f"{origin}: source {name} needs column {src.statement_column!r}; "
-                         f"the file has {sorted(rows[0])}")
+        rows, origin = read_hub(src, name, cfg, src.hub_files), src.hub + (f"/{src.hub_files}" if src.hub_files else "")
     if src.split:
-        rows = [r for r in rows if r.get("split") == src.split]
+        rows = (r for r in rows if r.get("split") == src.split)
     if name == "numina_lean":
-        rows = [r for r in rows
-                if cfg.min_win_rate <= float(((r.get("rl_data") or {}).get("win_rate")) or 0.0)
-                <= cfg.max_win_rate]
+        rows = (r for r in rows
+                if cfg.min_win_rate <= float(((r.get("rl_data") or {}).get("win_rate")) or 0.0) <= cfg.max_win_rate)
     if cfg.limit_per_source:
-        rows = rows[:cfg.limit_per_source]
-    return name, src, rows
+        rows = itertools.islice(rows, cfg.limit_per_source)
+    disproved = disproved_statements(src, name, cfg, path) if src.status_file else {}
+    return Loaded(name, src, origin, rows, disproved)
 
 
-def reject(statement_id: str, source: str, step: str, reason: str, raw) -> dict:
-    raw_text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else json.dumps(
-        raw, ensure_ascii=False, default=str)
-    return {"statement_id": statement_id, "source": source, "step": step, "reason": reason,
-            "raw": raw_text[:2000]}
+class Rejects:
+    """Every dropped row, with the step and the reason, streamed to rejects.parquet."""
+
+    def __init__(self, path: Path | None):
+        self.writer = common.ParquetAppender(path, "rejects") if path else None
+        self.by_step: Counter = Counter()
+
+    def add(self, statement_id: str, source: str, step: str, reason: str, raw) -> None:
+        raw_text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else json.dumps(
+            raw, ensure_ascii=False, default=str)
+        self.by_step[step] += 1
+        if self.writer:
+            self.writer.add({"statement_id": statement_id, "source": source, "step": step,
+                             "reason": reason, "raw": raw_text[:2000]})
 
 
 def first_present(row: dict, columns: tuple[str, ...]) -> str:
@@ -230,8 +288,48 @@ def first_present(row: dict, columns: tuple[str, ...]) -> str:
     return ""
 
 
+_PROOF_DECL = re.compile(r"(?m)^[ \t]*(?:@\[[^\]\n]*\][ \t]*)?(?:(?:private|protected|noncomputable)\s+)*"
+                         r"(?:theorem|lemma|def|abbrev|instance|structure|inductive)\s+([^\s:({\[]+)")
+
+
+def proof_body(row: dict, src: Source, statement: str) -> str:
+    """The tactic proof of `statement` from the row's proof column: a whole file (header,
+    maybe a comment, the theorem, its proof) or tactics only. A file that declares helper
+    lemmas or defs before the theorem is refused: 02-04 rebuild header + statement + proof, so
+    the helpers would be lost and the target would call lemmas it does not contain."""
+    proof = ""
+    for col in src.proof_columns:
+        if col == "formal_ground_truth" and row.get("ground_truth_type") != "complete":
+            continue      # Numina's human proofs count only when complete (not with_sorry)
+        if isinstance(row.get(col), str) and row[col].strip():
+            proof = row[col]
+            break
+    if not proof:
+        raise RowError(f"no proof in {' / '.join(src.proof_columns)}")
+    _, text = split_header(proof)
+    bare = strip_lean_comments(text, keep_columns=True)
+    decls = list(_PROOF_DECL.finditer(bare))
+    if decls:
+        name = theorem_name(statement)
+        main = next((d for d in decls if d.group(1) == name), None)
+        if main is None:
+            raise RowError(f"the proof file declares no theorem {name}")
+        helpers = [d.group(1) for d in decls if d.start() < main.start()]
+        if helpers:
+            raise RowError(f"the proof declares {', '.join(helpers[:3])} before the theorem; the "
+                           "pipeline rebuilds header + statement + proof, so they would be lost")
+        by = re.compile(r":=\s*by\b").search(bare, main.start())
+        if not by:
+            raise RowError("term-mode proof (no `:= by` after the theorem)")
+        text = text[by.end():]
+    if re.search(r"\b(sorry|admit)\b", strip_lean_comments(text)):
+        raise RowError("the proof contains sorry/admit")
+    text = text.rstrip()
+    return text if text.startswith("\n") else "\n" + text
+
+
 def to_record(name: str, src: Source, row: dict, idx: int) -> dict:
-    """One raw row -> a record with the contract's columns, or RowError."""
+    """One raw row -> a record with the contract's columns (+ theorem_name), or RowError."""
     text = row.get(src.statement_column)
     if not isinstance(text, str) or not text.strip():
         raise RowError(f"empty or missing {src.statement_column}")
@@ -244,39 +342,25 @@ def to_record(name: str, src: Source, row: dict, idx: int) -> dict:
         statement = normalize_statement(body)
     except ValueError as exc:
         raise RowError(str(exc)) from exc
-    # keep only the theorem itself; a docstring or comment before it is not part of the statement
-    starts = [m.start() for m in re.finditer(rf"\n{lean_client.DECL}\s", statement)]
-    statement = statement[starts[-1] + 1:] if starts else statement.lstrip()
-    if not theorem_name(statement):
+    # keep only the theorem itself: a problem comment or docstring before it is not the statement
+    bare = strip_lean_comments(statement, keep_columns=True)
+    starts = [m.start() for m in re.finditer(rf"(?m)^[ \t]*{lean_client.DECL}\s", bare)]
+    statement = statement[starts[-1]:].lstrip() if starts else statement.lstrip()
+    name_in_lean = theorem_name(statement)
+    if not name_in_lean:
         raise RowError("no theorem name")
     informal = first_present(row, INFORMAL_COLUMNS)
-    if informal.startswith("/--") or informal.startswith("/-"):
+    if not src.raw_informal and informal.lstrip().startswith("/-"):
         informal = informal.strip().lstrip("/-").rstrip("-/").strip()
     record = {"statement_id": f"{name}/{first_present(row, ID_COLUMNS) or idx}", "source": name,
               "split": "", "header": header, "formal_statement": statement,
-              "informal_problem": informal}
-    if src.proof_column:
-        proof = row.get(src.proof_column)
-        if not isinstance(proof, str) or not proof.strip():
-            raise RowError(f"no proof in column {src.proof_column}")
-        _, proof_body = split_header(proof)
-        at = proof_body.find(statement) if statement in proof_body else -1
-        if at >= 0:   # a full file: keep what follows the statement
-            proof_body = proof_body[at + len(statement):]
-        elif ":= by" in proof_body and theorem_name(proof_body):
-            proof_body = proof_body.split(":= by", 1)[1]
-        proof_body = proof_body.rstrip()
-        if not proof_body.startswith("\n"):
-            proof_body = "\n" + proof_body
-        record["formal_proof"] = proof_body
-        record["completion"] = kimina_completion(header, statement, proof_body,
-                                                 thinking_from_proof(informal, proof_body))
+              "informal_problem": informal.strip() if src.raw_informal else informal,
+              "theorem_name": name_in_lean}
+    if src.proof_columns:
+        record["formal_proof"] = proof_body(row, src, statement)
+        record["completion"] = kimina_completion(header, statement, record["formal_proof"],
+                                                 thinking_from_proof(informal, record["formal_proof"]))
     return record
-
-
-def hash_split(statement: str, fraction: float, held_out: str = "valid") -> str:
-    bucket = int(hashlib.sha256(collapse_ws(statement).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return held_out if bucket < fraction else "train"
 
 
 def ngrams(text: str, n: int) -> set:
@@ -284,14 +368,33 @@ def ngrams(text: str, n: int) -> set:
     return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}
 
 
+class UniqueIds:
+    """Ids stay unique within an output file: a repeated id gets #2, #3, ... (ProofNet-test has
+    4 theorem names shared by 9 different theorems); the theorem name keeps its own column."""
+
+    def __init__(self):
+        self.seen: Counter = Counter()
+
+    def __call__(self, rec: dict) -> dict:
+        self.seen[rec["statement_id"]] += 1
+        n = self.seen[rec["statement_id"]]
+        return rec if n == 1 else {**rec, "statement_id": f"{rec['statement_id']}#{n}"}
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()   # 16 bytes a key, not the text
+
+
 class Cleaner:
-    """Runs the cleaning steps in order and counts what each step keeps, per source."""
+    """Runs the cleaning steps in order, row by row, and counts what each step keeps, per source."""
 
-    STEPS = ("loaded", "parsed", "deduplicated", "decontaminated", "length_filtered", "final")
+    STEPS = ("loaded", "parsed", "true", "deduplicated", "decontaminated", "length_filtered", "final")
 
-    def __init__(self, cfg: Settings, eval_records: dict[str, list[dict]], rejects: list):
+    def __init__(self, cfg: Settings, eval_records: dict[str, list[dict]], rejects: Rejects):
         self.cfg, self.rejects = cfg, rejects
         self.counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(self.STEPS, 0))
+        self.multiplicity: dict[str, dict[str, int]] = {}
+        self.overlap: Counter = Counter()
         self.eval_names: dict[str, str] = {}
         self.eval_canon: dict[str, str] = {}
         self.eval_ngrams: set = set()
@@ -303,49 +406,77 @@ class Cleaner:
                 self.eval_ngrams |= ngrams(statement_conclusion(r["formal_statement"]), cfg.ngram)
         self.tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
 
-    def run(self, pool: str, loaded: list[tuple[str, Source, list[dict]]], sft: bool):
-        """Clean one pool; SFT rows need a proof and are deduplicated on (statement, completion),
-        RL rows on the statement alone (a proof column, if any, is ignored)."""
-        kept, seen, overlap = [], set(), 0
-        for name, src, rows in loaded:
-            if sft and not src.proof_column:
-                raise SystemExit(f"source {name} has no proofs; it cannot be an SFT source")
-            src = src if sft else dataclasses.replace(src, proof_column="")
-            c = self.counts[(pool, name)]
-            c["loaded"] += len(rows)
-            for idx, row in enumerate(rows):
+    def run(self, pool: str, loaded: list[Loaded], sft: bool) -> Iterator[dict]:
+        """Clean one pool, yielding kept records. Duplicates are found on the canonical statement
+        (theorem name, whitespace, comments and bound-variable names factored out; SFT rows on
+        statement + proof). A source whose duplicates are deliberate (Kimina's Promptset repeats
+        hard problems) keeps one row with `weight` = its count, or every copy with
+        --keep_duplicates; its rows are held until the source ends, the others stream."""
+        seen: set[bytes] = set()
+        ids = UniqueIds()
+        for ld in loaded:
+            if sft and not ld.src.proof_columns:
+                raise SystemExit(f"source {ld.name} has no proofs; it cannot be an SFT source")
+            src = ld.src if sft else dataclasses.replace(ld.src, proof_columns=())
+            c = self.counts[(pool, ld.name)]
+            weighted: dict[bytes, dict] = {}
+            hold = src.multiplicity_is_weight and not self.cfg.keep_duplicates
+            for idx, row in enumerate(ld.rows):
+                c["loaded"] += 1
+                if c["loaded"] == 1 and src.statement_column not in row:
+                    raise SystemExit(f"{ld.origin}: source {ld.name} needs column {src.statement_column!r}; "
+                                     f"the file has {sorted(row)}")
                 try:
-                    rec = to_record(name, src, row, idx)
+                    rec = to_record(ld.name, src, row, idx)
                 except RowError as exc:
-                    self.rejects.append(reject(f"{name}/{idx}", name, "parse", str(exc), row))
+                    self.rejects.add(f"{ld.name}/{idx}", ld.name, "parse", str(exc), row)
                     continue
                 c["parsed"] += 1
-                key = collapse_ws(rec["formal_statement"]) + (rec.get("completion", "") if sft else "")
-                if key in seen:
-                    self.rejects.append(reject(rec["statement_id"], name, "dedup", "duplicate statement", row))
+                canon = canonical_statement(rec["formal_statement"])
+                false_id = ld.disproved.get(rec["theorem_name"]) or ld.disproved.get(canon)
+                if false_id:
+                    self.rejects.add(rec["statement_id"], ld.name, "disproved",
+                                     f"disproved by InternLM ({false_id} in {ld.src.status_file}): the statement is false", row)
+                    continue
+                c["true"] += 1
+                key = _digest(canon + ("\x00" + rec["formal_proof"] if sft else ""))
+                if key in weighted:
+                    weighted[key]["weight"] += 1
+                    continue
+                if key in seen and not (src.multiplicity_is_weight and self.cfg.keep_duplicates):
+                    self.rejects.add(rec["statement_id"], ld.name, "dedup", "duplicate statement "
+                                     "(same up to name, whitespace, comments and bound variables)", row)
                     continue
                 seen.add(key)
                 c["deduplicated"] += 1
-                hit = self.eval_names.get(theorem_name(rec["formal_statement"]))
-                canon_hit = self.eval_canon.get(canonical_statement(rec["formal_statement"]))
+                hit = self.eval_names.get(rec["theorem_name"])
+                canon_hit = self.eval_canon.get(canon)
                 if hit or canon_hit:
                     why = f"same theorem name as {hit}" if hit else f"same statement as {canon_hit}"
-                    self.rejects.append(reject(rec["statement_id"], name, "decontaminate", why, row))
+                    self.rejects.add(rec["statement_id"], ld.name, "decontaminate", why, row)
                     continue
                 c["decontaminated"] += 1
-                overlap += bool(ngrams(statement_conclusion(rec["formal_statement"]), self.cfg.ngram)
-                                & self.eval_ngrams)
+                self.overlap[pool] += bool(ngrams(statement_conclusion(rec["formal_statement"]), self.cfg.ngram)
+                                           & self.eval_ngrams)
                 if self.tokenizer is not None:
                     n_tok = prompt_tokens(self.tokenizer, rec)
                     if n_tok > self.cfg.max_prompt_tokens:
-                        self.rejects.append(reject(rec["statement_id"], name, "length",
-                                                   f"prompt has {n_tok} tokens > {self.cfg.max_prompt_tokens}", row))
+                        self.rejects.add(rec["statement_id"], ld.name, "length",
+                                         f"prompt has {n_tok} tokens > {self.cfg.max_prompt_tokens}", row)
                         continue
                 c["length_filtered"] += 1
                 rec["split"] = hash_split(rec["formal_statement"], self.cfg.valid_fraction)
+                rec["weight"] = 1
                 c["final"] += 1
-                kept.append(rec)
-        return kept, overlap
+                if hold:
+                    weighted[key] = rec
+                else:
+                    yield ids(rec)
+            if weighted:
+                weights = [r["weight"] for r in weighted.values()]
+                self.multiplicity[ld.name] = {"rows": sum(weights), "unique": len(weights), "max_weight": max(weights)}
+                for rec in weighted.values():
+                    yield ids(rec)
 
 
 def load_tokenizer(name_or_path: str):
@@ -365,81 +496,32 @@ def prompt_tokens(tok, rec: dict) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: the toy task (CPU smoke run; decided by the stand-in server, not by Lean)
-# ---------------------------------------------------------------------------------------------
-
-def build_toy(cfg: Settings) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
-    rng = random.Random(cfg.seed)
-    props: dict[str, str] = {}
-    while len(props) < cfg.toy_n_statements:   # unique statements, deterministic order
-        prop, rel = toy_statement(rng)
-        props.setdefault(prop, rel)
-    right = {rel: tac for tac, rels in TACTIC_RULES.items() for rel in rels}
-    evals, rl, sft = [], [], []
-    for i, (prop, rel) in enumerate(props.items()):
-        stmt = f"theorem toy_{i:05d} : {prop} := by"
-        rec = {"statement_id": f"toy/{i:05d}", "source": "toy", "split": "", "header": TOY_HEADER,
-               "formal_statement": stmt, "informal_problem": f"Prove that {prop} holds for natural numbers."}
-        bucket = hash_split(prop, cfg.toy_eval_fraction, held_out="test")
-        if bucket == "test":
-            evals.append({**rec, "split": "test"})
-        elif hash_split(prop + "#sft", cfg.toy_sft_fraction, held_out="sft") == "sft":
-            correct = rng.random() < cfg.toy_sft_correct
-            tactic = right[rel] if correct else rng.choice([t for t in TACTIC_RULES if t != right[rel]])
-            split = hash_split(stmt, cfg.valid_fraction)
-            sft.append({**rec, "split": split, "formal_proof": f"\n  {tactic}",
-                        "completion": toy_completion(stmt, tactic)})
-            if cfg.toy_sft_repair and rng.random() < cfg.toy_sft_repair:   # no draw when off
-                first = rng.choice([t for t in TACTIC_RULES if t != right[rel]])
-                second = rng.choice([t for t in TACTIC_RULES if t != first])
-                sft.append({**rec, "split": split, "formal_proof": f"\n  {second}",
-                            "completion": toy_completion(stmt, second),
-                            "prev_attempt": toy_completion(stmt, first),
-                            "lean_feedback": toy_feedback(stmt, first)})
-        else:
-            rl.append({**rec, "split": hash_split(stmt, cfg.valid_fraction)})
-    return {"toy": evals}, rl, sft
-
-
-# ---------------------------------------------------------------------------------------------
 # Loop: run the cleaning for every pool
 # ---------------------------------------------------------------------------------------------
 
-def prepare(cfg: Settings):
-    rejects: list[dict] = []
-    if cfg.task == "toy":
-        evals, rl, sft = build_toy(cfg)
-        counts = {("rl", "toy"): {s: len(rl) for s in Cleaner.STEPS},
-                  ("sft", "toy"): {s: len(sft) for s in Cleaner.STEPS}}
-        return evals, rl, sft, rejects, counts, {"rl": 0, "sft": 0}
-    if cfg.task != "lean":
-        raise SystemExit(f"--task must be 'lean' or 'toy', got {cfg.task!r}")
+def load_evals(cfg: Settings, rejects: Rejects) -> dict[str, list[dict]]:
+    """Every eval set, with unique ids, exact duplicates dropped, in a seeded random order (so
+    any prefix, as 04 --max_problems takes, is a fair sample). miniF2F-test is always loaded: it
+    guards the training data even when it is not written."""
     eval_specs = [s for s in cfg.eval_sets.split(",") if s]
     evals: dict[str, list[dict]] = {}
     for spec in eval_specs + (["minif2f_test"] if "minif2f_test" not in eval_specs else []):
-        name, src, rows = load_source(spec, cfg, rejects)
-        recs, seen = [], set()
-        for idx, row in enumerate(rows):
+        ld = load_source(spec, cfg, rejects)
+        recs, seen, ids = [], set(), UniqueIds()
+        for idx, row in enumerate(ld.rows):
             try:
-                rec = to_record(name, dataclasses.replace(src, proof_column=""), row, idx)
+                rec = to_record(ld.name, dataclasses.replace(ld.src, proof_columns=()), row, idx)
             except RowError as exc:
-                rejects.append(reject(f"{name}/{idx}", name, "parse", str(exc), row))
+                rejects.add(f"{ld.name}/{idx}", ld.name, "parse", str(exc), row)
                 continue
             if collapse_ws(rec["formal_statement"]) in seen:
-                rejects.append(reject(rec["statement_id"], name, "dedup", "duplicate statement", row))
+                rejects.add(rec["statement_id"], ld.name, "dedup", "duplicate statement", row)
                 continue
             seen.add(collapse_ws(rec["formal_statement"]))
-            recs.append({**rec, "split": src.split or "test"})
-        evals[name] = recs
-    # miniF2F test always guards the training data, but is written only when asked for
-    cleaner = Cleaner(cfg, evals, rejects)
-    if "minif2f_test" not in eval_specs:
-        evals.pop("minif2f_test")
-    pools, overlap = {}, {}
-    for pool, specs, by_completion in (("rl", cfg.rl_sources, False), ("sft", cfg.sft_sources, True)):
-        loaded = [load_source(s, cfg, rejects) for s in specs.split(",") if s]
-        pools[pool], overlap[pool] = cleaner.run(pool, loaded, by_completion)
-    return evals, pools["rl"], pools["sft"], rejects, dict(cleaner.counts), overlap
+            recs.append(ids({**rec, "split": ld.src.split or "test", "eval_source": ld.origin}))
+        random.Random(f"{cfg.seed}/{ld.name}").shuffle(recs)
+        evals[ld.name] = recs
+    return evals
 
 
 def counts_table(counts: dict, evals: dict[str, list[dict]]) -> str:
@@ -448,27 +530,52 @@ def counts_table(counts: dict, evals: dict[str, list[dict]]) -> str:
     for (pool, name), c in sorted(counts.items()):
         lines.append(f"| {pool} | {name} | " + " | ".join(str(c[s]) for s in Cleaner.STEPS) + " |")
     for name, recs in sorted(evals.items()):
-        lines.append(f"| eval | {name} | " + " | ".join(["", "", "", "", ""]) + f" | {len(recs)} |")
+        lines.append(f"| eval | {name} | " + " | " * (len(Cleaner.STEPS) - 1) + f"{len(recs)} |")
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
-# Save
+# Save: stream each pool into its Parquet file; the manifest last
 # ---------------------------------------------------------------------------------------------
+
+POOL_COLUMNS = {"theorem_name": "string", "weight": "int64"}   # beside the contract's columns
+
 
 def main(argv=None):
     cfg = common.parse_settings(Settings, argv, description=__doc__)
+    if cfg.task not in ("lean", "toy"):
+        raise SystemExit(f"--task must be 'lean' or 'toy', got {cfg.task!r}")
     out = common.stage_dir(cfg.run_name, "01_data")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)   # the manifest marks a finished stage
-    evals, rl, sft, rejects, counts, overlap = prepare(cfg)
-    files = [common.write_parquet(rejects, out / "rejects.parquet", "rejects")]
-    for pool, rows, specs in (("rl", rl, cfg.rl_sources), ("sft", sft, cfg.sft_sources)):
-        if specs and not rows:  # the rejects file is already written: nothing is lost
-            raise SystemExit(f"no {pool} rows left after cleaning ({specs}); "
-                             f"see {out / 'rejects.parquet'}")
-    files += [common.write_parquet(rl, out / "rl_prompts.parquet", "statements"),
-              common.write_parquet(sft, out / "sft.parquet", "sft")]
+    rejects = Rejects(out / "rejects.parquet")
+    writers = {"rl": common.ParquetAppender(out / "rl_prompts.parquet", "statements", POOL_COLUMNS),
+               "sft": common.ParquetAppender(out / "sft.parquet", "sft", POOL_COLUMNS)}
+    multiplicity, overlap = {}, {"rl": 0, "sft": 0}
+    try:
+        if cfg.task == "toy":
+            evals, rl, sft = build_toy(cfg)
+            for pool, rows in (("rl", rl), ("sft", sft)):
+                for r in rows:
+                    writers[pool].add(r)
+            counts = {("rl", "toy"): {s: len(rl) for s in Cleaner.STEPS},
+                      ("sft", "toy"): {s: len(sft) for s in Cleaner.STEPS}}
+        else:
+            evals = load_evals(cfg, rejects)
+            cleaner = Cleaner(cfg, evals, rejects)
+            if "minif2f_test" not in cfg.eval_sets.split(","):
+                evals.pop("minif2f_test")
+            for pool, specs in (("rl", cfg.rl_sources), ("sft", cfg.sft_sources)):
+                loaded = [load_source(s, cfg, rejects) for s in specs.split(",") if s]
+                for rec in tqdm(cleaner.run(pool, loaded, sft=pool == "sft"), desc=f"01 {pool}",
+                                unit="row", disable=None):
+                    writers[pool].add(rec)
+            counts, multiplicity, overlap = dict(cleaner.counts), cleaner.multiplicity, dict(cleaner.overlap)
+    finally:   # what was cleaned so far, and every reject with its reason, is on disk
+        files = [rejects.writer.close()] + [w.close() for w in writers.values()]
+    for pool, specs in (("rl", cfg.rl_sources), ("sft", cfg.sft_sources)):
+        if specs and cfg.task == "lean" and not writers[pool].rows:
+            raise SystemExit(f"no {pool} rows left after cleaning ({specs}); see {out / 'rejects.parquet'}")
     for name, recs in evals.items():
         files.append(common.write_parquet(recs, out / f"eval_{name}.parquet", "statements"))
     table = counts_table(counts, evals)
@@ -480,9 +587,10 @@ def main(argv=None):
     common.write_manifest(out, files + [out / "config.json", out / "counts.md"], extra={
         "rows": rows, "schema": schema, "stage": "01_data",
         "counts": {f"{pool}/{name}": c for (pool, name), c in sorted(counts.items())},
-        "rejects_by_step": {step: sum(r["step"] == step for r in rejects)
-                            for step in sorted({r["step"] for r in rejects})},
-        "conclusion_ngram_overlap": {pool: n for pool, n in overlap.items()},
+        "rejects_by_step": dict(sorted(rejects.by_step.items())),
+        "multiplicity": multiplicity,   # deliberate duplicates kept as `weight` (Kimina's Promptset)
+        "eval_sources": {name: recs[0].get("eval_source", "toy_task.py") if recs else "" for name, recs in evals.items()},
+        "conclusion_ngram_overlap": overlap,
     })
     print(table)
     print(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in rows.items())})")

@@ -190,7 +190,9 @@ class PromptSampler:
         self.order = self._order(0)
 
     def _order(self, epoch):
-        order = list(range(len(self.rows)))
+        # a row with weight w (01 keeps Kimina's deliberate Promptset duplicates as weight) comes
+        # w times per epoch, as the duplicated rows did in Kimina's run
+        order = [i for i, r in enumerate(self.rows) for _ in range(int(r.get("weight") or 1))]
         random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
         return order
 

@@ -39,6 +39,7 @@ import math
 import os
 import sys
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,11 @@ def load_benchmarks(cfg: Settings) -> dict[str, list[dict]]:
     for spec in specs:
         path = Path(spec) if spec.endswith(".parquet") else data / f"eval_{spec}.parquet"
         rows = common.read_rows(path, "statements")
+        repeated = sorted(k for k, n in Counter(r["statement_id"] for r in rows).items() if n > 1)
+        if repeated:   # samples are keyed by id: two theorems under one id would merge
+            raise SystemExit(f"{path}: duplicate statement_id {', '.join(repeated[:5])}"
+                             f"{f' (+{len(repeated) - 5} more)' if len(repeated) > 5 else ''}; "
+                             "rerun 01_prepare_data.py, which makes ids unique")
         out[path.stem.removeprefix("eval_")] = rows[:cfg.max_problems] if cfg.max_problems else rows
     return out
 
@@ -488,6 +494,7 @@ def main(argv=None):
         table = pass_at_k_table(succ, default_ks(n), cfg.bootstrap, cfg.seed)
         overall.update({f"{bench}/{sid}": v for sid, v in succ.items()})
         extra = {"model": model_path.replace(str(common.PROJECT_ROOT) + "/", ""),
+                 "benchmark source": rows[0].get("eval_source") or "(not recorded by 01)",
                  "samples (trajectories) per problem": n,
                  "attempts": sum(attempts.values()), "generated tokens": sum(x["n_tokens"] for x in log.rows),
                  "verifier": "stand-in server (NOT Lean)" if "standin" in (client.identity or "") else "Lean server"}

@@ -1,9 +1,10 @@
-"""When two Lean statements say the same thing: the canonical form (comments, theorem name,
+"""When two Lean statements say the same thing, and which split a statement falls in: the canonical form (comments, theorem name,
 whitespace and bound-variable names factored out) that deduplication and decontamination (01)
 and the proof memory's self-exclusion (04) all key on, so the three agree by construction.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 
 from lean_client import DECL, collapse_ws, normalize_statement, strip_lean_comments
@@ -49,3 +50,10 @@ def statement_conclusion(statement: str) -> str:
         if ch == ":" and depth == 0 and text[i + 1:i + 2] != "=":
             cut = i
     return collapse_ws(text[cut + 1:])
+
+
+def hash_split(statement: str, fraction: float, held_out: str = "valid") -> str:
+    """held_out for about `fraction` of statements, else train: by a hash, so a statement stays
+    on its side however the sources change."""
+    bucket = int(hashlib.sha256(collapse_ws(statement).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return held_out if bucket < fraction else "train"

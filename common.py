@@ -282,6 +282,43 @@ def write_parquet(rows: list[dict] | Any, path: Path, kind: str) -> Path:
     return path
 
 
+class ParquetAppender:
+    """Rows written in row groups as they come, so a source of millions of rows never sits in
+    a list; the file appears under its name only on close(). `extra`: column -> type beside the
+    contract's columns."""
+
+    def __init__(self, path: Path, kind: str, extra: dict[str, str] | None = None, batch_rows: int = 4096):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        self.path, self.kind, self.batch_rows, self.rows = Path(path), kind, batch_rows, 0
+        fields = list(arrow_schema(kind)) + [pa.field(c, _arrow_type(t)) for c, t in (extra or {}).items()]
+        self.schema = pa.schema(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.buffer: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        self.rows += 1
+        if len(self.buffer) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        if self.buffer:
+            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
+            self.buffer = []
+
+    def close(self) -> Path:
+        if self.writer is not None:
+            self._flush()
+            self.writer.close()
+            self.writer = None
+            self.tmp.replace(self.path)
+        return self.path
+
+
 def read_rows(path: Path, kind: str) -> list[dict]:
     """Read and validate a stage artifact as a list of dicts (missing values stay None)."""
     import pyarrow.parquet as pq

@@ -83,49 +83,29 @@ def strip_lean_comments(code: str, keep_columns: bool = False) -> str:
     not be fooled by a statement or a forbidden word that only appears inside a comment.
     """
     out: list[str] = []
-    i, n, depth = 0, len(code), 0
-    in_string = False
+    i, n, depth, in_string = 0, len(code), 0, False
+    blank2 = "  " if keep_columns else ""
     while i < n:
-        ch = code[i]
-        two = code[i:i + 2]
-        if depth:
-            if two == "/-":
-                depth += 1
+        ch, two = code[i], code[i:i + 2]
+        if depth or (two == "/-" and not in_string):     # inside a (nested) block comment
+            if two in ("/-", "-/"):
+                depth += 1 if two == "/-" else -1
+                out.append(blank2)
                 i += 2
-                out.append("  " if keep_columns else "")
-            elif two == "-/":
-                depth -= 1
-                i += 2
-                out.append("  " if keep_columns else "")
             else:
-                if ch == "\n":
-                    out.append("\n")
-                elif keep_columns:
-                    out.append(" ")
+                out.append("\n" if ch == "\n" else " " if keep_columns else "")
                 i += 1
-            continue
-        if in_string:
-            out.append(ch)
-            if ch == "\\" and i + 1 < n:
-                out.append(code[i + 1])
-                i += 2
-                continue
-            if ch == '"':
-                in_string = False
-            i += 1
-            continue
-        if two == "/-":
-            depth = 1
-            i += 2
-            out.append("  " if keep_columns else "")
+        elif in_string:
+            out.append(code[i:i + 2] if ch == "\\" else ch)   # an escaped character is kept whole
+            in_string = ch != '"'
+            i += 2 if ch == "\\" else 1
         elif two == "--":
             j = code.find("\n", i)
             j = n if j < 0 else j
             out.append(" " * (j - i) if keep_columns else "")
             i = j
         else:
-            if ch == '"':
-                in_string = True
+            in_string = ch == '"'
             out.append(ch)
             i += 1
     return "".join(out)
@@ -158,26 +138,34 @@ def theorem_name(statement: str) -> str | None:
     return m.group(1) if m else None
 
 
-_HEADER_LINE = re.compile(r"^\s*(import|set_option|open|universe|$)")
+_HEADER_LINE = re.compile(r"^\s*(import|open|set_option|universe|namespace)\b")
 
 
 def split_header(code: str) -> tuple[str, str]:
-    """Split a Lean file into (header, rest): the header is the leading run of import /
-    set_option / open / universe lines, blank lines and comments."""
+    """Split a Lean file into (header, rest). The header runs to the end of the last leading
+    `import` / `open` / `set_option` / `universe` / `namespace` command (comments before it, such
+    as a licence block, included) and the blank lines after it. It never ends inside a comment:
+    a problem text in a `/- ... -/` block between the header and the theorem, even one with
+    blank lines inside, goes to the rest whole (Numina / Kimina-Promptset statements)."""
     lines = code.split("\n")
-    stripped = strip_lean_comments(code).split("\n")
-    cut = 0
-    for idx, line in enumerate(stripped):
+    bare = strip_lean_comments(code, keep_columns=True).split("\n")   # same lines, comments blanked
+    last = -1
+    for idx, line in enumerate(bare):
         if _HEADER_LINE.match(line):
-            cut = idx + 1
-            continue
-        break
-    # A line that was only a comment is blank after stripping and counts as header; give a
-    # trailing comment block (a docstring before the theorem) back to the body.
-    while cut > 0 and lines[cut - 1].strip() and not _HEADER_LINE.match(lines[cut - 1]):
-        cut -= 1
-    header = "\n".join(lines[:cut])
-    return (header + "\n" if cut else ""), "\n".join(lines[cut:])
+            last = idx
+        elif line.strip():
+            break
+    if last < 0:
+        return "", code
+    code_end = len(bare[last].rstrip())             # a comment opened on that line stays in the rest
+    header = "\n".join(lines[:last] + [lines[last][:code_end]]) + "\n"
+    tail, rest = lines[last][code_end:].strip(), "\n".join(lines[last + 1:])
+    if tail:
+        return header, tail + "\n" + rest
+    blank = re.match(r"[ \t]*\n(?:[ \t]*\n)*", rest)   # the blank lines after it join the header
+    if blank:
+        header, rest = header + "\n" * blank.group(0).count("\n"), rest[blank.end():]
+    return header, rest
 
 
 def import_line_count(code: str) -> int:

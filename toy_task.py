@@ -25,9 +25,12 @@ miniF2F theorem) gets an error saying so: it is never reported as proved.
 """
 from __future__ import annotations
 
+import itertools
 import random
 import re
+from collections import defaultdict
 
+from canonical import hash_split
 from formats import build_lean_code, kimina_completion, lean_feedback
 from lean_client import import_line_count, parse_result, strip_lean_comments
 
@@ -272,22 +275,27 @@ class Checker:
 TOY_HEADER = "import Mathlib\n\n"
 
 
-def toy_statement(rng: random.Random) -> tuple[str, str]:
-    """A true closed ℕ statement and the relation symbol it uses. The tactic that fits is drawn
-    first, then one of its relations, so every tactic is right equally often (with relations
-    drawn uniformly, omega would fit 4 of 7 and RL collapses onto it)."""
-    rel = rng.choice(TACTIC_RULES[rng.choice(sorted(TACTIC_RULES))])
-    a, b = rng.randint(1, 30), rng.randint(1, 30)
-    lhs, val = rng.choice([(f"{a} + {b}", a + b), (f"{a} * {b}", a * b), (str(a), a)])
-    k = rng.randint(1, 20)
-    rhs = {"=": str(val), "≠": str(val + k), "<": str(val + k), "≤": str(val + k - 1),
-           ">": str(max(0, val - k)) if val > k else None, "≥": str(max(0, val - k))}.get(rel)
-    if rel == ">" and rhs is None:
-        lhs, rhs = str(val + k), str(val)
+def toy_statement(rng: random.Random, tactic: str) -> str:
+    """A true closed ℕ statement that `tactic` (and only it) proves, with one of its relations.
+    The caller draws the tactic, so every tactic is right equally often (with relations drawn
+    uniformly, omega would fit 4 of 7 and RL collapses onto it). The number ranges leave over
+    10,000 distinct statements per tactic, so deduplication cannot skew the mix."""
+    rel = rng.choice(TACTIC_RULES[tactic])
     if rel == "∣":
-        d = rng.randint(2, 12)
-        lhs, rhs = str(d), str(d * rng.randint(1, 20))
-    return f"{lhs} {rel} {rhs}", rel
+        d = rng.randint(2, 60)
+        return f"{d} ∣ {d * rng.randint(1, 400)}"
+    a, b = rng.randint(1, 99), rng.randint(1, 99)
+    lhs, val = rng.choice([(f"{a} + {b}", a + b), (f"{a} * {b}", a * b), (str(a), a)])
+    k = rng.randint(1, 40)
+    if rel in (">", "≥") and val <= k:
+        lhs, val = str(val + k), val + k
+    rhs = {"=": val, "≠": val + k, "<": val + k, "≤": val + k - 1, ">": val - k, "≥": val - k}[rel]
+    return f"{lhs} {rel} {rhs}"
+
+
+def relation_of(statement: str) -> str:
+    """The relation symbol of a toy statement (its class)."""
+    return decide_prop(statement.split(" : ", 1)[1].rsplit(":=", 1)[0])[0]
 
 
 def toy_completion(stmt: str, tactic: str) -> str:
@@ -300,3 +308,51 @@ def toy_feedback(stmt: str, tactic: str) -> str:
     the second-turn prompts the model meets in RL and evaluation."""
     code = build_lean_code(TOY_HEADER, stmt, f"\n  {tactic}")
     return lean_feedback(parse_result("toy", code, {"response": Checker(code, "snippet").run()}), "kimina")
+
+
+
+def build_toy(cfg) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
+    """The toy data of 01_prepare_data.py --task toy (cfg: its Settings): eval, RL and SFT rows.
+    Balanced by construction: the k-th statement is drawn for tactic k mod 4 (redrawn until
+    new), so each tactic is right for a quarter of the statements in every file. The eval file
+    is in a stratified order (classes interleaved, each shuffled), so any prefix is balanced."""
+    rng = random.Random(cfg.seed)
+    tactics = sorted(TACTIC_RULES)
+    props: dict[str, str] = {}
+    for k in range(cfg.toy_n_statements):
+        while True:
+            prop = toy_statement(rng, tactics[k % len(tactics)])
+            if prop not in props:
+                props[prop] = tactics[k % len(tactics)]
+                break
+    evals, rl, sft = [], [], []
+    for i, (prop, right) in enumerate(props.items()):
+        stmt = f"theorem toy_{i:05d} : {prop} := by"
+        rec = {"statement_id": f"toy/{i:05d}", "source": "toy", "split": "", "header": TOY_HEADER,
+               "formal_statement": stmt, "informal_problem": f"Prove that {prop} holds for natural numbers.",
+               "theorem_name": f"toy_{i:05d}"}
+        bucket = hash_split(prop, cfg.toy_eval_fraction, held_out="test")
+        if bucket == "test":
+            evals.append({**rec, "split": "test"})
+        elif hash_split(prop + "#sft", cfg.toy_sft_fraction, held_out="sft") == "sft":
+            correct = rng.random() < cfg.toy_sft_correct
+            tactic = right if correct else rng.choice([t for t in tactics if t != right])
+            split = hash_split(stmt, cfg.valid_fraction)
+            sft.append({**rec, "split": split, "formal_proof": f"\n  {tactic}",
+                        "completion": toy_completion(stmt, tactic)})
+            if cfg.toy_sft_repair and rng.random() < cfg.toy_sft_repair:   # no draw when off
+                first = rng.choice([t for t in tactics if t != right])
+                second = rng.choice([t for t in tactics if t != first])
+                sft.append({**rec, "statement_id": rec["statement_id"] + "#repair", "split": split,
+                            "formal_proof": f"\n  {second}", "completion": toy_completion(stmt, second),
+                            "prev_attempt": toy_completion(stmt, first),
+                            "lean_feedback": toy_feedback(stmt, first)})
+        else:
+            rl.append({**rec, "split": hash_split(stmt, cfg.valid_fraction)})
+    by_class: dict[str, list[dict]] = defaultdict(list)
+    for rec in evals:
+        by_class[props[rec["formal_statement"].split(" : ", 1)[1][:-len(" := by")]]].append(rec)
+    for recs in by_class.values():
+        rng.shuffle(recs)
+    stratified = [r for group in itertools.zip_longest(*(by_class[t] for t in tactics)) for r in group if r]
+    return {"toy": stratified}, rl, sft

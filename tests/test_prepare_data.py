@@ -48,7 +48,9 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
     rl = common.read_parquet(a / "rl_prompts.parquet", "statements")
     sft = common.read_parquet(a / "sft.parquet", "sft")
     ev = common.read_parquet(a / "eval_toy.parquet", "statements")
-    assert len(rl) + len(set(sft.statement_id)) + len(ev) == 400
+    assert len(rl) + len(set(sft.theorem_name)) + len(ev) == 400
+    for df in (rl, sft, ev):
+        assert df.statement_id.is_unique
     assert not set(ev.formal_statement) & (set(rl.formal_statement) | set(sft.formal_statement))
     # SFT proofs are right only part of the time: check them on the stand-in's toy fragment
     from lean_client import LeanClient
@@ -84,6 +86,23 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
     assert manifest["rows"]["eval_toy.parquet"] == len(ev)
 
 
+def test_toy_classes_are_balanced_and_the_eval_order_is_stratified(tmp_path):
+    # the docstring's promise: every tactic is right equally often, in every file and every prefix
+    from toy_task import TACTIC_RULES, relation_of
+    right = {rel: tac for tac, rels in TACTIC_RULES.items() for rel in rels}
+    run_stage(tmp_path, "--task", "toy", "--run_name", "bal")
+    out = out_dir(tmp_path, "bal")
+    for f in ("rl_prompts.parquet", "sft.parquet", "eval_toy.parquet"):
+        rows = common.read_rows(out / f, "statements")
+        shares = {t: sum(right[relation_of(r["formal_statement"])] == t for r in rows) / len(rows)
+                  for t in TACTIC_RULES}
+        assert all(abs(v - 0.25) < 0.02 for v in shares.values()), (f, shares)
+    ev = common.read_rows(out / "eval_toy.parquet", "statements")
+    for n in (8, 40, 200):   # any prefix, as 04 --max_problems takes it, is balanced
+        classes = [right[relation_of(r["formal_statement"])] for r in ev[:n]]
+        assert {classes.count(t) for t in TACTIC_RULES} == {n // 4}
+
+
 def test_cleaning_steps_on_planted_rows(tmp_path):
     renamed = (TEST_478["formal_statement"].replace("mathd_algebra_478", "planted_copy")
                .replace("(b h v : ℝ)", "(x y z : ℝ)").replace("b * h", "x * y").replace("v = 1", "z = 1")
@@ -108,7 +127,8 @@ def test_cleaning_steps_on_planted_rows(tmp_path):
     rl = common.read_parquet(out / "rl_prompts.parquet", "statements")
     rej = common.read_parquet(out / "rejects.parquet", "rejects")
     kept = set(rl.statement_id)
-    assert kept == {"planted/shares_binders", "planted/multi", "planted/dup"}
+    # `dup` (twice) is `multi` under another theorem name: one statement, kept once
+    assert kept == {"planted/shares_binders", "planted/multi"}
     by_reason = {(r.step, r.statement_id): r.reason for r in rej.itertuples()}
     assert "minif2f_test/mathd_algebra_478" in by_reason[("decontaminate", "planted/planted_copy")]
     assert "same theorem name" in by_reason[("decontaminate", "planted/mathd_algebra_478")]
@@ -118,8 +138,8 @@ def test_cleaning_steps_on_planted_rows(tmp_path):
     multi = rl[rl.statement_id == "planted/multi"].formal_statement.item()
     assert multi.endswith("a + 0 = 1 := by") and "sorry" not in multi
     counts = json.loads((out / "manifest.json").read_text())["counts"]["rl/planted"]
-    assert counts == {"loaded": 7, "parsed": 6, "deduplicated": 5, "decontaminated": 3,
-                      "length_filtered": 3, "final": 3}
+    assert counts == {"loaded": 7, "parsed": 6, "true": 6, "deduplicated": 4, "decontaminated": 2,
+                      "length_filtered": 2, "final": 2}
 
 
 def test_training_proofs_that_collide_with_an_eval_set_are_rejected(tmp_path):
@@ -166,59 +186,198 @@ def test_wrong_columns_and_empty_result(tmp_path):
     assert list(rejects.step) == ["decontaminate"]     # the reason survives the failed run
 
 
-HEADER = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\nopen Real\n\n"
-ONLINE = {   # source -> (hub id, a row with that dataset's columns)
-    "numina_lean": ("AI-MO/NuminaMath-LEAN", {
-        "uuid": "u-1", "problem": "Show 2+2=4.", "question_type": "proof", "answer": "", "author": "human",
-        "formal_statement": HEADER + "theorem numina_1 : (2 : ℕ) + 2 = 4 := by sorry",
-        "formal_ground_truth": "", "ground_truth_type": "complete",
-        "formal_proof": HEADER + "theorem numina_1 : (2 : ℕ) + 2 = 4 := by\n  norm_num",
-        "rl_data": {"n_correct_proofs": 3, "n_proofs": 8, "win_rate": 0.375},
-        "source": "olympiads", "problem_type": "Algebra", "exam": ""}),
-    "kimina_promptset": ("AI-MO/Kimina-Prover-Promptset", {
-        "id": "k-1", "problem": "Show 3+3=6.", "formal_statement": "theorem kim_1 : (3 : ℕ) + 3 = 6 := by sorry"}),
-    "lean_workbook": ("internlm/Lean-Workbook", {
-        "id": "lean_workbook_1", "natural_language_statement": "Prove 1 < 2.", "answer": "",
-        "tags": ["x"], "formal_statement": "theorem lean_workbook_1 : (1 : ℕ) < 2  :=  by", "split": "lean_workbook",
-        "proof": ["norm_num"], "status": "proved"}),
-    "goedel_pset": ("Goedel-LM/Goedel-Pset-v1", {
-        "problem_id": "g-1", "informal_statement": "Show 4 ≠ 5.",
-        "formal_statement": HEADER + "/-- Show 4 ≠ 5. -/\ntheorem goedel_1 : (4 : ℕ) ≠ 5 := by sorry"}),
-    "minif2f_test_kimina": ("AI-MO/minif2f_test", {
-        "name": "mathd_fake_1", "informal_prefix": "/-- Show 5 ≤ 6.-/\n",
-        "formal_statement": HEADER + "theorem mathd_fake_1 : (5 : ℕ) ≤ 6 := by\n  sorry"}),
-}
+# ---------------------------------------------------------------- the Hub sources, in their real layouts
+# Mirrors built from the facts in shared/HUB_DATASETS.md (file names, columns, types, row shapes),
+# each with the shapes that broke the guessed mirror: a multi-paragraph `/- -/` problem comment
+# between header and theorem, `:=\nsorry` endings, deliberate duplicates, disproved statements,
+# whole-file proofs with and without helper lemmas.
+
+NUMINA_STMT = ("import Mathlib\n\n/- Prove that for positive reals a, b, c, d:\n\n"
+               "a/b + b/c + c/d + d/a ≥ 4\n\ntheorem of the means gives it at once. -/\n"
+               "theorem inequalities_126634 (a b c d : ℝ) (ha : 0 < a) (hb : 0 < b) (hc : 0 < c) (hd : 0 < d) :\n"
+               "    a / b + b / c + c / d + d / a ≥ 4 := by sorry")
+NUMINA_PROOF_FILE = NUMINA_STMT.replace(":= by sorry", ":= by\n  have := ha\n  nlinarith [sq_nonneg (a - b)]")
 
 
-def test_online_sources_through_datasets_on_a_local_mirror(tmp_path):
-    mirror = tmp_path / "mirror"
-    for name, (hub, row) in ONLINE.items():
-        folder = mirror / hub / "data"
-        folder.mkdir(parents=True)
-        rows = [row] + ([{**row, "uuid": "u-2", "rl_data": {**row["rl_data"], "win_rate": 0.95},
-                          "formal_statement": row["formal_statement"].replace("numina_1", "numina_2")}]
-                        if name == "numina_lean" else [])
-        pq.write_table(pa.Table.from_pylist(rows), folder / "train-00000-of-00001.parquet")
+def numina_row(uuid, statement, proof=None, ground_truth="", gt_type="statement", win_rate=0.25):
+    return {"uuid": uuid, "problem": f"Problem {uuid}: prove it.", "question_type": "proof", "answer": "",
+            "author": "human" if ground_truth else "autoformalizer", "formal_statement": statement,
+            "formal_ground_truth": ground_truth, "ground_truth_type": gt_type, "formal_proof": proof,
+            "rl_data": {"n_correct_proofs": 2, "n_proofs": 8, "win_rate": win_rate},
+            "source": "olympiads", "problem_type": "Inequalities", "exam": ""}
+
+
+def numina_rows():
+    other = NUMINA_STMT.replace("inequalities_126634", "inequalities_2").replace("≥ 4", "≥ 3")
+    helper = ("import Mathlib\n\nlemma aux (x : ℝ) : 0 ≤ x ^ 2 := sq_nonneg x\n\n"
+              + other.split("-/\n", 1)[1].replace(":= by sorry", ":= by\n  nlinarith [aux a]"))
+    third = NUMINA_STMT.replace("inequalities_126634", "algebra_3").replace("≥ 4", "≥ 2")
+    fourth = NUMINA_STMT.replace("inequalities_126634", "algebra_4").replace("≥ 4", "≥ 1")
+    return [
+        numina_row("n-1", NUMINA_STMT, NUMINA_PROOF_FILE),                            # whole file
+        numina_row("n-2", other, helper),                                              # helper lemma
+        numina_row("n-3", third, "  nlinarith [sq_nonneg (a - b)]"),                   # tactics only
+        numina_row("n-4", fourth, None, ground_truth=fourth.replace(":= by sorry", ":= by\n  positivity"),
+                   gt_type="complete"),                                                # human proof
+        numina_row("n-5", fourth.replace("algebra_4", "algebra_5").replace("≥ 1", "≥ 0"), None,
+                   ground_truth=fourth.replace("algebra_4", "algebra_5"), gt_type="with_sorry"),
+        numina_row("n-6", third.replace("algebra_3", "algebra_6"), "  linarith", win_rate=0.95),
+    ]
+
+
+def promptset_rows():
+    base = [("0e9c7c0a-1", "algebra_181457_v0005", "synthetic", "Show that 2 + 2 = 4.",
+             "import Mathlib\n\ntheorem algebra_181457_v0005 : (2 : ℕ) + 2 = 4 := by sorry", 3),
+            ("0e9c7c0a-2", "number_theory_1", "autoformalizer", "",
+             "import Mathlib\nopen Real\n\n/- Let x be real.\n\nShow x^2 ≥ 0. -/\n"
+             "theorem number_theory_1 (x : ℝ) : x ^ 2 ≥ 0 :=\nsorry", 1),
+            ("0e9c7c0a-3", "algebra_9", "human", "Show 1 ≤ 2.",
+             "import Mathlib\n\ntheorem algebra_9 : (1 : ℕ) ≤ 2 := by", 2)]
+    return [{"statement_id": sid, "name": name, "source": src, "natural_language": nl, "formal_statement": fs}
+            for sid, name, src, nl, fs, copies in base for _ in range(copies)]
+
+
+def workbook_problems():
+    return [{"natural_language_statement": f"Problem {k}", "answer": "", "tags": ["inequality"],
+             "formal_statement": f"theorem lean_workbook_plus_{k} (x : ℝ) (h : 0 < x) : x + {k} > 0 := by sorry",
+             "split": "lean_workbook_plus", "proof": []} for k in (1, 2, 3)] + [
+            {"natural_language_statement": "Problem false", "answer": "", "tags": [],
+             "formal_statement": "theorem lean_workbook_99 (x : ℝ) : x ^ 2 < 0 := by sorry",
+             "split": "lean_workbook", "proof": []}]
+
+
+def workbook_steps():
+    rows = []
+    for pid, status, stmt in (("lean_workbook_plus_1", "proved", workbook_problems()[0]["formal_statement"]),
+                              ("lean_workbook_99", "disproved", workbook_problems()[3]["formal_statement"])):
+        for step in range(3):   # one row per tactic step
+            rows.append({"id": pid, "status": status, "tactic": "nlinarith", "state_before": "⊢ x", "state_after": "",
+                         "natural_language_statement": "", "answer": "", "formal_statement": stmt})
+    return rows
+
+
+def goedel_rows():
+    return [{"problem_id": "goedel_1", "informal_statement": "Show 4 ≠ 5.",
+             "formal_statement": "import Mathlib\nimport Aesop\nset_option maxHeartbeats 400000\nopen BigOperators Real Nat Topology Rat\n\n"
+                                 "/-- Show 4 ≠ 5. -/\ntheorem goedel_1 : (4 : ℕ) ≠ 5 := by sorry"},
+            {"problem_id": "goedel_2", "informal_statement": "Show 6 ≤ 7.",
+             "formal_statement": "theorem goedel_2 : (6 : ℕ) ≤ 7 := by sorry"}]
+
+
+def kimina_minif2f_rows():
+    head = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\nopen BigOperators Real Nat Topology Rat\n\n"
+    return [{"name": "mathd_fake_1", "informal_prefix": "/-- Show that $5 \\leq 6$.-/\n",
+             "formal_statement": head + "theorem mathd_fake_1 : (5 : ℕ) ≤ 6 := by\n"}]
+
+
+def build_hub_mirror(root):
+    """<root>/<org>/<name>/ in the layout of each real repository."""
+    def parquet(path, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    parquet(root / "AI-MO/NuminaMath-LEAN/data/train-00000-of-00001.parquet", numina_rows())
+    parquet(root / "AI-MO/Kimina-Prover-Promptset/data/train-00000-of-00001.parquet", promptset_rows())
+    wb = root / "internlm/Lean-Workbook"
+    wb.mkdir(parents=True)
+    (wb / "README.md").write_text("# Lean Workbook\nno configs in this card\n")
+    (wb / "lean_workbook.json").write_text(json.dumps(workbook_problems(), ensure_ascii=False))
+    parquet(wb / "wkbk_1009.parquet", workbook_steps())
+    g = goedel_rows()
+    parquet(root / "Goedel-LM/Goedel-Pset-v1/data/train-00000-of-00002.parquet", g[:1])
+    parquet(root / "Goedel-LM/Goedel-Pset-v1/data/train-00001-of-00002.parquet", g[1:])
+    parquet(root / "AI-MO/minif2f_test/data/train-00000-of-00001.parquet", kimina_minif2f_rows())
+    return root
+
+
+def test_lean_workbook_default_load_is_the_proof_steps_not_the_problems(tmp_path):
+    # the trap HUB_DATASETS.md describes, reproduced with datasets itself on the real layout
+    from datasets import load_dataset
+    wb = build_hub_mirror(tmp_path / "mirror") / "internlm/Lean-Workbook"
+    default = load_dataset(str(wb), split="train")
+    assert "status" in default.column_names and len(default) == len(workbook_steps())
+
+
+def test_online_sources_in_their_real_hub_layouts(tmp_path):
+    mirror = build_hub_mirror(tmp_path / "mirror")
     run_stage(tmp_path, "--run_name", "o", "--hf_mirror", str(mirror), "--max_win_rate", "0.9",
               "--rl_sources", "kimina_promptset,lean_workbook,goedel_pset", "--sft_sources", "numina_lean",
               "--eval_sets", "minif2f_test_kimina")
     out = out_dir(tmp_path, "o")
-    rl = common.read_parquet(out / "rl_prompts.parquet", "statements").set_index("statement_id")
-    assert set(rl.index) == {"kimina_promptset/k-1", "lean_workbook/lean_workbook_1", "goedel_pset/g-1"}
-    assert rl.loc["goedel_pset/g-1"].formal_statement == "theorem goedel_1 : (4 : ℕ) ≠ 5 := by"
-    assert rl.loc["goedel_pset/g-1"].header == HEADER
-    assert rl.loc["lean_workbook/lean_workbook_1"].informal_problem == "Prove 1 < 2."
-    sft = common.read_parquet(out / "sft.parquet", "sft")
-    assert list(sft.statement_id) == ["numina_lean/u-1"]              # win_rate 0.95 filtered out
-    assert sft.formal_proof[0] == "\n  norm_num"
-    assert formats.extract_proof(sft.completion[0], sft.formal_statement[0]) == "\n  norm_num"
-    ev = common.read_parquet(out / "eval_minif2f_test_kimina.parquet", "statements")
-    assert ev.informal_problem[0] == "Show 5 ≤ 6."
-    # the same columns from a local file, NAME=PATH, without the Hub code path
-    local = tmp_path / "kim.parquet"
-    pq.write_table(pa.Table.from_pylist([ONLINE["kimina_promptset"][1]]), local)
-    run_stage(tmp_path, "--run_name", "l", "--rl_sources", f"kimina_promptset={local}", "--sft_sources", "")
-    assert len(common.read_parquet(out_dir(tmp_path, "l") / "rl_prompts.parquet", "statements")) == 1
+    rl = common.read_rows(out / "rl_prompts.parquet", "statements")
+    sft = common.read_rows(out / "sft.parquet", "sft")
+    ev = common.read_rows(out / "eval_minif2f_test_kimina.parquet", "statements")
+    from lean_client import strip_lean_comments
+    for r in rl + sft + ev:
+        # headers parse: only header commands, no comment cut in half; the theorem intact
+        assert all(l.split()[0] in ("import", "open", "set_option") for l in r["header"].split("\n") if l.strip()), r
+        assert r["header"].count("/-") == r["header"].count("-/") == 0
+        assert r["formal_statement"].startswith(f"theorem {r['theorem_name']} ") and r["formal_statement"].endswith(":= by")
+        assert strip_lean_comments(r["formal_statement"]) == r["formal_statement"]
+    for rows in (rl, sft, ev):
+        assert len({r["statement_id"] for r in rows}) == len(rows)
+    by_id = {r["statement_id"]: r for r in rl}
+    # the Promptset: its informal column is natural_language; duplicates became weights
+    promo = by_id["kimina_promptset/0e9c7c0a-1"]
+    assert promo["informal_problem"] == "Show that 2 + 2 = 4." and promo["weight"] == 3
+    assert by_id["kimina_promptset/0e9c7c0a-3"]["weight"] == 2
+    assert by_id["kimina_promptset/0e9c7c0a-2"]["formal_statement"] == "theorem number_theory_1 (x : ℝ) : x ^ 2 ≥ 0 := by"
+    # Lean-Workbook: the problem file, never a disproved statement
+    wb = sorted(k for k in by_id if k.startswith("lean_workbook/"))
+    assert len(wb) == 3 and not any("lean_workbook_99" in by_id[k]["formal_statement"] for k in wb)
+    assert by_id[wb[0]]["informal_problem"].startswith("Problem ")
+    assert by_id["goedel_pset/goedel_2"]["informal_problem"] == "Show 6 ≤ 7."
+    # Numina SFT: whole-file and tactic-only proofs and complete human proofs kept; helper lemmas,
+    # with_sorry ground truths and win rates above the bar are not
+    proofs = {r["statement_id"]: r["formal_proof"] for r in sft}
+    assert set(proofs) == {"numina_lean/n-1", "numina_lean/n-3", "numina_lean/n-4"}
+    assert proofs["numina_lean/n-1"] == "\n  have := ha\n  nlinarith [sq_nonneg (a - b)]"
+    assert proofs["numina_lean/n-4"] == "\n  positivity"
+    for r in sft:
+        assert formats.extract_proof(r["completion"], r["formal_statement"]) == r["formal_proof"]
+        assert r["informal_problem"].startswith("Problem ")
+    # Kimina's miniF2F keeps informal_prefix in Kimina's form (the docstring as written)
+    assert ev[0]["informal_problem"] == "/-- Show that $5 \\leq 6$.-/"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["multiplicity"]["kimina_promptset"] == {"rows": 6, "unique": 3, "max_weight": 3}
+    assert manifest["rejects_by_step"]["disproved"] == 1
+    assert manifest["counts"]["rl/lean_workbook"]["true"] == 3
+    assert manifest["eval_sources"]["minif2f_test_kimina"] == "AI-MO/minif2f_test"
+    rej = common.read_rows(out / "rejects.parquet", "rejects")
+    reasons = {r["statement_id"]: r["reason"] for r in rej}
+    assert "aux before the theorem" in reasons["numina_lean/1"]
+    assert "no proof" in reasons["numina_lean/4"]
+    # --keep_duplicates keeps each deliberate copy as its own row, ids still unique
+    run_stage(tmp_path, "--run_name", "k", "--hf_mirror", str(mirror), "--rl_sources", "kimina_promptset",
+              "--sft_sources", "", "--keep_duplicates", "true")
+    kept = common.read_rows(out_dir(tmp_path, "k") / "rl_prompts.parquet", "statements")
+    assert len(kept) == 6 and len({r["statement_id"] for r in kept}) == 6
+
+
+def test_deduplication_is_name_free_on_the_bundled_workbook_sample(tmp_path):
+    # 441 rows of the 6k sample repeat an earlier row's statement under another theorem name
+    run_stage(tmp_path, "--run_name", "w", "--rl_sources", "leanworkbook_6k", "--sft_sources", "",
+              "--eval_sets", "proofnet_test")
+    manifest = json.loads((out_dir(tmp_path, "w") / "manifest.json").read_text())
+    c = manifest["counts"]["rl/leanworkbook_6k"]
+    # 441 differ from an earlier row only in the theorem name; 89 more also rename bound variables
+    assert c["true"] - c["deduplicated"] == 441 + 89, c
+    rej = common.read_rows(out_dir(tmp_path, "w") / "rejects.parquet", "rejects")
+    assert sum(r["step"] == "dedup" for r in rej) == 530
+
+
+def test_proofnet_ids_are_unique_and_04_refuses_duplicates(tmp_path):
+    run_stage(tmp_path, "--run_name", "pn", "--rl_sources", "", "--sft_sources", "", "--eval_sets", "proofnet_test")
+    out = out_dir(tmp_path, "pn")
+    rows = common.read_rows(out / "eval_proofnet_test.parquet", "statements")
+    assert len(rows) == 186 and len({r["statement_id"] for r in rows}) == 186
+    assert sum(r["theorem_name"] == "exercise_5_1" for r in rows) == 3
+    # an eval file whose ids repeat is refused by 04, naming them
+    bad = [{**r, "statement_id": "proofnet_test/exercise_5_1"} if r["theorem_name"] == "exercise_5_1" else r for r in rows]
+    common.write_parquet(bad, tmp_path / "bad.parquet", "statements")
+    proc = subprocess.run([sys.executable, str(ROOT / "04_eval.py"), "--run_name", "pn", "--model", str(tmp_path),
+                           "--benchmarks", str(tmp_path / "bad.parquet")], capture_output=True, text=True,
+                          env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs"), "LEAN_SERVER_API_URL": "http://127.0.0.1:9"})
+    assert proc.returncode != 0 and "duplicate statement_id proofnet_test/exercise_5_1" in proc.stderr, proc.stderr[-800:]
 
 
 def test_hub_unreachable_names_the_way_out(tmp_path):

@@ -137,8 +137,8 @@ def test_bad_input(toy_data, runs, tmp_path):
     with pytest.raises(SystemExit, match="prompt"):  # a prompt alone over the limit cannot be truncated
         sft.train(settings(toy_data, max_seq_len=40, truncate=True))
     first_turn = common.write_parquet([r for r in common.read_rows(toy_data, "sft") if not r["prev_attempt"]],
-                                      tmp_path / "first_turn.parquet", "sft")   # repair prompts exceed 110
-    sft.train(settings(first_turn, run_name="tr", max_seq_len=110, truncate=True, max_steps=2))
+                                      tmp_path / "first_turn.parquet", "sft")   # repair prompts exceed 130
+    sft.train(settings(first_turn, run_name="tr", max_seq_len=130, truncate=True, max_steps=2))
     assert json.loads((runs / "tr/02_sft/manifest.json").read_text())["truncated_rows"] > 0
     empty = common.write_parquet([], tmp_path / "empty.parquet", "sft")
     with pytest.raises(common.SchemaError, match="empty.parquet: no rows"):
