@@ -222,7 +222,10 @@ def disproved_statements(src: Source, name: str, cfg: Settings, local: str) -> d
     disproved (wkbk_1009.parquet, status 'disproved'). Such a statement is false: never an RL prompt."""
     if local:
         status = Path(local).with_name(src.status_file)
-        rows = read_local(status, None, name) if status.exists() else []
+        if not status.exists():   # without it, false statements would reach the RL pool unseen
+            raise SystemExit(f"source {name}: {status} not found; put {src.status_file} from "
+                             f"{src.hub} beside {local} (it says which statements are disproved)")
+        rows = read_local(status, None, name)
     else:
         rows = read_hub(src, name, cfg, src.status_file)
     out: dict[str, str] = {}

@@ -162,7 +162,8 @@ def test_training_proofs_that_collide_with_an_eval_set_are_rejected(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--rl_sources", "no_such_source"], "unknown source 'no_such_source'"),
-    (["--rl_sources", "lean_workbook=/nonexistent/x.jsonl"], "no such file /nonexistent/x.jsonl"),
+    (["--rl_sources", "leanworkbook_6k=/nonexistent/x.jsonl"], "no such file /nonexistent/x.jsonl"),
+    (["--rl_sources", "lean_workbook=/nonexistent/lean_workbook.json"], "wkbk_1009.parquet not found"),
     (["--task", "chess"], "--task must be 'lean' or 'toy'"),
     (["--rl_sources", "", "--sft_sources", "leanworkbook_6k"], "has no proofs; it cannot be an SFT source"),
     (["--learning_rate", "3"], "unrecognized arguments: --learning_rate"),
@@ -174,9 +175,9 @@ def test_bad_input_is_a_clear_error(tmp_path, args, message):
 
 def test_wrong_columns_and_empty_result(tmp_path):
     bad = write_jsonl(tmp_path / "cols.jsonl", [{"name": "a", "statement": "theorem a : 1 = 1 := by"}])
-    proc = run_stage(tmp_path, "--run_name", "x", "--rl_sources", f"lean_workbook={bad}",
+    proc = run_stage(tmp_path, "--run_name", "x", "--rl_sources", f"goedel_pset={bad}",
                      "--sft_sources", "", expect_ok=False)
-    assert "cols.jsonl: source lean_workbook needs column 'formal_statement'" in proc.stderr
+    assert "cols.jsonl: source goedel_pset needs column 'formal_statement'" in proc.stderr
     only = write_jsonl(tmp_path / "only.jsonl", [{"name": "x", "formal_statement":
                                                     TEST_478["formal_statement"]}])
     proc = run_stage(tmp_path, "--run_name", "x", "--rl_sources", str(only), "--sft_sources", "",
