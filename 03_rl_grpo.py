@@ -366,6 +366,8 @@ def add_second_turns(rollouts: list[Rollout], sampler: PromptSampler, tok, cfg: 
 
 def validate(rows, gen, tok, client, cfg, step, rank: int = 0, world: int = 1) -> dict:
     """pass@1 and best@N (bootstrap) on the eval set, before and after one error-correction turn.
+    Success is the proof reward alone (Lean verified it), as Kimina's validation accuracy counts;
+    the format reward is reported beside it (format_error_rate, and pass@1 with format).
     With several processes each takes a contiguous share of the problems."""
     lo, hi = rank * len(rows) // world, (rank + 1) * len(rows) // world
     items = [PromptItem(r) for r in rows[lo:hi]]
@@ -375,21 +377,25 @@ def validate(rows, gen, tok, client, cfg, step, rank: int = 0, world: int = 1) -
     with cf.ThreadPoolExecutor(1) as pool:
         first, _ = rollout_step(items, step, gen, tok, client, vcfg, pool, list(range(lo, hi)))
         failed = [k for k, r in enumerate(first)
-                  if r.reward == 0 and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars]
+                  if r.status != "valid" and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars]
         fixed: set[int] = set()
         if failed and cfg.error_correction:
             seconds = [PromptItem(first[k].item.row, 2, first[k].gen.text, first[k].feedback) for k in failed]
             second, _ = rollout_step(seconds, step, gen, tok, client, dataclasses.replace(vcfg, group_size=1),
                                      pool, [f"ec{lo * n + k}" for k in failed])   # seeded by attempt
-            fixed = {k for k, r in zip(failed, second) if r.reward > 0}
-    # per problem: (successes before, successes after error correction)
-    mine = [([first[k].reward > 0 for k in range(g, g + n)],
-             [first[k].reward > 0 or k in fixed for k in range(g, g + n)]) for g in range(0, len(first), n)]
+            fixed = {k for k, r in zip(failed, second) if r.status == "valid"}
+    # per problem: (proved before, proved after error correction, proved with the format right)
+    mine = [([first[k].status == "valid" for k in range(g, g + n)],
+             [first[k].status == "valid" or k in fixed for k in range(g, g + n)],
+             [first[k].reward > 0 for k in range(g, g + n)],
+             [bool(first[k].format_errors) for k in range(g, g + n)]) for g in range(0, len(first), n)]
     results = common.gather_lists(mine, world)
     res = {"step": step, "problems": len(rows)}
     for j, tag in ((0, ""), (1, "_after_ec")):
         res[f"pass@1{tag}"] = float(np.mean([np.mean(r[j]) for r in results]))
         res[f"best@{n}{tag}"] = float(np.mean([common.best_at_n_bootstrap(r[j], n, seed=step) for r in results]))
+    res["pass@1_with_format"] = float(np.mean([np.mean(r[2]) for r in results]))
+    res["format_error_rate"] = float(np.mean([np.mean(r[3]) for r in results]))
     return res
 
 

@@ -13,13 +13,21 @@ Modes (--mode), all writing the same sample schema:
   recompute   no generation: tables from a recorded verdict file (--verdicts): the InternLM
               miniF2F proof-search outputs, or JSONL rows {"statement_id", "benchmark", "successes"}
 
-Writes runs/<run>/04_eval/<tag>/<benchmark>/<mode>/samples.jsonl (appended as each sample is
-verified: a rerun resumes and skips finished samples) and samples.parquet, and results/<tag>/:
-<benchmark>_<mode>.md and .csv (pass@k with bootstrap 95% intervals), a pass@k curve PNG with
-the published anchor points (REFERENCE.md section 5), and for repair mode a budget plot.
-The proof bank (runs/<run>/04_eval/proof_bank.parquet) is seeded from the verified proofs we
-ship, never from the benchmark being scored, and grows with every proof a run verifies; repair
-trajectories that end in a fix are saved in the SFT schema (repair_sft.parquet) for 02_sft.py.
+Writes runs/<run>/04_eval/<tag>/<benchmark>/<mode>/<budget>/samples.jsonl (appended as each
+sample is verified; <budget> names the search budget, e.g. n32-t24576 or w8-d3-k3-t16384) with
+sample_settings.json beside it: a rerun resumes and skips finished samples, another budget gets
+its own folder and table, and other sample settings (model, temperature, top_p, backend, seed,
+memory, server kind, ...) stop with an error naming them. results/<run>/<tag>/:
+<benchmark>_<mode>_<budget>.md and .csv (pass@k with bootstrap 95% intervals and Kimina's best@k,
+over the problems with at least k samples), a pass@k curve PNG with the published anchor points
+(REFERENCE.md section 5), and for repair mode a budget plot.
+Repair mode retrieves from a proof memory built once, before any problem, from --memory
+(the shipped verified proofs, this run's SFT proofs that verify, or proof files such as an
+earlier iteration's found_proofs.parquet), never from the benchmarks scored, and frozen for the
+evaluation (proof_memory.py); it is saved as runs/<run>/04_eval/memory/memory_<key>.parquet and
+named in every table. Proofs found go to found_proofs.parquet, and trajectories that end in a
+fix to repair_sft.parquet (the SFT schema) for 02_sft.py. Proofs are checked with
+`#print axioms` by default (--check_axioms).
 
 Departures: one sample per prompt per round in repair mode (OProver samples several); the tool
 mode's REPL output is our compact JSON of the verdict, not the raw REPL response.
@@ -33,12 +41,10 @@ Commands:
 Several GPUs: --vllm_tp N (tensor parallel) or one process per benchmark shard.
 """
 import concurrent.futures as cf
-import csv
+import hashlib
 import json
-import math
 import os
 import sys
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +55,8 @@ import common
 import formats
 import generation
 from lean_client import LeanClient
-from proof_memory import ProofBank, shipped_proofs
+from eval_tables import default_ks, pass_at_k_table, plot_pass_at_k, recompute_tables, write_tables
+from proof_memory import ProofMemory, read_proof_file, shipped_proofs
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -77,7 +84,8 @@ class Settings:
     repair_depth: int = 3
     retrieve_k: int = 3
     feedback_style: str = "kimina"      # kimina | goedel
-    bank_from_sft: bool = False         # also seed the bank with this run's SFT proofs that verify
+    memory: str = "shipped"             # what the frozen proof memory holds: shipped,sft,<proof file>...
+    online_memory: bool = False         # experiment: found proofs join the memory mid-evaluation (off)
     # tool-integrated (StepFun)
     tool_max_checks: int = 4
     tool_budget: int = 20480            # total tokens per sample
@@ -92,9 +100,6 @@ class Settings:
     seed: int = 0
 
 
-ANCHORS_MINIF2F = {  # REFERENCE.md section 5: (k, pass rate %) published on miniF2F-test
-    "Kimina-Prover-RL-1.7B": (32, 76.63), "Kimina-Prover-RL-0.6B": (32, 71.30),
-    "DeepSeek-Prover-V2-7B": (32, 75.6), "Goedel-Prover-V2-8B": (32, 84.6), "OProver-32B": (32, 93.3)}
 TOOL_SYSTEM = (" You may check partial Lean 4 code while you think: write it between <sketch> and "
                "</sketch>, and the Lean REPL's answer will follow between <REPL> and </REPL>.")
 
@@ -173,6 +178,62 @@ class SampleLog:
         self.done |= {(r["statement_id"], r["sample_idx"], r["round"]) for r in rows}
 
 
+BUDGET_KEYS = {"single": ("n_samples", "max_new_tokens"), "correction": ("n_samples", "max_new_tokens"),
+               "repair": ("repair_width", "repair_depth", "retrieve_k", "max_new_tokens"),
+               "tool": ("n_samples", "tool_budget", "tool_max_checks", "max_new_tokens")}
+SHORT = {"n_samples": "n", "max_new_tokens": "t", "repair_width": "w", "repair_depth": "d", "retrieve_k": "k",
+         "tool_budget": "b", "tool_max_checks": "c"}
+
+
+def budget_label(cfg: Settings) -> str:
+    """The search budget in a name, e.g. n32-t24576 or w8-d3-k3-t16384: one folder and one table
+    per budget, so a sweep never mixes budgets."""
+    return "-".join(f"{SHORT[k]}{getattr(cfg, k)}" for k in BUDGET_KEYS[cfg.mode])
+
+
+def model_fingerprint(model_path: str) -> str:
+    """A local model folder by its files (name, size, first and last MiB of each); a Hub name as is."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return model_path
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def sample_settings(cfg: Settings, model_path: str, server: str, memory: str) -> dict:
+    """Everything that changes a sample besides the budget: resuming under other values would
+    label old samples with a new command."""
+    out = {"model": model_path, "model_files": model_fingerprint(model_path), "prompt_format": "kimina",
+           "mode": cfg.mode, "temperature": cfg.temperature, "top_p": cfg.top_p, "backend": cfg.backend,
+           "seed": cfg.seed, "server": server, "check_axioms": cfg.check_axioms,
+           "reject_native_decide": cfg.reject_native_decide}
+    if cfg.mode == "repair":
+        out.update(memory=memory, feedback_style=cfg.feedback_style)
+    return out
+
+
+def open_samples(folder: Path, settings: dict) -> "SampleLog":
+    """The sample log of this budget; a resume with other sample settings stops, naming them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sample_settings.json"
+    if path.exists() and (folder / "samples.jsonl").exists():
+        before = json.loads(path.read_text())
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            raise SystemExit(f"{folder} holds samples drawn with other settings: " + "; ".join(
+                f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()) +
+                ". Use another --tag (or --run_name), or remove that folder to start over.")
+    path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    return SampleLog(folder)
+
+
 def sample_row(bench, mode, row, k, rnd, prompt, text, verdict_or_none, n_tokens) -> dict:
     v = verdict_or_none
     return {"statement_id": row["statement_id"], "benchmark": bench, "mode": mode, "sample_idx": k,
@@ -182,68 +243,8 @@ def sample_row(bench, mode, row, k, rnd, prompt, text, verdict_or_none, n_tokens
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics
+# Metrics: eval_tables.py (pass@k with CIs and best@k, tables, plots)
 # ---------------------------------------------------------------------------------------------
-
-def pass_at_k_table(successes: dict[str, list[bool]], ks: list[int], n_boot: int, seed: int) -> list[dict]:
-    """Per k: mean unbiased pass@k over problems and a bootstrap 95% interval (problems resampled)."""
-    ids = sorted(successes)
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in ks:
-        per = np.array([common.pass_at_k(len(successes[i]), sum(successes[i]), k) for i in ids])
-        boots = per[rng.integers(0, len(per), size=(n_boot, len(per)))].mean(1) if n_boot else per[None]
-        out.append({"k": k, "pass": float(per.mean()), "ci_low": float(np.percentile(boots, 2.5)),
-                    "ci_high": float(np.percentile(boots, 97.5)), "problems": len(ids),
-                    "solved": int(sum(any(successes[i]) for i in ids))})
-    return out
-
-
-def default_ks(n: int) -> list[int]:
-    return [2 ** i for i in range(int(math.log2(n)) + 1)] + ([n] if n & (n - 1) else [])
-
-
-def write_tables(results_dir: Path, tag: str, bench: str, mode: str, table: list[dict], extra: dict,
-                 caption: str) -> list[Path]:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    stem = results_dir / f"{bench}_{mode}"
-    with open(f"{stem}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
-    lines = [f"**{tag} on {bench}, mode {mode}.** {caption}", "",
-             "| k | pass@k (%) | 95% CI | solved / problems |", "|---:|---:|---:|---:|"]
-    lines += [f"| {r['k']} | {100 * r['pass']:.2f} | {100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f} | "
-              f"{r['solved']} / {r['problems']} |" for r in table]
-    lines += [""] + [f"- {k}: {v}" for k, v in extra.items()]
-    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
-    return [Path(f"{stem}.csv"), Path(f"{stem}.md")]
-
-
-def plot_pass_at_k(path: Path, curves: dict[str, list[dict]], title: str, anchors: bool) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for label, table in curves.items():
-        ks = [r["k"] for r in table]
-        ax.plot(ks, [100 * r["pass"] for r in table], marker="o", label=label)
-        ax.fill_between(ks, [100 * r["ci_low"] for r in table], [100 * r["ci_high"] for r in table], alpha=0.15)
-    if anchors:
-        for name, (k, v) in ANCHORS_MINIF2F.items():
-            ax.scatter([k], [v], marker="x", color="gray")
-            ax.annotate(name, (k, v), fontsize=6, color="gray", xytext=(3, 0), textcoords="offset points")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (samples)")
-    ax.set_ylabel("pass@k (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
 
 # ---------------------------------------------------------------------------------------------
 # Loop: the sampling modes
@@ -313,8 +314,8 @@ class Evaluator:
             active = nxt
         return list(zip(texts, used))
 
-    def run_problems(self, bench: str, rows: list[dict], log: SampleLog, bank: ProofBank | None,
-                     repair_rows: list[dict]) -> None:
+    def run_problems(self, bench: str, rows: list[dict], log: SampleLog, memory: ProofMemory | None,
+                     repair_rows: list[dict], found: list[dict] | None = None) -> None:
         cfg = self.cfg
         width = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
         from tqdm import tqdm
@@ -330,7 +331,7 @@ class Evaluator:
                 if cfg.mode == "repair":
                     if pending:
                         pending.result()
-                    self.repair(bench, todo, log, bank, repair_rows)
+                    self.repair(bench, todo, log, memory, repair_rows, found if found is not None else [])
                 else:
                     prompts = [formats.render_prompt(self.tok, self.messages(r)) for r, _ in todo]
                     # a sample's seed depends on (problem, index) only: a resumed run draws the same
@@ -365,8 +366,10 @@ class Evaluator:
                         for i, p, g, v in zip(failed, p2, gens, v2)]
         log.append(records)
 
-    def repair(self, bench, todo, log: SampleLog, bank: ProofBank, repair_rows: list[dict]) -> None:
-        """Trajectories (row, k): round t sees retrieved proofs, the last attempt and its feedback."""
+    def repair(self, bench, todo, log: SampleLog, memory: ProofMemory, repair_rows: list[dict],
+               found: list[dict]) -> None:
+        """Trajectories (row, k): round t sees retrieved proofs, the last attempt and its feedback.
+        Verified proofs go to `found`, not into the memory (unless it is an online memory)."""
         cfg = self.cfg
         state = {i: {"attempt": "", "feedback": ""} for i in range(len(todo))}
         active = list(range(len(todo)))
@@ -376,7 +379,7 @@ class Evaluator:
             prompts = []
             for i in active:
                 row = todo[i][0]
-                retrieved = bank.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
+                retrieved = memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
                 prompts.append(formats.render_prompt(self.tok, self.messages(
                     row, retrieved, state[i]["attempt"], state[i]["feedback"])))
             gens = self.sample(prompts, [generation.rollout_seed(cfg.seed, rnd, todo[i][0]["statement_id"], todo[i][1])
@@ -391,8 +394,11 @@ class Evaluator:
                 records.append(rec)
                 if rec["ok"]:
                     proof = formats.extract_proof(g.text, row["formal_statement"])
-                    bank.add({"statement_id": row["statement_id"], "formal_statement": row["formal_statement"],
-                              "header": row["header"], "proof": proof, "source": bench, "run": cfg.run_name})
+                    proved = {"statement_id": row["statement_id"], "formal_statement": row["formal_statement"],
+                              "header": row["header"], "proof": proof, "source": bench, "run": cfg.run_name}
+                    found.append(proved)
+                    if memory.online:
+                        memory.add_found(proved)
                     if rnd > 1:   # a fix: attempt + feedback -> verified proof, in the SFT schema
                         repair_rows.append({**{c: row.get(c, "") for c in common.STATEMENT_COLUMNS},
                                             "split": "train", "formal_proof": proof, "completion": g.text,
@@ -405,31 +411,19 @@ class Evaluator:
             active = nxt
 
 
-# ---------------------------------------------------------------------------------------------
-# Recompute from recorded verdicts
-# ---------------------------------------------------------------------------------------------
-
-def recorded_successes(path: Path) -> dict[str, dict[str, list[bool]]]:
-    """model_or_benchmark -> statement_id -> per-sample successes."""
-    out: dict[str, dict[str, list[bool]]] = {}
-    if path.suffix == ".zip":   # InternLM-Math miniF2F proof search: output/<model>/results__*.json
-        with zipfile.ZipFile(path) as zf:
-            for name in zf.namelist():
-                if not name.endswith(".json"):
-                    continue
-                model = name.split("/")[1].removesuffix("_minif2f_test")
-                for r in json.loads(zf.read(name))["results"]:
-                    out.setdefault(model, {}).setdefault(r["example"]["full_name"], []).append(bool(r["success"]))
-        return out
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            out.setdefault(r["benchmark"], {})[r["statement_id"]] = [bool(x) for x in r["successes"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"{path}:{lineno}: expected {{statement_id, benchmark, successes: [..]}} ({exc})")
-    return out
+def build_memory(cfg: Settings, client: LeanClient, scored: list[dict]) -> ProofMemory:
+    """The frozen memory of this evaluation, from --memory: shipped, sft, or proof files."""
+    entries = []
+    for part in (p for p in cfg.memory.split(",") if p):
+        if part == "shipped":
+            entries += shipped_proofs()
+        elif part == "sft":
+            entries += sft_proofs_that_verify(cfg, client)
+        elif Path(part).exists():
+            entries += read_proof_file(Path(part))
+        else:
+            raise SystemExit(f"--memory {part}: not 'shipped', 'sft' or an existing proof file")
+    return ProofMemory(entries, scored, online=cfg.online_memory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,17 +439,7 @@ def main(argv=None):
     if cfg.mode == "recompute":
         if not cfg.verdicts:
             raise SystemExit("--mode recompute needs --verdicts FILE")
-        tag = cfg.tag or Path(cfg.verdicts).stem
-        results = common.PROJECT_ROOT / "results" / tag
-        curves, summary = {}, {}
-        for name, succ in sorted(recorded_successes(Path(cfg.verdicts)).items()):
-            n = min(len(v) for v in succ.values())
-            table = pass_at_k_table(succ, default_ks(n), cfg.bootstrap, cfg.seed)
-            write_tables(results, name, name, "recompute", table, {"samples per problem": n}, caption)
-            curves[name], summary[name] = table, table[0]["solved"]
-        plot_pass_at_k(results / "pass_at_k.png", curves, f"recomputed from {Path(cfg.verdicts).name}", anchors=False)
-        print(json.dumps({"solved": summary}, indent=1))
-        return summary
+        return recompute_tables(Path(cfg.verdicts), cfg.tag, cfg.bootstrap, cfg.seed, caption)
     model_path = resolve_model(cfg)
     tag = cfg.tag or model_tag(model_path)
     benches = load_benchmarks(cfg)
@@ -467,22 +451,29 @@ def main(argv=None):
     client.require_healthy()
     ev = Evaluator(cfg, model_path, client)
     results = common.PROJECT_ROOT / "results" / cfg.run_name / tag
+    label = budget_label(cfg)
+    memory, memory_note = None, ""
+    if cfg.mode == "repair":   # built once, before any problem, from training-side proofs only
+        memory = build_memory(cfg, client, [r for rs in benches.values() for r in rs])
+        mem_path = memory.save(common.stage_dir(cfg.run_name, "04_eval") / "memory")
+        memory_note = (f"{memory.name} ({len(memory.rows)} proofs from {cfg.memory}; {memory.left_out} left out as "
+                       f"scored problems; {mem_path.relative_to(common.RUNS_ROOT)})" +
+                       ("; ONLINE: found proofs joined it during this evaluation, results depend on problem order"
+                        if memory.online else "; frozen during this evaluation"))
+    server = json.dumps({k: v for b in client.health().values() if b for k, v in b.items() if k != "status"},
+                        sort_keys=True) or "{}"
     written, curves, overall = [], {}, {}
     for bench, rows in benches.items():
-        folder = out / bench / cfg.mode
-        log = SampleLog(folder)
-        bank, repair_rows = None, []
-        if cfg.mode == "repair":
-            bank = ProofBank(common.stage_dir(cfg.run_name, "04_eval") / "proof_bank.parquet",
-                             [r for rs in benches.values() for r in rs])
-            seeds = shipped_proofs()
-            if cfg.bank_from_sft:
-                seeds += sft_proofs_that_verify(cfg, client)
-            bank.seed(seeds)
-        ev.run_problems(bench, rows, log, bank, repair_rows)
+        folder = out / bench / cfg.mode / label
+        log = open_samples(folder, sample_settings(cfg, model_path, server, memory.name if memory else ""))
+        repair_rows, found = [], []
+        ev.run_problems(bench, rows, log, memory, repair_rows, found)
         common.write_parquet(log.rows, folder / "samples.parquet", "samples")
         if repair_rows:
             common.write_parquet(repair_rows, folder / "repair_sft.parquet", "sft")
+        if cfg.mode == "repair":   # this evaluation's new proofs: training data for the next iteration
+            found += [p for p in found_in_log(log.rows, rows, cfg.run_name, bench) if p not in found]
+            common.write_parquet(found, folder / "found_proofs.parquet", "proof_bank")
         succ, attempts = {}, {}
         for r in rows:
             recs = [x for x in log.rows if x["statement_id"] == r["statement_id"]]
@@ -497,21 +488,24 @@ def main(argv=None):
                  "benchmark source": rows[0].get("eval_source") or "(not recorded by 01)",
                  "samples (trajectories) per problem": n,
                  "attempts": sum(attempts.values()), "generated tokens": sum(x["n_tokens"] for x in log.rows),
-                 "verifier": "stand-in server (NOT Lean)" if "standin" in (client.identity or "") else "Lean server"}
+                 "verifier": "stand-in server (NOT Lean)" if "standin" in (client.identity or "") else "Lean server",
+                 "search budget": label}
+        if memory_note:
+            extra["proof memory"] = memory_note
         if cfg.mode == "correction":
             first = {sid: [any(x["ok"] for x in log.rows if x["statement_id"] == sid and x["sample_idx"] == k and x["round"] == 1)
                            for k in range(n)] for sid in succ}
             extra["pass@1 before correction"] = f"{100 * pass_at_k_table(first, [1], 0, 0)[0]['pass']:.2f}%"
             extra["pass@1 after correction"] = f"{100 * table[0]['pass']:.2f}%"
-        written += write_tables(results, tag, bench, cfg.mode, table, extra, caption)
+        written += write_tables(results, tag, f"{bench}", f"{cfg.mode}_{label}", table, extra, caption)
         curves[f"{tag} {bench} ({cfg.mode})"] = table
         if cfg.mode == "repair":
-            written.append(plot_budget(results / f"{bench}_repair_budget.png", log.rows, rows, cfg))
+            written.append(plot_budget(results / f"{bench}_repair_{label}_budget.png", log.rows, rows, cfg))
     if len(benches) > 1:   # every problem of every benchmark, one pool
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
-        written += write_tables(results, tag, "overall", cfg.mode, pass_at_k_table(overall, default_ks(n), cfg.bootstrap,
+        written += write_tables(results, tag, "overall", f"{cfg.mode}_{label}", pass_at_k_table(overall, default_ks(n), cfg.bootstrap,
                                 cfg.seed), {"benchmarks": ", ".join(benches)}, caption)
-    written.append(plot_pass_at_k(results / f"pass_at_k_{cfg.mode}.png", curves, f"{tag}: pass@k ({cfg.mode})",
+    written.append(plot_pass_at_k(results / f"pass_at_k_{cfg.mode}_{label}.png", curves, f"{tag}: pass@k ({cfg.mode}, {label})",
                                   anchors=any("minif2f" in b for b in benches)))
     common.write_manifest(out, [out / "config.json"] + written, extra={"stage": "04_eval", "mode": cfg.mode,
                           "lean_client": dict(client.stats), "generated_tokens": ev.tokens})
@@ -541,6 +535,19 @@ def plot_budget(path: Path, samples: list[dict], rows: list[dict], cfg: Settings
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def found_in_log(samples: list[dict], rows: list[dict], run: str, bench: str) -> list[dict]:
+    """Verified proofs in a sample log (also those of an earlier, resumed part of the run)."""
+    by_id = {r["statement_id"]: r for r in rows}
+    out = []
+    for x in samples:
+        row = by_id.get(x["statement_id"])
+        if x["ok"] and row:
+            proof = formats.extract_proof(x["completion"], row["formal_statement"])
+            out.append({"statement_id": row["statement_id"], "formal_statement": row["formal_statement"],
+                        "header": row["header"], "proof": proof, "source": bench, "run": run})
+    return out
 
 
 def sft_proofs_that_verify(cfg: Settings, client: LeanClient) -> list[dict]:

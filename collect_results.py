@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import common
+import eval_tables
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -59,18 +60,15 @@ def main(argv=None):
     # pass@k before (SFT) and after (GRPO) RL, from 04_eval's tables
     curves = {}
     for tag in ("sft", "grpo"):
-        for f in sorted((res / tag).glob("*_single.csv")):
+        for f in sorted((res / tag).glob("*_single_*.csv")):
             with open(f) as fh:
-                curves[f"{tag}: {f.stem.removesuffix('_single')}"] = [
+                curves[f"{tag}: {f.stem.split('_single_')[0]}"] = [
                     {k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-    spec = __import__("importlib.util").util.spec_from_file_location("ev", common.PROJECT_ROOT / "04_eval.py")
-    ev = __import__("importlib.util").util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
     if curves:
         for t in curves.values():
             for r in t:
                 r["k"] = int(r["k"])
-        ev.plot_pass_at_k(res / "pass_at_k_before_after_rl.png", curves, f"{args.run_name}: pass@k, SFT vs GRPO",
+        eval_tables.plot_pass_at_k(res / "pass_at_k_before_after_rl.png", curves, f"{args.run_name}: pass@k, SFT vs GRPO",
                           anchors=any("minif2f" in k for k in curves))
     sft = json.loads((run / "02_sft/manifest.json").read_text()) if (run / "02_sft/manifest.json").exists() else {}
     rl = read_jsonl(run / "03_grpo/metrics.jsonl")

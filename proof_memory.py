@@ -1,9 +1,23 @@
 """The proof memory of repair mode (OProver): verified proofs with BM25 retrieval over their
-statements, seeded from the verified proofs shipped in data/ and never from the benchmark being
-scored.
+statements.
+
+What an evaluation may retrieve from is fixed before it starts and does not change while it
+runs (OProver's memory grows only between post-training iterations):
+- built from training-side proofs only: the verified proofs shipped in data/, this run's SFT
+  proofs that verify, or proof files a user names (an earlier iteration's found proofs, a corpus
+  such as an OProofs export), never from the benchmarks being scored: every entry whose theorem
+  name or canonical statement matches a scored problem is left out when the memory is built;
+- at retrieval, every entry that is the problem itself is excluded again (same id, same theorem
+  name, or the same statement up to whitespace, comments and bound-variable names);
+- saved as a versioned artifact, memory_<key>.parquet, where the key hashes its entries, so two
+  evaluations share a memory only when they retrieve from the same proofs, and the results name it.
+Proofs found while evaluating go to their own file (the next iteration's training data); only
+`online=True` (an experiment, off by default) lets them into the memory during the evaluation,
+and then results depend on problem order.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -12,72 +26,19 @@ import canonical
 import common
 import lean_client
 
-
-class ProofBank:
-    """Verified proofs (statement, proof, source, run) with BM25 retrieval over statements."""
-
-    def __init__(self, path: Path, scored: list[dict]):
-        self.path = path
-        self.blocked = {canonical.canonical_statement(r["formal_statement"]) for r in scored}
-        self.blocked_names = {lean_client.theorem_name(r["formal_statement"]) for r in scored}
-        self.rows = common.read_rows(path, "proof_bank") if path.exists() and path.stat().st_size else []
-        self._index = None
-
-    def seed(self, rows: list[dict]) -> int:
-        """Add shipped proofs, leaving out every problem of the benchmarks being scored."""
-        added = 0
-        for r in rows:
-            if (lean_client.theorem_name(r["formal_statement"]) in self.blocked_names or
-                    canonical.canonical_statement(r["formal_statement"]) in self.blocked):
-                continue
-            added += self.add(r, save=False)
-        self.save()
-        return added
-
-    def add(self, row: dict, save: bool = True) -> bool:
-        key = (lean_client.collapse_ws(row["formal_statement"]), lean_client.collapse_ws(row["proof"]))
-        if any((lean_client.collapse_ws(r["formal_statement"]), lean_client.collapse_ws(r["proof"])) == key for r in self.rows):
-            return False
-        self.rows.append(row)
-        self._index = None
-        if save:
-            self.save()
-        return True
-
-    def save(self) -> None:
-        common.write_parquet(self.rows, self.path, "proof_bank")
-
-    def retrieve(self, statement: str, k: int, exclude_id: str) -> list[dict]:
-        """Top-k by BM25 over statements; never the problem itself. The index is built once per
-        bank state (not per call): the excluded entries are filtered from a slightly longer list."""
-        if k <= 0 or not self.rows:
-            return []
-        import bm25s
-        if self._index is None:
-            self._index = bm25s.BM25()
-            self._index.index(bm25s.tokenize([r["formal_statement"] for r in self.rows], stopwords=None,
-                                             show_progress=False), show_progress=False)
-        key = lean_client.collapse_ws(statement)
-        excluded = sum(r["statement_id"] == exclude_id or lean_client.collapse_ws(r["formal_statement"]) == key
-                       for r in self.rows)
-        want = min(k + excluded, len(self.rows))
-        docs, _ = self._index.retrieve(bm25s.tokenize([statement], stopwords=None, show_progress=False),
-                                       k=want, show_progress=False)
-        hits = [self.rows[int(i)] for i in docs[0]]
-        return [r for r in hits if r["statement_id"] != exclude_id and
-                lean_client.collapse_ws(r["formal_statement"]) != key][:k]
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def shipped_proofs() -> list[dict]:
     """The verified proofs bundled in data/: 67 miniF2F-valid human proofs and Kimina-Prover-Preview's
     197 miniF2F-test proofs (the latter are left out whenever miniF2F-test is scored)."""
     rows = []
-    for line in (common.PROJECT_ROOT / "data/proofs/deepseek_v15_minif2f_valid_few_shot.jsonl").open():
+    for line in (DATA / "proofs/deepseek_v15_minif2f_valid_few_shot.jsonl").open():
         r = json.loads(line)
         rows.append({"statement_id": f"minif2f_valid_proofs/{r['name']}", "formal_statement":
                      lean_client.normalize_statement(r["formal_statement"]), "header": "",
                      "proof": r["formal_proof"], "source": "deepseek_v15_minif2f_valid_few_shot", "run": "shipped"})
-    with zipfile.ZipFile(common.PROJECT_ROOT / "data/proofs/kimina_preview_minif2f_test_solved.zip") as zf:
+    with zipfile.ZipFile(DATA / "proofs/kimina_preview_minif2f_test_solved.zip") as zf:
         name = next(n for n in zf.namelist() if n.endswith(".jsonl"))
         for line in zf.read(name).decode().splitlines():
             r = json.loads(line)
@@ -87,3 +48,86 @@ def shipped_proofs() -> list[dict]:
                          "header": header, "proof": body[body.find(":= by") + 5:],
                          "source": "kimina_preview_minif2f_test_solved", "run": "shipped"})
     return rows
+
+
+def read_proof_file(path: Path) -> list[dict]:
+    """A proof file in the proof_bank schema (Parquet, or JSONL with the same keys)."""
+    if path.suffix == ".parquet":
+        return common.read_rows(path, "proof_bank")
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                r = json.loads(line)
+                rows.append({c: str(r[c]) if c in ("statement_id", "formal_statement", "proof") else str(r.get(c) or "")
+                             for c in common.SCHEMAS["proof_bank"]})
+            except (ValueError, KeyError) as exc:
+                raise SystemExit(f"{path}:{lineno}: a proof row needs statement_id, formal_statement, proof ({exc})")
+    return rows
+
+
+class ProofMemory:
+    """Verified proofs (statement, proof, source, run); BM25 over statements; frozen unless online."""
+
+    def __init__(self, entries: list[dict], scored: list[dict], online: bool = False):
+        self.online = online
+        blocked = {canonical.canonical_statement(r["formal_statement"]) for r in scored}
+        blocked_names = {lean_client.theorem_name(r["formal_statement"]) for r in scored}
+        self.rows: list[dict] = []
+        self._keys: set = set()
+        self.left_out = 0
+        for r in entries:
+            if (lean_client.theorem_name(r["formal_statement"]) in blocked_names or
+                    canonical.canonical_statement(r["formal_statement"]) in blocked):
+                self.left_out += 1
+                continue
+            self._add(r)
+        self.key = hashlib.sha256(json.dumps(sorted([r["formal_statement"], r["proof"]] for r in self.rows),
+                                             ensure_ascii=False).encode()).hexdigest()[:12]
+        self._index = None
+
+    @property
+    def name(self) -> str:
+        return f"memory_{self.key}" + ("+online" if self.online else "")
+
+    def _add(self, row: dict) -> bool:
+        key = (lean_client.collapse_ws(row["formal_statement"]), lean_client.collapse_ws(row["proof"]))
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self.rows.append({**row, "_canon": canonical.canonical_statement(row["formal_statement"]),
+                          "_name": lean_client.theorem_name(row["formal_statement"])})
+        self._index = None
+        return True
+
+    def add_found(self, row: dict) -> bool:
+        """Only an online memory takes proofs found during the evaluation."""
+        if not self.online:
+            raise RuntimeError("a frozen memory takes no proofs during an evaluation (online=False)")
+        return self._add(row)
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / f"memory_{self.key}.parquet"
+        if not path.exists():
+            common.write_parquet([{c: r[c] for c in common.SCHEMAS["proof_bank"]} for r in self.rows], path, "proof_bank")
+        return path
+
+    def retrieve(self, statement: str, k: int, exclude_id: str) -> list[dict]:
+        """Top-k by BM25 over statements; never the problem itself (same id, same theorem name, or
+        the same canonical statement). The index is built once per memory state."""
+        if k <= 0 or not self.rows:
+            return []
+        import bm25s
+        if self._index is None:
+            self._index = bm25s.BM25()
+            self._index.index(bm25s.tokenize([r["formal_statement"] for r in self.rows], stopwords=None,
+                                             show_progress=False), show_progress=False)
+        canon, name = canonical.canonical_statement(statement), lean_client.theorem_name(statement)
+
+        def is_self(r):
+            return r["statement_id"] == exclude_id or r["_canon"] == canon or (name and r["_name"] == name)
+        excluded = sum(map(is_self, self.rows))
+        docs, _ = self._index.retrieve(bm25s.tokenize([statement], stopwords=None, show_progress=False),
+                                       k=min(k + excluded, len(self.rows)), show_progress=False)
+        hits = [self.rows[int(i)] for i in docs[0]]
+        return [{c: r[c] for c in common.SCHEMAS["proof_bank"]} for r in hits if not is_self(r)][:k]

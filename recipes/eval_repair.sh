@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # OProver-style repair evaluation: 8 trajectories x up to 3 rounds, top-3 retrieved verified proofs
-# (BM25 over a bank seeded with the shipped proofs, never the scored benchmark), Lean feedback in
+# (BM25 over a frozen memory of the shipped proofs, never the scored benchmark), Lean feedback in
 # every round. Reports multi-round pass@k over trajectories with the attempt/token budget, a
 # width x depth budget plot, and repair_sft.parquet (fixes in the SFT schema) for 02_sft.py.
 # For reference (REFERENCE.md section 5): OProver-32B 93.3, Goedel-Prover-V2-32B with

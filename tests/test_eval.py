@@ -57,38 +57,58 @@ def test_pass_at_k_table_and_ks():
     assert [r["pass"] for r in table] == [0.25, 0.5]
     assert all(r["ci_low"] <= r["pass"] <= r["ci_high"] for r in table)
     assert ev.default_ks(32) == [1, 2, 4, 8, 16, 32] and ev.default_ks(6) == [1, 2, 4, 6]
-    with pytest.raises(ValueError):
-        ev.pass_at_k_table({"a": [True]}, [2], 0, 0)
+    assert ev.pass_at_k_table({"a": [True]}, [2], 0, 0) == []   # no problem has 2 samples
 
 
-# ---------------------------------------------------------------- proof bank
+# ---------------------------------------------------------------- proof memory
 
-def test_bank_never_holds_the_scored_problems(tmp_path):
-    scored = [{"formal_statement": json.loads(l)["formal_statement"]}
-              for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open() if json.loads(l)["split"] == "test"]
-    bank = proof_memory.ProofBank(tmp_path / "bank.parquet", scored)
+def minif2f(split):
+    return [json.loads(l) for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open() if json.loads(l)["split"] == split]
+
+
+def test_memory_never_holds_the_scored_problems():
     shipped = proof_memory.shipped_proofs()
     assert len(shipped) == 67 + 197
-    added = bank.seed(shipped)
-    assert added == 67                       # every Kimina miniF2F-test proof is left out
-    assert {r["source"] for r in bank.rows} == {"deepseek_v15_minif2f_valid_few_shot"}
+    mem = proof_memory.ProofMemory(shipped, minif2f("test"))
+    assert len(mem.rows) == 67 and mem.left_out == 197        # every Kimina miniF2F-test proof is left out
+    assert {r["source"] for r in mem.rows} == {"deepseek_v15_minif2f_valid_few_shot"}
     # scoring only miniF2F-valid instead: the valid proofs are left out, the test proofs go in
-    valid = [{"formal_statement": json.loads(l)["formal_statement"]}
-             for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open() if json.loads(l)["split"] == "valid"]
-    bank2 = proof_memory.ProofBank(tmp_path / "bank2.parquet", valid)
-    assert bank2.seed(shipped) == 197
+    assert len(proof_memory.ProofMemory(shipped, minif2f("valid")).rows) == 197
 
 
-def test_bm25_retrieves_similar_statements_and_never_the_problem_itself(tmp_path):
-    bank = proof_memory.ProofBank(tmp_path / "b.parquet", [])
-    for i, st in enumerate(["theorem a : 2 + 3 = 5 := by", "theorem b (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by",
-                            "theorem c : 7 ∣ 21 := by"]):
-        bank.add({"statement_id": f"s{i}", "formal_statement": st, "header": "", "proof": " norm_num",
-                  "source": "t", "run": "t"})
-    got = bank.retrieve("theorem q (y : ℝ) (hy : 0 < y) : 0 < y ^ 2 + y := by", 1, "q")
+def entry(i, st):
+    return {"statement_id": f"s{i}", "formal_statement": st, "header": "", "proof": " norm_num", "source": "t", "run": "t"}
+
+
+def test_bm25_retrieves_similar_statements_and_never_the_problem_itself():
+    mem = proof_memory.ProofMemory([entry(i, st) for i, st in enumerate([
+        "theorem a : 2 + 3 = 5 := by", "theorem b (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by", "theorem c : 7 ∣ 21 := by"])], [])
+    got = mem.retrieve("theorem q (y : ℝ) (hy : 0 < y) : 0 < y ^ 2 + y := by", 1, "q")
     assert got[0]["statement_id"] == "s1"
-    assert all(r["statement_id"] != "s1" for r in bank.retrieve(bank.rows[1]["formal_statement"], 3, "s1"))
-    assert common.read_rows(tmp_path / "b.parquet", "proof_bank")[2]["statement_id"] == "s2"
+    assert all(r["statement_id"] != "s1" for r in mem.retrieve(mem.rows[1]["formal_statement"], 3, "s1"))
+
+
+def test_retrieval_excludes_the_problem_under_another_id_name_or_binders():
+    # before: only the same id or the identical statement text was excluded
+    mem = proof_memory.ProofMemory([entry(0, "theorem mathd_1 (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by"),
+                                    entry(1, "theorem other (a : ℕ) : a + 0 = a := by")], [])
+    renamed = "theorem copy_1 (y : ℝ) (hy : 0 < y) : 0 < y ^ 2 := by"      # alpha-equivalent, new name
+    same_name = "theorem mathd_1 (z : ℝ) : 0 ≤ z ^ 2 := by"                  # same theorem name
+    for stmt in (renamed, same_name):
+        assert all(r["statement_id"] != "s0" for r in mem.retrieve(stmt, 2, "bench/other_id")), stmt
+
+
+def test_memory_is_frozen_keyed_and_saved(tmp_path):
+    rows = [entry(0, "theorem a : 2 + 3 = 5 := by")]
+    mem = proof_memory.ProofMemory(rows, [])
+    with pytest.raises(RuntimeError, match="frozen"):
+        mem.add_found(entry(1, "theorem b : 1 = 1 := by"))
+    other = proof_memory.ProofMemory(rows + [entry(1, "theorem b : 1 = 1 := by")], [])
+    assert mem.key != other.key                                # built from other proofs: another artifact
+    assert mem.save(tmp_path).name == f"memory_{mem.key}.parquet"
+    assert common.read_rows(tmp_path / f"memory_{mem.key}.parquet", "proof_bank")[0]["statement_id"] == "s0"
+    online = proof_memory.ProofMemory(rows, [], online=True)
+    assert online.add_found(entry(1, "theorem b : 1 = 1 := by")) and "+online" in online.name
 
 
 # ---------------------------------------------------------------- repair and tool loops (scripted model)
@@ -131,7 +151,7 @@ def toy_rows(n):
              "formal_statement": f"theorem t{i} : {i} + 1 = {i + 1} := by", "informal_problem": ""} for i in range(n)]
 
 
-def test_repair_loop_stops_feeds_back_and_grows_the_bank(tmp_path, tiny_model, standin):
+def test_repair_loop_stops_feeds_back_and_keeps_the_memory_frozen(tmp_path, tiny_model, standin):
     cfg = ev.Settings(mode="repair", repair_width=2, repair_depth=3, retrieve_k=2, run_name="r")
     rows = toy_rows(3)
 
@@ -143,11 +163,10 @@ def test_repair_loop_stops_feeds_back_and_grows_the_bank(tmp_path, tiny_model, s
         return answer_block(stmt, "rfl" if "The rfl tactic failed" in prompt or "omega could not" in prompt
                             else "omega"), "eos"
     e = make_evaluator(cfg, tiny_model, standin, answer)
-    bank = proof_memory.ProofBank(tmp_path / "bank.parquet", rows)
-    bank.add({"statement_id": "seed/1", "formal_statement": "theorem s : 5 + 5 = 10 := by", "header": HEADER,
-              "proof": "\n  rfl", "source": "seed", "run": "x"})
-    log, repair_rows = ev.SampleLog(tmp_path / "s"), []
-    e.run_problems("toy", rows, log, bank, repair_rows)
+    memory = proof_memory.ProofMemory([{"statement_id": "seed/1", "formal_statement": "theorem s : 5 + 5 = 10 := by",
+                                        "header": HEADER, "proof": "\n  rfl", "source": "seed", "run": "x"}], rows)
+    log, repair_rows, found = ev.SampleLog(tmp_path / "s"), [], []
+    e.run_problems("toy", rows, log, memory, repair_rows, found)
     by = {(r["statement_id"], r["sample_idx"]): [x for x in log.rows if x["statement_id"] == r["statement_id"]
                                                  and x["sample_idx"] == r["sample_idx"]] for r in log.rows}
     for (sid, k), recs in by.items():
@@ -158,8 +177,9 @@ def test_repair_loop_stops_feeds_back_and_grows_the_bank(tmp_path, tiny_model, s
             assert rounds == [1, 2] and [x["ok"] for x in recs] == [False, True]   # stops at the first proof
             assert "omega could not prove the goal" in recs[1]["prompt"]   # feedback inserted
             assert "# Verified proofs of similar statements" in recs[1]["prompt"]
-    # the bank grew with the new proofs; a problem's own proof is never retrieved for it
-    assert {r["statement_id"] for r in bank.rows} == {"seed/1", "toy/0", "toy/1"}
+    # the proofs found go to their own list, never into the memory the evaluation reads
+    assert {r["statement_id"] for r in memory.rows} == {"seed/1"}
+    assert sorted({r["statement_id"] for r in found}) == ["toy/0", "toy/1"] and len(found) == 4
     for p in e.gen.prompts:
         own = next(r for r in rows if r["formal_statement"] in p.split("# Verified proofs")[0])
         retrieved = p.split("# Verified proofs of similar statements:")[1].split("<|im_end|>")[0]
@@ -204,7 +224,7 @@ def test_single_mode_resumes_and_writes_tables_and_plots(tmp_path, tiny_model, s
     args = ["--run_name", "e", "--model", tiny_model, "--tag", "tiny", "--n_samples", "4", "--max_new_tokens", "8",
             "--max_problems", "5", "--problems_per_chunk", "2", "--bootstrap", "50"]
     ev.main(args)
-    log = tmp_path / "runs/e/04_eval/tiny/toy/single/samples.jsonl"
+    log = tmp_path / "runs/e/04_eval/tiny/toy/single/n4-t8/samples.jsonl"
     lines = log.read_text().splitlines()
     assert len(lines) == 20
     first = {(json.loads(l)["statement_id"], json.loads(l)["sample_idx"]): json.loads(l)["completion"] for l in lines}
@@ -219,9 +239,16 @@ def test_single_mode_resumes_and_writes_tables_and_plots(tmp_path, tiny_model, s
     done = {(r["statement_id"], r["sample_idx"]): r["completion"] for r in rows}
     assert done == first                                       # same seeds, same samples
     res = tmp_path / "results/e/tiny"
-    assert "| 4 |" in (res / "toy_single.md").read_text()
-    assert (res / "pass_at_k_single.png").stat().st_size > 5000
-    assert common.read_parquet(tmp_path / "runs/e/04_eval/tiny/toy/single/samples.parquet", "samples").shape[0] == 20
+    assert "| 4 |" in (res / "toy_single_n4-t8.md").read_text()
+    assert (res / "pass_at_k_single_n4-t8.png").stat().st_size > 5000
+    assert common.read_parquet(tmp_path / "runs/e/04_eval/tiny/toy/single/n4-t8/samples.parquet", "samples").shape[0] == 20
+    # another budget: its own samples and its own table (before: nothing new, old samples relabelled)
+    calls.clear()
+    ev.main([a if a != "8" else "6" for a in args])
+    assert sum(calls) == 20 and (res / "toy_single_n4-t6.md").exists() and (res / "toy_single_n4-t8.md").exists()
+    # other sample settings under the same budget: refused, naming the setting
+    with pytest.raises(SystemExit, match="temperature was 1.0, now 0.5"):
+        ev.main(args + ["--temperature", "0.5"])
 
 
 def test_correction_mode_reports_before_and_after(tmp_path, tiny_model, standin):
@@ -277,3 +304,67 @@ def test_tool_loop_never_exceeds_the_token_budget(tmp_path, tiny_model, standin)
     e.gen = Sketcher(None)
     (text, used), = e.tool_generate(["p"], [0])
     assert used == 12 and text.count("\n<REPL>\n") == 2        # 5 + 5 + 2 tokens, two checks
+
+
+def test_recompute_refuses_duplicates_and_handles_empty_and_mixed_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
+    f = tmp_path / "v.jsonl"
+    dup = [{"statement_id": "a", "benchmark": "b", "successes": [1, 0]},
+           {"statement_id": "a", "benchmark": "b", "successes": [0, 0]}]
+    f.write_text("\n".join(json.dumps(r) for r in dup) + "\n")
+    with pytest.raises(SystemExit, match=r"v.jsonl:2: a of b already has a row \(line 1\)"):   # was: last one won
+        ev.main(["--mode", "recompute", "--verdicts", str(f)])
+    rows = [{"statement_id": "a", "benchmark": "b", "successes": [1, 0, 0, 0]},
+            {"statement_id": "c", "benchmark": "b", "successes": [1, 1]},
+            {"statement_id": "e", "benchmark": "b", "successes": []}]                 # was: math domain error
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ev.main(["--mode", "recompute", "--verdicts", str(f), "--bootstrap", "0"])
+    with open(tmp_path / "results/v/b_recompute.csv") as fh:
+        got = {int(r["k"]): r for r in __import__("csv").DictReader(fh)}
+    # was: every k cut to the smallest n (2); now pass@4 over the one problem with 4 samples
+    assert sorted(got) == [1, 2, 4] and got[4]["problems"] == "1" and got[2]["problems"] == "2"
+    assert float(got[4]["pass"]) == pytest.approx(1.0) and float(got[1]["pass"]) == pytest.approx((0.25 + 1) / 2)
+    md = (tmp_path / "results/v/b_recompute.md").read_text()
+    assert "95% CI" not in md and "CI (bootstrap off)" in md                     # was: percentiles as a CI
+    assert "benchmark: b" in md and "search budget (recorded samples per problem): 2 to 4" in md
+    assert "problems with no recorded sample (left out): 1: e" in md
+
+
+def test_best_at_k_is_kimina_bootstrap_beside_pass_at_k():
+    succ = {"a": [True] + [False] * 7, "b": [True, True] + [False] * 6}
+    table = ev.pass_at_k_table(succ, [1, 8], 0, 0)
+    expect = [(1 - (1 - 1 / 8) ** k + 1 - (1 - 2 / 8) ** k) / 2 for k in (1, 8)]   # its expectation
+    assert [r["best"] for r in table] == pytest.approx(expect, abs=0.03)
+    assert table[1]["best"] < table[1]["pass"] == 1.0                               # below plain pass@8
+
+
+def test_repair_stage_memory_is_built_from_training_proofs_only(tmp_path, tiny_model, standin, monkeypatch):
+    # before: the bank was per run name, grew during the evaluation and across benchmarks and models
+    monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
+    monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "m",
+                    "--toy_n_statements", "80"], check=True, capture_output=True,
+                   env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
+    bench = common.read_rows(tmp_path / "runs/m/01_data/eval_toy.parquet", "statements")
+    second = common.write_parquet(bench[:2], tmp_path / "eval_second.parquet", "statements")
+    leak = bench[0]["formal_statement"].replace(bench[0]["theorem_name"], "renamed_copy")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps(r) for r in [
+        {"statement_id": "c/leak", "formal_statement": leak, "proof": "\n  rfl"},
+        {"statement_id": "c/ok", "formal_statement": "theorem corpus_1 : 3 ∣ 9 := by", "proof": "\n  norm_num"}]) + "\n")
+    args = ["--run_name", "m", "--model", tiny_model, "--tag", "tiny", "--mode", "repair", "--repair_width", "2",
+            "--repair_depth", "2", "--max_new_tokens", "4", "--max_problems", "3", "--bootstrap", "0",
+            "--memory", f"shipped,{corpus}", "--benchmarks", f"toy,{second}"]
+    ev.main(args)
+    [mem_file] = (tmp_path / "runs/m/04_eval/memory").glob("memory_*.parquet")
+    mem = common.read_rows(mem_file, "proof_bank")
+    assert {r["statement_id"] for r in mem} >= {"c/ok"} and "c/leak" not in {r["statement_id"] for r in mem}
+    table = (tmp_path / "results/m/tiny/toy_repair_w2-d2-k3-t4.md").read_text()
+    assert f"proof memory: {mem_file.stem} (" in table and "frozen during this evaluation" in table
+    folder = tmp_path / "runs/m/04_eval/tiny/toy/repair/w2-d2-k3-t4"
+    assert (folder / "found_proofs.parquet").exists()
+    assert json.loads((folder / "sample_settings.json").read_text())["memory"] == mem_file.stem
+    # the same evaluation with a memory built from other proofs does not reuse these samples
+    with pytest.raises(SystemExit, match="memory was 'memory_"):
+        ev.main([a if a != f"shipped,{corpus}" else "shipped" for a in args])

@@ -259,3 +259,31 @@ def test_two_processes_match_one(rl_run, standin, tmp_path):
     for x, y in zip(ma, mb):
         assert x["reward_mean"] == y["reward_mean"] and x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-7)
     assert json.loads((b / "config.json").read_text())["processes"] == 2
+
+
+def test_validation_counts_the_proof_reward_alone(standin):
+    # Kimina's validation accuracy is Lean's verdict; the format reward is reported beside it.
+    # A verified proof with no think block: proved (pass@1 1), format wrong (pass@1 with format 0).
+    class Fixed:
+        def generate(self, prompts, seeds, *a, **k):
+            out = []
+            for p in prompts:
+                stmt = "theorem v : 2 + 2 = 4 := by"
+                text = f"```lean4\nimport Mathlib\n\n{stmt}\n  rfl\n```" if "wrong" not in p else "no proof"
+                out.append(generation.Generation(text, [5, 6], [0.0, 0.0], "eos"))
+            return out
+
+    class Tok:
+        chat_template = "x"
+
+        def apply_chat_template(self, msgs, **k):
+            return "|".join(m["content"] for m in msgs)
+
+        def __call__(self, text, **k):
+            return type("E", (), {"input_ids": [1, 2, 3]})()
+    rows = [{"statement_id": "v", "formal_statement": "theorem v : 2 + 2 = 4 := by", "header": "import Mathlib\n\n",
+             "informal_problem": ""}]
+    from lean_client import LeanClient
+    res = grpo.validate(rows, Fixed(), Tok(), LeanClient(standin), cfg(eval_samples=4), step=0)
+    assert res["pass@1"] == 1.0 and res["best@4"] == 1.0
+    assert res["pass@1_with_format"] == 0.0 and res["format_error_rate"] == 1.0
