@@ -101,6 +101,7 @@ class Settings:
     lean_batch_size: int = 8
     check_axioms: bool = False          # #print axioms on every proof that verifies (off in RL for speed)
     reject_native_decide: bool = False   # for benchmarks that forbid native_decide
+    goal_states: bool = False            # ask the server for infotrees: goal states in Kimina feedback
     lean_retries: int = 4                # per batch, with exponential backoff
     # schedule and bookkeeping
     epochs: int = 15
@@ -424,9 +425,10 @@ def train(cfg: Settings) -> Path:
     ref_model = generation.load_model(model_path, device=device).eval() if cfg.kl_coef else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, check_axioms=cfg.check_axioms,
-                        reject_native_decide=cfg.reject_native_decide, max_retries=cfg.lean_retries,
+                        reject_native_decide=cfg.reject_native_decide, infotree="original" if cfg.goal_states else None, max_retries=cfg.lean_retries,
                         cache_path=out / ("verdicts.sqlite" if main else f"verdicts.rank{rank}.sqlite"))
     client.require_healthy()
+    client.probe_line_numbering()   # how this server counts message lines, asked, not assumed
     sampler = PromptSampler(train_rows, cfg)   # the same on every process: same seed, same cache
     step = 0
     ckpt = common.find_checkpoint(cfg.resume, out)

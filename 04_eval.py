@@ -97,6 +97,7 @@ class Settings:
     lean_batch_size: int = 8
     check_axioms: bool = True           # #print axioms on every proof that verifies: reported numbers
     reject_native_decide: bool = False   # for benchmarks that forbid native_decide
+    goal_states: bool = False            # ask the server for infotrees: goal states in Kimina feedback
     seed: int = 0
 
 
@@ -446,9 +447,10 @@ def main(argv=None):
     out = common.stage_dir(cfg.run_name, "04_eval") / tag
     common.save_config(cfg, out, extra={"resolved_model": model_path})
     client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, check_axioms=cfg.check_axioms,
-                        reject_native_decide=cfg.reject_native_decide,
+                        reject_native_decide=cfg.reject_native_decide, infotree="original" if cfg.goal_states else None,
                         cache_path=common.stage_dir(cfg.run_name, "04_eval") / "verdicts.sqlite")
     client.require_healthy()
+    client.probe_line_numbering()   # how this server counts message lines, asked, not assumed
     ev = Evaluator(cfg, model_path, client)
     results = common.PROJECT_ROOT / "results" / cfg.run_name / tag
     label = budget_label(cfg)

@@ -163,61 +163,109 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 GOEDEL_HEAD = ("The proof (Round {r}) is not correct. Following is the compilation error message, "
-               "where we use <error></error> to signal the position of the error.")
-GOEDEL_TAIL = ("Before producing the Lean 4 code to formally prove the given theorem, provide a "
+               "where we use <error></error> to signal the position of the error.\n\n")
+GOEDEL_TAIL = ("\n\nBefore producing the Lean 4 code to formally prove the given theorem, provide a "
                "detailed analysis of the error message.")
 
 
 def lean_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -> str:
-    """Repair text from a failed verdict.
+    """The user turn that shows a failed attempt's Lean errors, in a prover's exact layout.
 
-    kimina: the first 3 errors, each `# Error i:`, `Error message:`, and the offending lines
-            +-2 with a `>` marker; a timeout or server failure gives `# System Error:`.
-    goedel: Goedel-Prover-V2's correction turn: up to 8 errors, the span wrapped in
-            <error></error> with 2 lines of context either side (4 in all).
-    Lines are snippet lines (the client normalised old servers' after-import numbering).
+    kimina: Kimina-Prover-RL's second turn (recipe/kimina_prover_rl/.../reward/error_fixing.py):
+            the first 3 errors, each `# Error i:`, the goal state before the error when the server
+            sent an infotree, `Error message: `, and the code lines error +-2 numbered `009 >| `,
+            counted in the code after its leading import lines; a top-level failure (timeout,
+            server error, or our gate's refusal) is `# System Error:`; no errors gives "".
+    goedel: Goedel-Prover-V2's correction turn (src/utils.py get_error_str and the DeepSeek
+            CoT handler's correction prompt): up to 8 errors, 4 lines before, the span wrapped
+            in <error></error>, the line after; `round_idx` is the failed attempt's round
+            (1 = the first attempt, Goedel's "Round 0").
+    Lines are the client's snippet lines (it normalises old servers' after-import numbering).
     """
-    if style not in ("kimina", "goedel"):
-        raise ValueError(f"unknown feedback style {style!r} (kimina or goedel)")
-    lines = verdict.code.split("\n")
-    if verdict.status in ("timeout", "server_error", "rejected"):
-        text = verdict.error or verdict.status
-        if style == "kimina":
-            return f"# System Error:\n{text}\n"
-        return f"{GOEDEL_HEAD.format(r=round_idx)}\n\nSystem error: {text}\n\n{GOEDEL_TAIL}"
-    problems = verdict.errors
-    if verdict.status == "sorry" and not problems:
-        problems = [m for m in verdict.messages if "sorry" in m.text] or [
-            LeanMessage("warning", int(s.get("pos", {}).get("line", 1)), 0, None, None,
-                        "declaration uses 'sorry'") for s in verdict.sorries[:1]]
     if style == "kimina":
-        parts = []
-        for i, msg in enumerate(problems[:3], 1):
-            lo, hi = max(1, msg.line - 2), min(len(lines), msg.line + 2)
-            snippet = "\n".join(("> " if ln == msg.line else "  ") + lines[ln - 1]
-                                for ln in range(lo, hi + 1))
-            parts.append(f"# Error {i}:\nError message:\n{msg.text}\n\n{snippet}\n")
-        return "\n".join(parts)
-    parts = [GOEDEL_HEAD.format(r=round_idx)]
-    for i, msg in enumerate(problems[:8], 1):
-        parts.append(f"Error {i}:\n\nCorresponding Code:\n```lean4\n{_wrap_span(lines, msg)}\n```\n\n"
-                     f"Error Message: {msg.text}")
-    parts.append(GOEDEL_TAIL)
-    return "\n\n".join(parts)
+        return kimina_feedback(verdict)
+    if style != "goedel":
+        raise ValueError(f"unknown feedback style {style!r} (kimina or goedel)")
+    if verdict.status in ("timeout", "server_error", "rejected"):
+        body = f"\nSystem error: {verdict.error or verdict.status}\n"
+    else:
+        body = goedel_error_str(verdict.code, verdict.errors)
+    return GOEDEL_HEAD.format(r=round_idx - 1) + body + GOEDEL_TAIL
 
 
-def _wrap_span(lines: list[str], msg: LeanMessage, context: int = 2) -> str:
-    start_l, start_c = msg.line, msg.column
-    end_l = msg.end_line or msg.line
-    end_c = msg.end_column if msg.end_line else len(lines[end_l - 1]) if end_l <= len(lines) else 0
-    if (end_l, end_c) < (start_l, start_c):
-        end_l, end_c = start_l, len(lines[start_l - 1]) if start_l <= len(lines) else 0
-    out = []
-    for ln in range(max(1, start_l - context), min(len(lines), end_l + context) + 1):
-        text = lines[ln - 1]
-        if ln == end_l:
-            text = text[:end_c] + "</error>" + text[end_c:]
-        if ln == start_l:
-            text = text[:start_c] + "<error>" + text[start_c:]
-        out.append(text)
-    return "\n".join(out)
+def goedel_error_str(code: str, errors: list[LeanMessage], limit: int = 8) -> str:
+    lines, out = code.split("\n"), ""
+    for i, e in enumerate(errors[:limit], 1):
+        s_line, s_col = e.line - 1, e.column
+        e_line, e_col = (s_line, len(lines[s_line])) if e.end_line is None else (e.end_line - 1, e.end_column)
+        shown = "".join(lines[s_line + d] + "\n" for d in range(-4, 0) if s_line + d >= 0)
+        if s_line == e_line:
+            first = lines[s_line]
+            shown += first[:s_col] + "<error>" + first[s_col:e_col] + "</error>" + first[e_col:] + "\n"
+        else:
+            shown += lines[s_line][:s_col] + "<error>" + lines[s_line][s_col:] + "\n"
+            middle = list(range(s_line + 1, min(e_line, s_line + 6)))
+            shown += "".join(lines[j] + "\n" for j in middle)
+            if e_line > s_line + 6:   # long spans are cut, indented like the last line shown
+                last = lines[middle[-1]]
+                shown += "\n" + " " * (len(last) - len(last.lstrip(" "))) + "... --[Truncated]-- ...\n"
+            shown += lines[e_line][:e_col] + "</error>" + lines[e_line][e_col:] + "\n"
+        if e_line + 1 < len(lines):
+            shown += lines[e_line + 1] + "\n"
+        out += f"\nError {i}:\n\nCorresponding Code:\n```lean4\n{shown}\n```\n\nError Message: {e.text}\n"
+    if len(errors) > limit:
+        out += f"\n... [Omitted {len(errors) - limit} more errors] ...\n"
+    return out
+
+
+def kimina_feedback(verdict: Verdict) -> str:
+    if verdict.status in ("timeout", "server_error", "rejected"):
+        text = (verdict.error or verdict.status).strip()
+        return f"# System Error:\nError message: \n{text}\n\n" if text else ""
+    response = (verdict.raw or {}).get("response") or {}
+    raw_errors = [m for m in response.get("messages") or [] if isinstance(m, dict) and m.get("severity") == "error"]
+    code = verdict.code.strip()
+    lead = verdict.code[:len(verdict.code) - len(verdict.code.lstrip())].count("\n")
+    lines = code.split("\n")
+    n_imports = next((i for i, line in enumerate(lines) if not line.startswith("import")), len(lines))
+    context = lines[n_imports:]
+    out = ""
+    for i, (msg, raw) in enumerate(zip(verdict.errors[:3], raw_errors[:3] + [{}] * 3), 1):
+        at = msg.line - lead - n_imports - 1         # 0-based line in the code after the imports
+        goals = _goals_before(response.get("infotree"), raw.get("pos"), raw.get("endPos"))
+        out += f"# Error {i}:\n"
+        if goals:
+            out += "Goals state before error position: \n" + "\n".join(goals) + "\n\n"
+        out += f"Error message: \n{msg.text.strip()}\n\n"
+        shown = "".join(f"{ln + 1:03d}{' >' if ln == at else '  '}| {context[ln].replace('count_heartbeats in', '')}\n"
+                        for ln in range(max(0, at - 2), min(len(context), at + 3)))
+        out += f"Lean 4 code snippet with error:\n```lean4\n{shown}```\n"
+    return out
+
+
+def _goals_before(infotree, start: dict | None, end: dict | None) -> list | None:
+    """Goals of the infotree node whose syntax range lies inside the error's span and is nearest
+    to it (10 x line distance + column distance, both ends): goalsBefore, else goalsAfter."""
+    if not isinstance(infotree, list) or not isinstance(start, dict) or not isinstance(end, dict):
+        return None
+
+    def key(p):
+        return (p["line"], p["column"]) if isinstance(p, dict) else None
+
+    def dist(a, b):
+        return 10 * abs(a["line"] - b["line"]) + abs(a["column"] - b["column"])
+    best, stack = None, list(infotree)
+    while stack:
+        tree = stack.pop()
+        rng = ((tree.get("node") or {}).get("stx") or {}).get("range") if isinstance(tree, dict) else None
+        if isinstance(rng, dict) and key(rng.get("start")) and key(rng.get("finish")):
+            if key(rng["start"]) >= key(start) and key(end) >= key(rng["finish"]):
+                d = dist(rng["start"], start) + dist(rng["finish"], end)
+                if best is None or d < best[0]:
+                    best = (d, tree)
+        if isinstance(tree, dict) and isinstance(tree.get("children"), list):
+            stack.extend(tree["children"])
+    if best is None:
+        return None
+    node = best[1].get("node") or {}
+    return node.get("goalsBefore") or node.get("goalsAfter")

@@ -440,7 +440,8 @@ class LeanClient:
                  cache_path: str | Path | None = None, endpoint: str = "check",
                  line_numbering: str = "snippet", check_axioms: bool = False,
                  allowed_axioms: tuple[str, ...] = DEFAULT_ALLOWED_AXIOMS,
-                 reject_native_decide: bool = False, server_identity: str | None = None):
+                 reject_native_decide: bool = False, server_identity: str | None = None,
+                 infotree: str | None = None):
         url = url or os.environ.get("LEAN_SERVER_API_URL", "")
         self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
         if not self.urls:
@@ -461,7 +462,7 @@ class LeanClient:
         self.reject_native_decide = reject_native_decide
         self.check_axioms = check_axioms
         self.allowed_axioms = tuple(allowed_axioms) + (() if reject_native_decide else NATIVE_AXIOMS)
-        self._identity = server_identity
+        self._identity, self.infotree = server_identity, infotree   # infotree: None | "original" | ...
         self.cache = VerdictCache(cache_path) if cache_path else None
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=len(self.urls),
@@ -513,6 +514,18 @@ class LeanClient:
             self._identity = json.dumps({"urls": sorted(self.urls), "health": extra,
                                          "endpoint": self.endpoint})
         return self._identity
+
+    def probe_line_numbering(self) -> str:
+        """Ask the server how it counts message lines (servers before Oct 2025 count after the
+        imports) with one probe snippet, and use the answer from now on."""
+        v = self.verify([{"id": "probe", "code": "import Mathlib\n\n#check Nat"}])[0]
+        lines = {m.line for m in v.messages}   # numbered as self.line_numbering assumed
+        offset = 0 if self.line_numbering == "snippet" else 1
+        if lines and lines <= {3 - offset, 2 - offset}:
+            self.line_numbering = "snippet" if 3 - offset in lines else "after_imports"
+        else:
+            log.warning("line-numbering probe got no usable message (%s); keeping %s", v.error, self.line_numbering)
+        return self.line_numbering
 
     # -- verify -------------------------------------------------------------------------------
     def verify(self, items: list[dict], timeout: int | None = None,
@@ -627,9 +640,9 @@ class LeanClient:
         if self.endpoint == "check":
             return "/api/check", {"snippets": [{"id": str(i), "code": c} for i, c in enumerate(codes)],
                                   "timeout": timeout, "debug": False, "reuse": True,
-                                  "infotree": None}
+                                  "infotree": self.infotree}
         return "/verify", {"codes": [{"custom_id": str(i), "proof": c} for i, c in enumerate(codes)],
-                           "timeout": timeout, "infotree_type": None, "disable_cache": False}
+                           "timeout": timeout, "infotree_type": self.infotree, "disable_cache": False}
 
     def _post_with_retries(self, codes: list[str], timeout: int) -> dict[str, dict]:
         path, payload = self._payload(codes, timeout)
