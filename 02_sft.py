@@ -57,6 +57,7 @@ class Settings:
     data: str = ""                           # default: runs/<run_name>/01_data/sft.parquet
     model: str = "AI-MO/Kimina-Prover-Distill-1.7B"
     preset: str = ""                         # tiny | smollm2 (overrides model)
+    prompt_format: str = "kimina"            # formats.FORMATS: the prompt this model will be evaluated with
     # LoRA
     lora: bool = False
     lora_r: int = 16
@@ -98,7 +99,7 @@ def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator):
     if cfg.preset == "tiny":
         base = out / "base_tiny"
         if not (base / "config.json").exists() and accelerator.is_main_process:
-            texts = [formats.render_prompt_text(r) + r["completion"] for r in rows]
+            texts = [formats.render_prompt_text(r, cfg.prompt_format) + r["completion"] for r in rows]
             generation.build_tiny_model(texts, base, seed=cfg.seed)
         accelerator.wait_for_everyone()
         name = str(base)
@@ -134,7 +135,7 @@ def tokenize_rows(rows: list[dict], tok, cfg: Settings) -> tuple[list[dict], int
     generation time."""
     examples, truncated = [], 0
     for row in rows:
-        prompt = formats.render_prompt(tok, formats.prompt_messages(row))
+        prompt = formats.render(tok, formats.prompt_messages(row, cfg.prompt_format), cfg.prompt_format)
         p_ids = tok(prompt, add_special_tokens=False).input_ids
         c_ids = tok(row["completion"], add_special_tokens=False).input_ids + [tok.eos_token_id]
         if len(p_ids) + len(c_ids) > cfg.max_seq_len:

@@ -74,6 +74,7 @@ class Settings:
     vllm_gpu_memory: float = 0.5
     # reward
     require_tactic_blocks: bool = True   # Kimina's ```tactics checks (off for the toy task)
+    prompt_format: str = "auto"          # formats.FORMATS; auto: from the model name, else kimina
     overlong_buffer: int = 0             # >0: linear length penalty in the last N tokens (off)
     # advantages and policy loss
     adv_std_norm: bool = False
@@ -126,9 +127,9 @@ class PromptItem:
     prev_attempt: str = ""                 # turn 2: the first answer ...
     feedback: str = ""                     # ... and Lean's feedback on it
 
-    def messages(self) -> list[dict]:
+    def messages(self, fmt: str = "kimina") -> list[dict]:
         return formats.prompt_messages({**self.row, "prev_attempt": self.prev_attempt,
-                                       "lean_feedback": self.feedback})
+                                       "lean_feedback": self.feedback}, fmt)
 
 
 @dataclass
@@ -237,11 +238,11 @@ def score(rollouts: list[Rollout], client: LeanClient, cfg: Settings) -> None:
     verdicts = formats.verify_completions(client, [r.item.row for r in rollouts], [r.gen.text for r in rollouts])
     for r, v in zip(rollouts, verdicts):
         r.format_errors = formats.format_errors(r.gen.text, r.item.row["formal_statement"],
-                                               require_tactic_blocks=cfg.require_tactic_blocks)
+                                               require_tactic_blocks=cfg.require_tactic_blocks, fmt=cfg.prompt_format)
         r.status = v.status if v else "no_proof"
         r.reward = float(bool(v and v.ok) and not r.format_errors)
         if v and not v.ok:
-            r.feedback = formats.lean_feedback(v, "kimina")
+            r.feedback = formats.lean_feedback(v, formats.FEEDBACK_STYLE.get(cfg.prompt_format, "kimina"))
     if cfg.overlong_buffer:
         limit = cfg.max_new_tokens
         for r in rollouts:
@@ -261,7 +262,7 @@ def rollout_step(items, step, gen, tok, client, cfg, pool, index: list | None = 
     seeds follow it, so how the step is split over processes changes no rollout. Returns
     rollouts (grouped) and timings."""
     index = index if index is not None else list(range(len(items)))
-    prompts = [formats.render_prompt(tok, it.messages()) for it in items]
+    prompts = [formats.render(tok, it.messages(cfg.prompt_format), cfg.prompt_format) for it in items]
     prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
     timings = {"time_generate": 0.0, "time_verify_wait": 0.0}
     rollouts: list[Rollout] = []
@@ -357,7 +358,7 @@ def add_second_turns(rollouts: list[Rollout], sampler: PromptSampler, tok, cfg: 
         if (r.item.turn == 1 and r.reward == 0 and r.status in ("lean_error", "timeout")
                 and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars):
             item = PromptItem(r.item.row, 2, r.gen.text, r.feedback)
-            if len(tok(formats.render_prompt(tok, item.messages()), add_special_tokens=False).input_ids) \
+            if len(tok(formats.render(tok, item.messages(cfg.prompt_format), cfg.prompt_format), add_special_tokens=False).input_ids) \
                     > cfg.max_prompt_tokens:
                 too_long += 1
                 continue
@@ -410,6 +411,7 @@ def train(cfg: Settings) -> Path:
     if main:
         (out / "manifest.json").unlink(missing_ok=True)
     model_path, data_path, eval_path = resolve_paths(cfg)
+    cfg = dataclasses.replace(cfg, prompt_format=formats.format_for(model_path, cfg.prompt_format))
     rows = common.read_rows(data_path, "statements")
     train_rows = [r for r in rows if r["split"] != "valid"] or rows
     eval_rows = common.read_rows(eval_path, "statements") if eval_path and cfg.eval_every else []

@@ -8,8 +8,10 @@ Modes (--mode), all writing the same sample schema:
               sees the statement, the top-k verified proofs retrieved (BM25) from a proof bank,
               and (t > 1) the previous attempt with its Lean feedback; a trajectory stops at its
               first verified proof. pass@k counts trajectories; attempts and tokens are reported
-  tool        StepFun: the model may write <sketch>...</sketch>; generation stops there, the sketch
-              is checked, <REPL>...</REPL> with the result is appended and generation goes on
+  tool        StepFun's loop (its demo): the model writes <sketch>...</sketch>, generation stops
+              there, the sketch runs (Mathlib preloaded) and the REPL's JSON is appended inside
+              <REPL></REPL>; the budget is the whole context (--tool_budget, 20,480), checks are
+              unlimited unless --tool_max_checks is set
   recompute   no generation: tables from a recorded verdict file (--verdicts): the InternLM
               miniF2F proof-search outputs, or JSONL rows {"statement_id", "benchmark", "successes"}
 
@@ -29,8 +31,15 @@ named in every table. Proofs found go to found_proofs.parquet, and trajectories 
 fix to repair_sft.parquet (the SFT schema) for 02_sft.py. Proofs are checked with
 `#print axioms` by default (--check_axioms).
 
+Prompt formats (--prompt_format, formats.py): kimina, deepseek_v2 (CoT) and deepseek_v2_noncot,
+goedel_v2 (with its self-correction turn and error layout), stepfun, oprover; auto picks the
+family of a known model name (tool mode: stepfun), else kimina. Kimina-style feedback is its
+recipe's layout byte for byte (goal states with --goal_states); the server's line numbering is
+probed at start-up.
+
 Departures: one sample per prompt per round in repair mode (OProver samples several); the tool
-mode's REPL output is our compact JSON of the verdict, not the raw REPL response.
+mode's sketches run on the Kimina Lean Server with `import Mathlib` prepended (StepFun runs a
+REPL with Mathlib loaded); REPL positions are shifted back to the sketch's own lines.
 
 Commands:
     python 04_eval.py --run_name smoke --n_samples 8 --max_new_tokens 64                 # CPU toy
@@ -83,12 +92,13 @@ class Settings:
     repair_width: int = 8
     repair_depth: int = 3
     retrieve_k: int = 3
-    feedback_style: str = "kimina"      # kimina | goedel
+    prompt_format: str = "auto"         # kimina | deepseek_v2 | deepseek_v2_noncot | goedel_v2 | stepfun | oprover
+    feedback_style: str = "auto"        # kimina | goedel (auto: the format's own)
     memory: str = "shipped"             # what the frozen proof memory holds: shipped,sft,<proof file>...
     online_memory: bool = False         # experiment: found proofs join the memory mid-evaluation (off)
     # tool-integrated (StepFun)
-    tool_max_checks: int = 4
-    tool_budget: int = 20480            # total tokens per sample
+    tool_max_checks: int = 0            # 0: no cap (StepFun has none); else the checks allowed
+    tool_budget: int = 20480            # StepFun: the whole context (prompt + generated + REPL) in tokens
     # recompute
     verdicts: str = ""
     # metrics and verification
@@ -100,9 +110,6 @@ class Settings:
     goal_states: bool = False            # ask the server for infotrees: goal states in Kimina feedback
     seed: int = 0
 
-
-TOOL_SYSTEM = (" You may check partial Lean 4 code while you think: write it between <sketch> and "
-               "</sketch>, and the Lean REPL's answer will follow between <REPL> and </REPL>.")
 
 # ---------------------------------------------------------------------------------------------
 # Setup: model, benchmarks
@@ -211,12 +218,15 @@ def model_fingerprint(model_path: str) -> str:
 def sample_settings(cfg: Settings, model_path: str, server: str, memory: str) -> dict:
     """Everything that changes a sample besides the budget: resuming under other values would
     label old samples with a new command."""
-    out = {"model": model_path, "model_files": model_fingerprint(model_path), "prompt_format": "kimina",
+    out = {"model": model_path, "model_files": model_fingerprint(model_path),
+           "prompt_format": formats.format_for(model_path, cfg.prompt_format, cfg.mode),
            "mode": cfg.mode, "temperature": cfg.temperature, "top_p": cfg.top_p, "backend": cfg.backend,
            "seed": cfg.seed, "server": server, "check_axioms": cfg.check_axioms,
            "reject_native_decide": cfg.reject_native_decide}
     if cfg.mode == "repair":
         out.update(memory=memory, feedback_style=cfg.feedback_style)
+    if cfg.mode == "tool":
+        out["repl"] = "stepfun: import Mathlib preloaded, REPL JSON"
     return out
 
 
@@ -235,12 +245,25 @@ def open_samples(folder: Path, settings: dict) -> "SampleLog":
     return SampleLog(folder)
 
 
-def sample_row(bench, mode, row, k, rnd, prompt, text, verdict_or_none, n_tokens) -> dict:
+def sample_row(bench, mode, row, k, rnd, prompt, text, verdict_or_none, n_tokens, feedback="") -> dict:
     v = verdict_or_none
     return {"statement_id": row["statement_id"], "benchmark": bench, "mode": mode, "sample_idx": k,
             "round": rnd, "prompt": prompt, "completion": text, "lean_code": v.code if v else "",
-            "status": v.status if v else "no_proof", "ok": bool(v and v.ok),
-            "feedback": formats.lean_feedback(v, "kimina") if v and not v.ok else "", "n_tokens": n_tokens}
+            "status": v.status if v else "no_proof", "ok": bool(v and v.ok), "feedback": feedback, "n_tokens": n_tokens}
+
+
+def repl_text(v, line_numbering: str) -> str:
+    """What StepFun's REPL would print for a sketch: its JSON, positions counted in the sketch
+    (we sent `import Mathlib` before it), or the demo's line when no answer came."""
+    if v.status in ("timeout", "server_error") or not isinstance((v.raw or {}).get("response"), dict):
+        return f"repl cannot return status in {v.time} seconds!"
+    shift = 1 - (1 if line_numbering == "after_imports" else 0)
+    out = json.loads(json.dumps(v.raw["response"]))
+    for item in (out.get("messages") or []) + (out.get("sorries") or []):
+        for key in ("pos", "endPos"):
+            if isinstance(item.get(key), dict) and "line" in item[key]:
+                item[key]["line"] -= shift
+    return json.dumps(out, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,16 +283,15 @@ class Evaluator:
         else:
             self.gen = generation.HFGenerator(generation.load_model(model_path), self.tok, batch_size=cfg.gen_batch_size)
         self.tokens = 0
+        self.fmt = formats.format_for(model_path, cfg.prompt_format, cfg.mode)
+        self.style = formats.FEEDBACK_STYLE.get(self.fmt, "kimina") if cfg.feedback_style == "auto" else cfg.feedback_style
 
-    def messages(self, row, retrieved=(), attempt="", feedback="") -> list[dict]:
-        msgs = formats.prompt_messages({**row, "prev_attempt": attempt, "lean_feedback": feedback})
-        if self.cfg.mode == "tool":
-            msgs[0] = {"role": "system", "content": msgs[0]["content"] + TOOL_SYSTEM}
-        if retrieved:
-            block = "\n\n".join(f"```lean4\n{r['formal_statement']}{r['proof']}\n```" for r in retrieved)
-            msgs[1] = {"role": "user", "content": msgs[1]["content"] +
-                       f"\n# Verified proofs of similar statements:\n{block}\n"}
-        return msgs
+    def prompt(self, row, retrieved=(), attempt="", feedback="") -> str:
+        msgs = formats.prompt_messages({**row, "prev_attempt": attempt, "lean_feedback": feedback}, self.fmt, retrieved)
+        return formats.render(self.tok, msgs, self.fmt)
+
+    def feedback(self, verdict, rnd: int = 1) -> str:
+        return formats.lean_feedback(verdict, self.style, round_idx=rnd) if verdict is not None and not verdict.ok else ""
 
     def sample(self, prompts: list[str], seeds: list[int], stop=()) -> list[generation.Generation]:
         gens = self.gen.generate(prompts, seeds, self.cfg.max_new_tokens, self.cfg.temperature, self.cfg.top_p, stop)
@@ -281,39 +303,47 @@ class Evaluator:
         return formats.verify_completions(self.client, rows, texts)
 
     def tool_generate(self, prompts, seeds) -> list[tuple[str, int]]:
-        """StepFun loop: stop at </sketch>, check, append <REPL>, continue; budget in tokens."""
-        texts, used, checks = [""] * len(prompts), [0] * len(prompts), [0] * len(prompts)
-        active = list(range(len(prompts)))
+        """StepFun's loop (demo/interact_with_lean4repl.py): generate until end of sequence or
+        </sketch>; a sketch (`import Mathlib` removed) runs in the REPL, whose JSON answer is
+        appended as `\\n<REPL>\\n{json}\\n</REPL>`, and generation goes on. A sample ends at end of
+        sequence, when a call stops short of its own limit, when a stop has no <sketch>, or when
+        the whole context (prompt + generated + REPL text) reaches tool_budget tokens; checks are
+        unlimited unless tool_max_checks is set. Returns (text, generated tokens) per sample."""
+        cfg = self.cfg
+        texts, generated, checks = [""] * len(prompts), [0] * len(prompts), [0] * len(prompts)
+        context = [len(self.tok(p, add_special_tokens=False).input_ids) for p in prompts]
+        active = [i for i in range(len(prompts)) if context[i] < cfg.tool_budget]
         while active:
-            # one call for all active samples: cap it at the smallest remaining budget, so that no
-            # sample ever goes past tool_budget tokens in total
-            room = min(self.cfg.tool_budget - used[i] for i in active)
-            gens = self.gen.generate([prompts[i] + texts[i] for i in active], [seeds[i] + checks[i] for i in active],
-                                     min(self.cfg.max_new_tokens, room), self.cfg.temperature,
-                                     self.cfg.top_p, stop=("</sketch>",))
+            own = {i: min(cfg.max_new_tokens, cfg.tool_budget - context[i]) for i in active}
+            cap = min(own.values())   # one call for all: no sample may pass its own limit
+            gens = self.gen.generate([prompts[i] + texts[i] for i in active],
+                                     [generation.rollout_seed(seeds[i], checks[i], generated[i]) for i in active],
+                                     cap, cfg.temperature, cfg.top_p, stop=("</sketch>",))
             nxt, sketches = [], []
             for i, g in zip(active, gens):
                 texts[i] += g.text
-                used[i] += len(g.token_ids)
+                generated[i] += len(g.token_ids)
                 self.tokens += len(g.token_ids)
-                if used[i] >= self.cfg.tool_budget:
-                    continue                              # the budget is spent: this sample is done
-                if g.finish == "stop" and checks[i] < self.cfg.tool_max_checks:
-                    code = texts[i][texts[i].rfind("<sketch>") + len("<sketch>"):texts[i].rfind("</sketch>")]
-                    sketches.append((i, code.strip()))    # check it, then continue after <REPL>
-                elif g.finish == "length":
-                    nxt.append(i)                         # cut by this call's cap, not the budget
-            if sketches:
-                verdicts = self.client.verify([{"id": str(i), "code": c} for i, c in sketches])
+                context[i] = len(self.tok(prompts[i] + texts[i], add_special_tokens=False).input_ids)
+                if context[i] >= cfg.tool_budget or g.finish == "eos":
+                    continue
+                if g.finish == "length":
+                    if len(g.token_ids) < own[i]:
+                        nxt.append(i)            # cut by another sample's smaller limit: go on
+                    continue                     # its own limit: StepFun stops here
+                if "<sketch>" not in g.text or (cfg.tool_max_checks and checks[i] >= cfg.tool_max_checks):
+                    continue                     # a stop without a sketch is a format error
+                sketch = g.text[g.text.find("<sketch>") + len("<sketch>"):g.text.find("</sketch>")]
+                sketches.append((i, sketch.replace("import Mathlib", "").strip()))
+            if sketches:   # the REPL of StepFun has Mathlib loaded: our server gets it as a header
+                verdicts = self.client.verify([{"id": str(i), "code": "import Mathlib\n" + s} for i, s in sketches])
                 for (i, _), v in zip(sketches, verdicts):
-                    repl = {"status": v.status, "messages": [{"severity": m.severity, "line": m.line,
-                            "column": m.column, "data": m.text} for m in v.messages],
-                            "sorries": [s.get("goal", "") for s in v.sorries]}
-                    texts[i] += f"\n<REPL>\n{json.dumps(repl, ensure_ascii=False)}\n</REPL>\n"
+                    texts[i] += f"\n<REPL>\n{repl_text(v, self.client.line_numbering)}\n</REPL>"
                     checks[i] += 1
-                    nxt.append(i)
-            active = nxt
-        return list(zip(texts, used))
+                    context[i] = len(self.tok(prompts[i] + texts[i], add_special_tokens=False).input_ids)
+                    nxt.append(i)           # a long REPL answer can fill the context: then it ends
+            active = [i for i in nxt if context[i] < cfg.tool_budget]
+        return list(zip(texts, generated))
 
     def run_problems(self, bench: str, rows: list[dict], log: SampleLog, memory: ProofMemory | None,
                      repair_rows: list[dict], found: list[dict] | None = None) -> None:
@@ -334,7 +364,7 @@ class Evaluator:
                         pending.result()
                     self.repair(bench, todo, log, memory, repair_rows, found if found is not None else [])
                 else:
-                    prompts = [formats.render_prompt(self.tok, self.messages(r)) for r, _ in todo]
+                    prompts = [self.prompt(r) for r, _ in todo]
                     # a sample's seed depends on (problem, index) only: a resumed run draws the same
                     seeds = [generation.rollout_seed(cfg.seed, r["statement_id"], k) for r, k in todo]
                     if cfg.mode == "tool":
@@ -352,19 +382,18 @@ class Evaluator:
     def finish_chunk(self, bench, todo, prompts, outs, log: SampleLog) -> None:
         rows = [r for r, _ in todo]
         verdicts = self.verify(rows, [t for t, _ in outs])
-        records = [sample_row(bench, self.cfg.mode, r, k, 1, p, t, v, n)
+        records = [sample_row(bench, self.cfg.mode, r, k, 1, p, t, v, n, self.feedback(v))
                    for (r, k), p, (t, n), v in zip(todo, prompts, outs, verdicts)]
         if self.cfg.mode == "correction":
             failed = [i for i, rec in enumerate(records) if not rec["ok"] and rec["feedback"]
                       and len(rec["feedback"]) <= 3000]
-            msgs = [self.messages(rows[i], attempt=records[i]["completion"], feedback=records[i]["feedback"])
-                    for i in failed]
-            p2 = [formats.render_prompt(self.tok, m) for m in msgs]
+            p2 = [self.prompt(rows[i], attempt=records[i]["completion"], feedback=records[i]["feedback"])
+                  for i in failed]
             gens = self.sample(p2, [generation.rollout_seed(self.cfg.seed, 2, rows[i]["statement_id"], todo[i][1])
                                     for i in failed])
             v2 = self.verify([rows[i] for i in failed], [g.text for g in gens])
-            records += [sample_row(bench, "correction", rows[i], todo[i][1], 2, p, g.text, v, len(g.token_ids))
-                        for i, p, g, v in zip(failed, p2, gens, v2)]
+            records += [sample_row(bench, "correction", rows[i], todo[i][1], 2, p, g.text, v, len(g.token_ids),
+                                   self.feedback(v, 2)) for i, p, g, v in zip(failed, p2, gens, v2)]
         log.append(records)
 
     def repair(self, bench, todo, log: SampleLog, memory: ProofMemory, repair_rows: list[dict],
@@ -381,17 +410,14 @@ class Evaluator:
             for i in active:
                 row = todo[i][0]
                 retrieved = memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
-                prompts.append(formats.render_prompt(self.tok, self.messages(
-                    row, retrieved, state[i]["attempt"], state[i]["feedback"])))
+                prompts.append(self.prompt(row, retrieved, state[i]["attempt"], state[i]["feedback"]))
             gens = self.sample(prompts, [generation.rollout_seed(cfg.seed, rnd, todo[i][0]["statement_id"], todo[i][1])
                                          for i in active])
             verdicts = self.verify([todo[i][0] for i in active], [g.text for g in gens])
             records, nxt = [], []
             for i, p, g, v in zip(active, prompts, gens, verdicts):
                 row, k = todo[i]
-                rec = sample_row(bench, "repair", row, k, rnd, p, g.text, v, len(g.token_ids))
-                if v is not None and not v.ok and cfg.feedback_style == "goedel":
-                    rec["feedback"] = formats.lean_feedback(v, "goedel", round_idx=rnd)
+                rec = sample_row(bench, "repair", row, k, rnd, p, g.text, v, len(g.token_ids), self.feedback(v, rnd))
                 records.append(rec)
                 if rec["ok"]:
                     proof = formats.extract_proof(g.text, row["formal_statement"])

@@ -86,13 +86,18 @@ def verify_completions(client, rows: list[dict], texts: list[str]) -> list:
 
 
 def format_errors(completion: str, statement: str, *, require_tactic_blocks: bool = True,
-                  min_overlap: float = 0.7) -> list[str]:
+                  min_overlap: float = 0.7, fmt: str = "kimina") -> list[str]:
     """Kimina's format checks (REFERENCE.md section 2); an empty list means the format is fine.
 
     Departure: Kimina's exact implementation is not public in our sources; the checks follow
     the published list. `require_tactic_blocks=False` drops the two ```tactics checks, which
-    only make sense for models distilled on Kimina's long reasoning traces.
+    only make sense for models distilled on Kimina's long reasoning traces. Other prompt
+    formats (`fmt`) are held only to a final lean4 block with the statement unchanged.
     """
+    if fmt != "kimina":
+        blocks = list(_LEAN_BLOCK.finditer(completion))
+        found = blocks and normalize_statement(statement) in blocks[-1].group(1)
+        return [] if found else ["no_final_lean_block" if not blocks else "forbidden_or_changed_statement"]
     errors: list[str] = []
     n_open, n_close = completion.count("<think>"), completion.count("</think>")
     if n_open != 1 or n_close != 1 or completion.find("<think>") > completion.find("</think>"):
@@ -130,23 +135,122 @@ def format_errors(completion: str, statement: str, *, require_tactic_blocks: boo
 # Chat messages for every turn the stages train or sample on
 # ---------------------------------------------------------------------------------------------
 
-def prompt_messages(row: dict) -> list[dict]:
+# Each prover family's own prompt, so a released model is evaluated the way it was trained.
+# Sources (byte-level tests in tests/test_formats.py cite them): Kimina REFERENCE.md section 2;
+# DeepSeek-Prover-V2's README example; Goedel-Prover-V2 src/utils.py (DeepSeekCoTHandler,
+# DeepSeekNonCoTHandler); StepFun-Prover-Preview demo/interact_with_lean4repl.py. OProver's
+# prompt is not public: `oprover` is our layout of its compact round state (statement, retrieved
+# proofs, the last attempt, its diagnostics), one user turn per round.
+FORMATS = ("kimina", "deepseek_v2", "deepseek_v2_noncot", "goedel_v2", "stepfun", "oprover")
+MODEL_FORMATS = (("kimina-prover", "kimina"), ("deepseek-prover-v2", "deepseek_v2"),
+                 ("goedel-prover-v2", "goedel_v2"), ("stepfun-prover", "stepfun"), ("oprover", "oprover"))
+FEEDBACK_STYLE = {"deepseek_v2": "goedel", "deepseek_v2_noncot": "goedel", "goedel_v2": "goedel"}
+DSV2_PLAN = ("Before producing the Lean 4 code to formally prove the given theorem, provide a detailed proof plan "
+             "outlining the main proof steps and strategies.\nThe plan should highlight key ideas, intermediate "
+             "lemmas, and proof structures that will guide the construction of the final formal proof.")
+STEPFUN_SYSTEM = ("You will be given an unsolved Lean 4 problem. Think carefully and work towards a solution. At any "
+                  "point, you may use the Lean 4 REPL to check your progress by enclosing your partial solution "
+                  "between <sketch> and </sketch>. The REPL feedback will be provided between <REPL> and </REPL>. "
+                  "Continue this process as needed until you arrive at a complete and correct solution.")
+
+
+def format_for(model: str, requested: str = "auto", mode: str = "") -> str:
+    """--prompt_format: a name from FORMATS, or auto: the family of a known model name (tool
+    mode: StepFun's, whose protocol it is), else Kimina's."""
+    if requested != "auto":
+        if requested not in FORMATS:
+            raise ValueError(f"unknown prompt format {requested!r}; known: {', '.join(FORMATS)}")
+        return requested
+    low = str(model).lower()
+    found = next((fmt for key, fmt in MODEL_FORMATS if key in low), None)
+    return found or ("stepfun" if mode == "tool" else "kimina")
+
+
+def lean_file(row: dict, docstring: bool = True) -> str:
+    """header + the informal problem as a `/-- -/` docstring + the theorem: the whole-file
+    statement DeepSeek-Prover-V2 and Goedel-Prover-V2 are prompted with."""
+    informal = (row.get("informal_problem") or "").strip()
+    if informal and not informal.startswith("/-"):
+        informal = f"/-- {informal}-/"
+    doc = informal + "\n" if informal and docstring else ""
+    return (row.get("header") or "") + doc + normalize_statement(row["formal_statement"])
+
+
+def first_turn(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
+    if fmt == "kimina":
+        msgs = kimina_messages(row["formal_statement"], row.get("informal_problem") or "", row.get("header") or "")
+    elif fmt == "deepseek_v2":       # the README's example: `:= by` then `  sorry` on its own line
+        msgs = [{"role": "user", "content": "Complete the following Lean 4 code:\n\n```lean4\n"
+                 f"{(lean_file(row) + chr(10) + '  sorry').strip()}\n```\n\n{DSV2_PLAN}"}]
+    elif fmt == "goedel_v2":         # Goedel's handler: `:= by sorry`, the fence closed right after it
+        msgs = [{"role": "user", "content": "Complete the following Lean 4 code:\n\n```lean4\n"
+                 f"{lean_file(row).split(':= by')[0]}:= by sorry```\n\n{DSV2_PLAN}"}]
+    elif fmt == "deepseek_v2_noncot":   # a raw completion prompt, no chat template
+        msgs = [{"role": "user", "content": "Complete the following Lean 4 code:\n\n```lean4\n"
+                 f"{lean_file(row).split(':= by')[0]}:= by"}]
+    elif fmt == "stepfun":
+        msgs = [{"role": "system", "content": STEPFUN_SYSTEM},
+                {"role": "user", "content": f"```lean4\n{lean_file(row, docstring=False).strip()}\n```"}]
+    elif fmt == "oprover":
+        return [{"role": "user", "content": oprover_state(row, retrieved, "", "")}]
+    else:
+        raise ValueError(f"unknown prompt format {fmt!r}; known: {', '.join(FORMATS)}")
+    if retrieved:   # repair mode's retrieved proofs, after the problem
+        msgs[-1] = {**msgs[-1], "content": msgs[-1]["content"] + "\n# Verified proofs of similar statements:\n"
+                    + "\n\n".join(f"```lean4\n{r['formal_statement']}{r['proof']}\n```" for r in retrieved) + "\n"}
+    return msgs
+
+
+def oprover_state(row: dict, retrieved, attempt: str, feedback: str) -> str:
+    parts = [f"Prove the following theorem in Lean 4.\n\n# Formal Statement:\n```lean4\n{lean_file(row).strip()}\n```"]
+    if retrieved:
+        parts.append("# Verified proofs of similar statements:\n" + "\n\n".join(
+            f"```lean4\n{r['formal_statement']}{r['proof']}\n```" for r in retrieved))
+    if attempt:
+        code = extract_last_block(attempt)
+        parts.append(f"# Previous attempt:\n```lean4\n{code}\n```" if code else f"# Previous attempt:\n{attempt}")
+        parts.append(f"# Lean diagnostics:\n{feedback.strip()}")
+    parts.append("Write the complete Lean 4 code of a proof in one ```lean4 block.")
+    return "\n\n".join(parts) + "\n"
+
+
+def extract_last_block(text: str) -> str:
+    blocks = _LEAN_BLOCK.findall(text)
+    return blocks[-1].strip("\n") if blocks else ""
+
+
+def prompt_messages(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
     """The messages before the target completion. A row with `prev_attempt` and
-    `lean_feedback` is a repair/second turn (Kimina error correction, OProver repair data):
-    the first attempt as the assistant turn, Lean's feedback as the next user turn."""
-    msgs = kimina_messages(row["formal_statement"], row.get("informal_problem") or "",
-                           row.get("header") or "")
+    `lean_feedback` is a repair/second turn (Kimina error correction, Goedel self-correction,
+    OProver repair data): the attempt as the assistant turn and the feedback (already in the
+    format's feedback style) as the next user turn; OProver's round is one compact user turn."""
     attempt, feedback = row.get("prev_attempt"), row.get("lean_feedback")
-    if isinstance(attempt, str) and attempt.strip() and isinstance(feedback, str) and feedback.strip():
+    repair = isinstance(attempt, str) and attempt.strip() and isinstance(feedback, str) and feedback.strip()
+    if fmt == "oprover":
+        return [{"role": "user", "content": oprover_state(row, retrieved, attempt if repair else "",
+                                                          feedback if repair else "")}]
+    msgs = first_turn(row, fmt, retrieved)
+    if repair and fmt == "deepseek_v2_noncot":   # Goedel's non-CoT correction: the errors as comments
+        comments = "\n".join(f"-- {line}" for line in feedback.splitlines() if line.strip())
+        return [{"role": "user", "content": "-- The previous proof attempt resulted in compilation errors:\n"
+                 f"{comments}\n-- Please provide a corrected version. Wrap the proof in ```lean4 and ```."}]
+    if repair:
         msgs += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback}]
     return msgs
 
 
-def render_prompt_text(row: dict) -> str:
+def render(tokenizer, messages: list[dict], fmt: str = "kimina") -> str:
+    """The prompt text: the chat template, or the raw text of a completion-style format."""
+    if fmt == "deepseek_v2_noncot":
+        return messages[-1]["content"]
+    return render_prompt(tokenizer, messages)
+
+
+def render_prompt_text(row: dict, fmt: str = "kimina") -> str:
     """The prompt as ChatML text without a tokenizer (to train the tiny preset's tokenizer on
     the same text the model will see)."""
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
-                   for m in prompt_messages(row)) + "<|im_start|>assistant\n"
+                   for m in prompt_messages(row, fmt)) + "<|im_start|>assistant\n"
 
 
 def render_prompt(tokenizer, messages: list[dict]) -> str:

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT
 import common
 import generation
+import formats
 import proof_memory
 from lean_client import LeanClient
 
@@ -188,28 +189,64 @@ def test_repair_loop_stops_feeds_back_and_keeps_the_memory_frozen(tmp_path, tiny
     common.write_parquet(repair_rows, tmp_path / "repair_sft.parquet", "sft")   # the SFT schema
 
 
-def test_tool_loop_checks_sketches_and_respects_the_budget(tmp_path, tiny_model, standin):
-    cfg = ev.Settings(mode="tool", n_samples=1, tool_max_checks=2, run_name="t")
+def test_tool_loop_is_stepfuns(tmp_path, tiny_model, standin):
+    # StepFun-Prover-Preview demo/interact_with_lean4repl.py: its system prompt, the problem as a
+    # fenced lean4 user turn, the REPL's JSON appended as "\n<REPL>\n{json}\n</REPL>"
+    cfg = ev.Settings(mode="tool", n_samples=1, run_name="t")
     rows = toy_rows(2)
 
     def answer(prompt):
         stmt = next(r["formal_statement"] for r in rows if r["formal_statement"] in prompt)
-        n_repl = prompt.count("\n<REPL>\n")
-        if prompt.endswith("</REPL>\n") and '"status": "valid"' in prompt.split("<REPL>")[-1]:
+        if prompt.endswith("</REPL>") and '"severity": "error"' not in prompt.split("<REPL>")[-1]:
             return answer_block(stmt, "rfl"), "eos"
-        tactic = "omega" if n_repl == 0 else "rfl"
-        if stmt.startswith("theorem t1"):
-            tactic = "omega"                                           # never learns: budget ends it
-        return f"<think>\ntry\n<sketch>\n{HEADER}{stmt}\n  {tactic}\n</sketch>", "stop"
+        checks = prompt.count("\n<REPL>\n")      # the system prompt names the tags too
+        if stmt.startswith("theorem t1") and checks >= 3:
+            return "I give up.", "eos"
+        tactic = "rfl" if checks and not stmt.startswith("theorem t1") else "omega"
+        return f"<think>\ntry\n<sketch>\nimport Mathlib\n{stmt}\n  {tactic}\n</sketch>", "stop"
     e = make_evaluator(cfg, tiny_model, standin, answer)
+    assert e.fmt == "stepfun"                                    # tool mode: StepFun's format by default
     log = ev.SampleLog(tmp_path / "s")
     e.run_problems("toy", rows, log, None, [])
     rec = {r["statement_id"]: r for r in log.rows}
     assert rec["toy/0"]["ok"] and rec["toy/0"]["completion"].count("\n<REPL>\n") == 2
-    assert '"status": "lean_error"' in rec["toy/0"]["completion"] and '"status": "valid"' in rec["toy/0"]["completion"]
-    assert not rec["toy/1"]["ok"] and rec["toy/1"]["completion"].count("\n<REPL>\n") == 2   # max checks
-    assert all("<sketch>" in p for p in e.gen.prompts if "<REPL>" in p)
-    assert "You may check partial Lean 4 code" in e.gen.prompts[0]
+    first_repl = json.loads(rec["toy/0"]["completion"].split("\n<REPL>\n")[1].split("\n</REPL>")[0])
+    assert first_repl["messages"][0]["severity"] == "error"
+    assert first_repl["messages"][0]["pos"]["line"] == 2          # counted in the sketch, Mathlib preloaded
+    assert "omega could not prove the goal" in first_repl["messages"][0]["data"]
+    assert not rec["toy/1"]["ok"] and rec["toy/1"]["completion"].count("\n<REPL>\n") == 3   # no fixed cap
+    first_prompt = e.gen.prompts[0]
+    assert formats.STEPFUN_SYSTEM in first_prompt
+    assert f"<|im_start|>user\n```lean4\n{HEADER}{rows[0]['formal_statement']}\n```<|im_end|>" in first_prompt
+    assert all(p.endswith("</REPL>") for p in e.gen.prompts if "\n<REPL>\n" in p)
+
+
+def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
+    # the budget is the whole context: prompt + generated + REPL tokens (StepFun's max_seq_len)
+    rows = toy_rows(1)
+    e = make_evaluator(ev.Settings(mode="tool", n_samples=1, run_name="b"), tiny_model, standin, None)
+    prompt = e.prompt(rows[0])
+    n_prompt = len(e.tok(prompt, add_special_tokens=False).input_ids)
+
+    class Sketcher(Scripted):   # always a sketch: only the budget can stop it
+        def generate(self, prompts, seeds, max_new_tokens, *a, **k):
+            self.prompts += prompts
+            self.caps = getattr(self, "caps", []) + [max_new_tokens]
+            return [generation.Generation("<sketch>\ntheorem t0 : 0 + 1 = 1 := by\n  omega\n</sketch>", [1] * 5,
+                                          [0.0] * 5, "stop") for _ in prompts]
+    e.gen = Sketcher(None)
+    e.cfg.tool_budget = n_prompt + 1000
+    (text, generated), = e.tool_generate([prompt], [0])
+    n_final = len(e.tok(prompt + text, add_special_tokens=False).input_ids)
+    calls = generated // 5
+    assert calls >= 2 and text.count("\n<REPL>\n") in (calls - 1, calls)   # the last call may cross it
+    assert n_final >= e.cfg.tool_budget                               # it ran until the context was full
+    before_last = len(e.tok(prompt + text[:text.rfind("<sketch>")], add_special_tokens=False).input_ids)
+    assert before_last < e.cfg.tool_budget                            # ... and not a call longer
+    assert all(c <= e.cfg.tool_budget - n_prompt for c in e.gen.caps)  # no call may pass the budget
+    e.cfg.tool_max_checks = 1                                          # the cap, as a setting
+    (text, _), = e.tool_generate([prompt], [0])
+    assert text.count("\n<REPL>\n") == 1
 
 
 # ---------------------------------------------------------------- whole stage: resume, outputs
@@ -290,20 +327,6 @@ def test_verl_export_and_reward(tmp_path, standin, monkeypatch):
     assert [s["score"] for s in scores] == [1.0, 0.0, 0.0]
     assert rf.compute_score("s", good, stmt, info)["score"] == 1.0
 
-
-def test_tool_loop_never_exceeds_the_token_budget(tmp_path, tiny_model, standin):
-    cfg = ev.Settings(mode="tool", n_samples=1, tool_max_checks=50, tool_budget=12, max_new_tokens=5, run_name="b")
-    rows = toy_rows(1)
-
-    class Sketcher(Scripted):   # 5 tokens per call, always a sketch: only the budget can stop it
-        def generate(self, prompts, seeds, max_new_tokens, *a, **k):
-            self.prompts += prompts
-            n = min(5, max_new_tokens)
-            return [generation.Generation("<sketch>x</sketch>", [1] * n, [0.0] * n, "stop") for _ in prompts]
-    e = make_evaluator(cfg, tiny_model, standin, None)
-    e.gen = Sketcher(None)
-    (text, used), = e.tool_generate(["p"], [0])
-    assert used == 12 and text.count("\n<REPL>\n") == 2        # 5 + 5 + 2 tokens, two checks
 
 
 def test_recompute_refuses_duplicates_and_handles_empty_and_mixed_counts(tmp_path, monkeypatch):

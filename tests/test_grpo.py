@@ -23,7 +23,7 @@ spec.loader.exec_module(grpo)
 def cfg(**kw):
     base = dict(run_name="t", prompts_per_step=2, group_size=4, max_new_tokens=48, mini_batch_prompts=2,
                 micro_batch_size=4, lr=1e-3, require_tactic_blocks=False, max_steps=2, eval_every=0,
-                save_every=0, lean_timeout=5)
+                save_every=0, lean_timeout=5, prompt_format="kimina")
     return grpo.Settings(**{**base, **kw})
 
 

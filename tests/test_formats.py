@@ -1,0 +1,115 @@
+"""Each prover family's prompt, byte for byte against what its public code or README builds, and
+proof extraction from each family's answer shape."""
+import json
+
+import pytest
+
+from conftest import ROOT
+import formats
+from lean_client import split_header
+
+DSV2_HEADER = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 0\n\nopen BigOperators Real Nat Topology Rat\n\n"
+MATHD_10 = "theorem mathd_algebra_10 : abs ((120 : ℝ) / 100 * 30 - 130 / 100 * 20) = 10 := by"
+PLAN = ("Before producing the Lean 4 code to formally prove the given theorem, provide a detailed proof plan outlining "
+        "the main proof steps and strategies.\nThe plan should highlight key ideas, intermediate lemmas, and proof "
+        "structures that will guide the construction of the final formal proof.")
+
+
+def test_deepseek_v2_matches_its_readme_example():
+    # deepseek-ai/DeepSeek-Prover-V2 README.md, section "Quick Start": formal_statement (stripped) and
+    # prompt.format(formal_statement), the template "Complete the following Lean 4 code:\n\n```lean4\n{}\n```\n\n..."
+    readme_formal = (DSV2_HEADER + "/-- What is the positive difference between $120\\%$ of 30 and $130\\%$ of 20? "
+                     "Show that it is 10.-/\n" + MATHD_10 + "\n  sorry")
+    expected = f"Complete the following Lean 4 code:\n\n```lean4\n{readme_formal}\n```\n\n{PLAN}"
+    row = {"header": DSV2_HEADER, "formal_statement": MATHD_10,
+           "informal_problem": "What is the positive difference between $120\\%$ of 30 and $130\\%$ of 20? Show that it is 10."}
+    assert formats.first_turn(row, "deepseek_v2") == [{"role": "user", "content": expected}]
+
+
+def goedel_rows():
+    rows = [json.loads(l) for l in (ROOT / "data/minif2f/goedel_v2_minif2f_test.jsonl").open()]
+    for r in rows[:20]:
+        header, rest = split_header(r["formal_statement"])
+        informal = r["informal_prefix"].strip().lstrip("/-").rstrip("-/").strip()   # as 01 stores it
+        yield r["formal_statement"], {"header": header, "informal_problem": informal,
+                                      "formal_statement": rest[rest.index("theorem"):]}
+
+
+def test_goedel_v2_matches_its_handler_on_its_own_data():
+    # Goedel-Prover-V2 src/utils.py, DeepSeekCoTHandler.prover_inference: the dataset's lean4 code cut
+    # at ':= by', then ':= by sorry' with the fence closed right after it; DeepSeekNonCoTHandler: ':= by', raw
+    for lean4_code, row in goedel_rows():
+        cot = f"Complete the following Lean 4 code:\n\n```lean4\n{lean4_code.split(':= by')[0]}:= by sorry```\n\n{PLAN}"
+        assert formats.first_turn(row, "goedel_v2")[0]["content"] == cot, row["formal_statement"][:40]
+        raw = f"Complete the following Lean 4 code:\n\n```lean4\n{lean4_code.split(':= by')[0]}:= by"
+        assert formats.render(None, formats.prompt_messages(row, "deepseek_v2_noncot"), "deepseek_v2_noncot") == raw
+
+
+def test_goedel_v2_correction_turn_is_history_plus_feedback():
+    _, row = next(goedel_rows())
+    fb = formats.GOEDEL_HEAD.format(r=0) + "\nError 1:\n..." + formats.GOEDEL_TAIL
+    msgs = formats.prompt_messages({**row, "prev_attempt": "answer 1", "lean_feedback": fb}, "goedel_v2")
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert msgs[1]["content"] == "answer 1" and msgs[2]["content"].startswith("The proof (Round 0) is not correct.")
+
+
+def test_stepfun_matches_its_demo():
+    # stepfun-ai/StepFun-Prover-Preview demo/interact_with_lean4repl.py: system_prompt, and
+    # user_prompt = f"```lean4\n{formal_problem}\n```" with formal_problem stripped
+    demo_system = ("You will be given an unsolved Lean 4 problem. Think carefully and work towards a solution. At any "
+                   "point, you may use the Lean 4 REPL to check your progress by enclosing your partial solution between "
+                   "<sketch> and </sketch>. The REPL feedback will be provided between <REPL> and </REPL>. Continue this "
+                   "process as needed until you arrive at a complete and correct solution.")
+    stmt = ("theorem test_theorem (x y z : ℝ) (hx : 0 < x) (hy : 0 < y) (hz : 0 < z) :\n"
+            "    (x^2 - z^2) / (y + z) + (y^2 - x^2) / (z + x) + (z^2 - y^2) / (x + y) ≥ 0 := by")
+    demo_problem = "\nimport Mathlib\n\n" + stmt + "\n"
+    row = {"header": "import Mathlib\n\n", "formal_statement": stmt, "informal_problem": "ignored by StepFun"}
+    assert formats.first_turn(row, "stepfun") == [{"role": "system", "content": demo_system},
+                                                  {"role": "user", "content": f"```lean4\n{demo_problem.strip()}\n```"}]
+
+
+def test_kimina_matches_the_recipe_template():
+    # REFERENCE.md section 2 (kimina-prover-rl prepare_data / prompt)
+    row = {"header": "import Mathlib\n\n", "formal_statement": "theorem t : 1 = 1 := by", "informal_problem": "Show 1 = 1."}
+    assert formats.first_turn(row, "kimina") == [
+        {"role": "system", "content": "You are an expert in mathematics and proving theorems in Lean 4."},
+        {"role": "user", "content": "Think about and solve the following problems step by step in Lean 4.\n\n# Problem:\n"
+                                    "Show 1 = 1.\n\n# Formal Statement:\n```lean4\nimport Mathlib\n\ntheorem t : 1 = 1 := by\n```\n"}]
+
+
+def test_oprover_round_is_one_compact_turn():
+    row = {"header": "import Mathlib\n\n", "formal_statement": "theorem t : 2 + 2 = 4 := by", "informal_problem": ""}
+    retrieved = [{"formal_statement": "theorem s : 1 + 1 = 2 := by", "proof": "\n  norm_num"}]
+    first = formats.prompt_messages(row, "oprover", retrieved)
+    again = formats.prompt_messages({**row, "prev_attempt": "```lean4\nimport Mathlib\n\ntheorem t : 2 + 2 = 4 := by\n  omega\n```",
+                                     "lean_feedback": "# Error 1:\nomega failed"}, "oprover", retrieved)
+    assert len(first) == len(again) == 1 and first[0]["role"] == "user"
+    text = again[0]["content"]
+    for part in ("# Formal Statement:", "theorem s : 1 + 1 = 2 := by\n  norm_num", "# Previous attempt:",
+                 "  omega", "# Lean diagnostics:\n# Error 1:\nomega failed"):
+        assert part in text
+    assert "# Previous attempt" not in first[0]["content"]
+
+
+@pytest.mark.parametrize("fmt,answer", [
+    ("kimina", "<think>\nplan\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  norm_num\n```"),
+    ("deepseek_v2", "### Proof plan\n1. compute\n\n```lean4\nimport Mathlib\nimport Aesop\n\n/-- doc -/\n{stmt}\n  norm_num\n```"),
+    ("goedel_v2", "analysis...\n```lean4\n{stmt}\n  norm_num\n```\n"),
+    ("stepfun", "<think>\n<sketch>\n{stmt}\n  simp\n</sketch>\n<REPL>\n{{}}\n</REPL>\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  norm_num\n```"),
+])
+def test_extraction_from_each_familys_answer_shape(fmt, answer):
+    text = answer.format(stmt=MATHD_10)
+    assert formats.extract_proof(text, MATHD_10) == "\n  norm_num"
+    assert formats.format_errors(text, MATHD_10, require_tactic_blocks=False, fmt=fmt) == []
+
+
+def test_format_chosen_from_the_model_name():
+    assert formats.format_for("AI-MO/Kimina-Prover-RL-1.7B") == "kimina"
+    assert formats.format_for("deepseek-ai/DeepSeek-Prover-V2-7B") == "deepseek_v2"
+    assert formats.format_for("Goedel-LM/Goedel-Prover-V2-8B") == "goedel_v2"
+    assert formats.format_for("stepfun-ai/StepFun-Prover-Preview-7B") == "stepfun"
+    assert formats.format_for("runs/x/02_sft/final/model") == "kimina"
+    assert formats.format_for("runs/x/02_sft/final/model", mode="tool") == "stepfun"
+    assert formats.format_for("AI-MO/Kimina-Prover-RL-1.7B", "goedel_v2") == "goedel_v2"   # overridable
+    with pytest.raises(ValueError, match="unknown prompt format"):
+        formats.format_for("x", "llama")
