@@ -61,7 +61,7 @@ import common
 import formats
 import lean_client
 from canonical import canonical_statement, hash_split, statement_conclusion
-from formats import kimina_completion, thinking_from_proof
+from formats import target_completion, thinking_from_proof
 from lean_client import collapse_ws, normalize_statement, split_header, strip_lean_comments, theorem_name
 from toy_task import build_toy
 
@@ -81,6 +81,7 @@ class Settings:
     hf_mirror: str = ""                     # folder with local copies of Hub datasets (<org>/<name>/...)
     limit_per_source: int = 0               # 0 = all rows (sources are streamed: no full list in memory)
     keep_duplicates: bool = False           # Promptset: keep each deliberate copy as a row, not as weight
+    prompt_format: str = "kimina"           # SFT targets in this format's answer shape (formats.FORMATS); 02 checks it
     # NuminaMath-LEAN: keep rows whose rl_data.win_rate lies in [min, max]
     min_win_rate: float = 0.0
     max_win_rate: float = 1.0
@@ -124,6 +125,7 @@ class Source:
     statement_column: str = "formal_statement"
     multiplicity_is_weight: bool = False   # duplicates were made on purpose: count them, keep one
     raw_informal: bool = False     # keep the informal text as the source writes it (Kimina's miniF2F)
+    answer_format: str = "kimina"  # the prompt format whose answer shape SFT targets take (--prompt_format)
 
 
 SOURCES = {
@@ -361,7 +363,7 @@ def to_record(name: str, src: Source, row: dict, idx: int) -> dict:
               "theorem_name": name_in_lean}
     if src.proof_columns:
         record["formal_proof"] = proof_body(row, src, statement)
-        record["completion"] = kimina_completion(header, statement, record["formal_proof"],
+        record["completion"] = target_completion(src.answer_format, header, statement, record["formal_proof"],
                                                  thinking_from_proof(informal, record["formal_proof"]))
     return record
 
@@ -420,7 +422,8 @@ class Cleaner:
         for ld in loaded:
             if sft and not ld.src.proof_columns:
                 raise SystemExit(f"source {ld.name} has no proofs; it cannot be an SFT source")
-            src = ld.src if sft else dataclasses.replace(ld.src, proof_columns=())
+            src = dataclasses.replace(ld.src, answer_format=self.cfg.prompt_format) if sft else \
+                dataclasses.replace(ld.src, proof_columns=())
             c = self.counts[(pool, ld.name)]
             weighted: dict[bytes, dict] = {}
             hold = src.multiplicity_is_weight and not self.cfg.keep_duplicates
@@ -548,6 +551,8 @@ def main(argv=None):
     cfg = common.parse_settings(Settings, argv, description=__doc__)
     if cfg.task not in ("lean", "toy"):
         raise SystemExit(f"--task must be 'lean' or 'toy', got {cfg.task!r}")
+    if cfg.prompt_format not in formats.FORMATS or (cfg.task == "toy" and cfg.prompt_format != "kimina"):
+        raise SystemExit(f"--prompt_format must be one of {formats.FORMATS} (the toy task: kimina), got {cfg.prompt_format!r}")
     out = common.stage_dir(cfg.run_name, "01_data")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)   # the manifest marks a finished stage

@@ -31,6 +31,7 @@ Add --lora true for LoRA (--lora_targets q_proj,v_proj,...).
 """
 import contextlib
 import dataclasses
+import json
 import math
 import random
 import shutil
@@ -258,6 +259,10 @@ def train(cfg: Settings) -> Path:
     (out / "manifest.json").unlink(missing_ok=True)
     data_path = Path(cfg.data) if cfg.data else common.stage_dir(cfg.run_name, "01_data") / "sft.parquet"
     rows = common.read_rows(data_path, "sft")
+    made = data_path.parent / "config.json"   # 01's settings: its SFT targets are in one format's answer shape
+    if made.exists() and (built := json.loads(made.read_text()).get("prompt_format", "kimina")) != cfg.prompt_format:
+        raise SystemExit(f"{data_path} holds SFT targets for prompt format {built!r}; this run trains "
+                         f"{cfg.prompt_format!r}: rerun 01 with --prompt_format {cfg.prompt_format} or pass that format here")
     for r in rows:
         if not r["completion"] or not r["completion"].strip():
             raise SystemExit(f"{data_path}: row {r['statement_id']} has an empty completion")

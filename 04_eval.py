@@ -83,6 +83,7 @@ class Settings:
     temperature: float = 1.0
     top_p: float = 0.95
     max_new_tokens: int = 24576
+    max_prompt_tokens: int = 8192       # Kimina: a second-turn prompt over this is dropped (counted)
     backend: str = "hf"                 # hf | vllm
     vllm_tp: int = 1
     gen_batch_size: int = 64
@@ -91,7 +92,8 @@ class Settings:
     # repair (OProver)
     repair_width: int = 8
     repair_depth: int = 3
-    retrieve_k: int = 3
+    retrieve_k: int = 3                 # 0: no retrieval (OProver's second ablation)
+    repair_feedback: bool = True        # false: later rounds see the attempt, not Lean's diagnostics (ablation)
     prompt_format: str = "auto"         # kimina | deepseek_v2 | deepseek_v2_noncot | goedel_v2 | stepfun | oprover
     feedback_style: str = "auto"        # kimina | goedel (auto: the format's own)
     memory: str = "shipped"             # what the frozen proof memory holds: shipped,sft,<proof file>...
@@ -196,7 +198,8 @@ SHORT = {"n_samples": "n", "max_new_tokens": "t", "repair_width": "w", "repair_d
 def budget_label(cfg: Settings) -> str:
     """The search budget in a name, e.g. n32-t24576 or w8-d3-k3-t16384: one folder and one table
     per budget, so a sweep never mixes budgets."""
-    return "-".join(f"{SHORT[k]}{getattr(cfg, k)}" for k in BUDGET_KEYS[cfg.mode])
+    label = "-".join(f"{SHORT[k]}{getattr(cfg, k)}" for k in BUDGET_KEYS[cfg.mode])
+    return label + ("-nofb" if cfg.mode == "repair" and not cfg.repair_feedback else "")
 
 
 def model_fingerprint(model_path: str) -> str:
@@ -282,7 +285,7 @@ class Evaluator:
             self.gen = generation.VLLMGenerator(model_path, tensor_parallel_size=cfg.vllm_tp)
         else:
             self.gen = generation.HFGenerator(generation.load_model(model_path), self.tok, batch_size=cfg.gen_batch_size)
-        self.tokens = 0
+        self.tokens, self.dropped_long = 0, 0
         self.fmt = formats.format_for(model_path, cfg.prompt_format, cfg.mode)
         self.style = formats.FEEDBACK_STYLE.get(self.fmt, "kimina") if cfg.feedback_style == "auto" else cfg.feedback_style
 
@@ -389,6 +392,9 @@ class Evaluator:
                       and len(rec["feedback"]) <= 3000]
             p2 = [self.prompt(rows[i], attempt=records[i]["completion"], feedback=records[i]["feedback"])
                   for i in failed]
+            fits = [len(self.tok(p, add_special_tokens=False).input_ids) <= self.cfg.max_prompt_tokens for p in p2]
+            self.dropped_long += fits.count(False)
+            failed, p2 = [i for i, ok in zip(failed, fits) if ok], [p for p, ok in zip(p2, fits) if ok]
             gens = self.sample(p2, [generation.rollout_seed(self.cfg.seed, 2, rows[i]["statement_id"], todo[i][1])
                                     for i in failed])
             v2 = self.verify([rows[i] for i in failed], [g.text for g in gens])
@@ -431,8 +437,8 @@ class Evaluator:
                                             "split": "train", "formal_proof": proof, "completion": g.text,
                                             "prev_attempt": state[i]["attempt"], "lean_feedback": state[i]["feedback"]})
                 else:
-                    state[i] = {"attempt": g.text, "feedback": rec["feedback"] or
-                                "The answer holds no lean4 block with the unchanged statement."}
+                    state[i] = {"attempt": g.text, "feedback": (rec["feedback"] if cfg.repair_feedback else
+                                "The proof is not correct.") or "The answer holds no lean4 block with the unchanged statement."}
                     nxt.append(i)
             log.append(records)
             active = nxt
@@ -521,6 +527,7 @@ def main(argv=None):
         if memory_note:
             extra["proof memory"] = memory_note
         if cfg.mode == "correction":
+            extra["second turns dropped as longer than max_prompt_tokens"] = ev.dropped_long
             first = {sid: [any(x["ok"] for x in log.rows if x["statement_id"] == sid and x["sample_idx"] == k and x["round"] == 1)
                            for k in range(n)] for sid in succ}
             extra["pass@1 before correction"] = f"{100 * pass_at_k_table(first, [1], 0, 0)[0]['pass']:.2f}%"

@@ -31,6 +31,23 @@ def kimina_completion(header: str, statement: str, proof: str, thinking: str) ->
     return f"<think>\n{thinking.strip()}\n</think>\n```lean4\n{code}\n```"
 
 
+def target_completion(fmt: str, header: str, statement: str, proof: str, thinking: str) -> str:
+    """An SFT target in the answer shape of a prompt format, so SFT trains the format the model
+    will be evaluated in: Kimina's and StepFun's think block then one lean4 block; DeepSeek-V2's
+    and Goedel-V2's proof plan then the whole file in a lean4 block; OProver's bare lean4 block;
+    the non-CoT prompt's continuation (the proof, then the closing fence)."""
+    code = build_lean_code(header, statement, proof).strip("\n")
+    if fmt in ("kimina", "stepfun"):
+        return kimina_completion(header, statement, proof, thinking)
+    if fmt in ("deepseek_v2", "goedel_v2"):
+        return f"{thinking.strip()}\n\n```lean4\n{code}\n```"
+    if fmt == "oprover":
+        return f"```lean4\n{code}\n```"
+    if fmt == "deepseek_v2_noncot":
+        return f"{proof.rstrip()}\n```"
+    raise ValueError(f"unknown prompt format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
 def thinking_from_proof(informal: str, proof: str) -> str:
     """Reasoning for an SFT target when the source has only a proof (departure: Kimina's SFT
     targets carry real reasoning traces). It restates the problem and walks through the proof

@@ -333,7 +333,7 @@ def build_toy(cfg) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
                "theorem_name": f"toy_{i:05d}"}
         bucket = hash_split(prop, cfg.toy_eval_fraction, held_out="test")
         if bucket == "test":
-            evals.append({**rec, "split": "test"})
+            evals.append({**rec, "split": "test", "eval_source": "toy_task.py (the stand-in's fragment, NOT Lean)"})
         elif hash_split(prop + "#sft", cfg.toy_sft_fraction, held_out="sft") == "sft":
             correct = rng.random() < cfg.toy_sft_correct
             tactic = right if correct else rng.choice([t for t in tactics if t != right])

@@ -113,3 +113,23 @@ def test_format_chosen_from_the_model_name():
     assert formats.format_for("AI-MO/Kimina-Prover-RL-1.7B", "goedel_v2") == "goedel_v2"   # overridable
     with pytest.raises(ValueError, match="unknown prompt format"):
         formats.format_for("x", "llama")
+
+
+def test_sft_targets_take_the_formats_answer_shape(tmp_path):
+    # 01 --prompt_format X builds SFT targets in X's answer shape; 02 refuses to train another format on them
+    import os
+    import subprocess
+    import sys
+    import common
+    env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")}
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--run_name", "f", "--rl_sources", "",
+                    "--sft_sources", "minif2f_valid_proofs", "--eval_sets", "proofnet_test",
+                    "--prompt_format", "deepseek_v2"], check=True, capture_output=True, env=env)
+    rows = common.read_rows(tmp_path / "runs/f/01_data/sft.parquet", "sft")
+    for r in rows:
+        assert not r["completion"].startswith("<think>") and r["completion"].rstrip().endswith("```")
+        assert formats.extract_proof(r["completion"], r["formal_statement"]) == r["formal_proof"]
+        assert formats.format_errors(r["completion"], r["formal_statement"], fmt="deepseek_v2") == []
+    proc = subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "f", "--preset", "tiny",
+                           "--max_steps", "1"], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "SFT targets for prompt format 'deepseek_v2'" in proc.stderr
