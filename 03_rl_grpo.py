@@ -81,6 +81,7 @@ class Settings:
     skip_zero_variance: bool = False     # dynamic sampling: drop groups with one reward value
     clip_low: float = 0.2
     clip_high: float = 0.3
+    clip_ratio_c: float = 3.0            # dual clip for negative advantages (verl's default; <= 1: off)
     loss_agg: str = "seq_sum_norm"       # seq_sum_norm (Kimina) | token_mean | seq_mean
     ratio_level: str = "token"           # token (GRPO) | sequence (GSPO)
     kl_coef: float = 0.0

@@ -4,20 +4,30 @@ token_mean or seq_mean aggregation; optional k3 KL). One concern, kept apart fro
 loop so it can be read and checked on its own against verl's core_algos.
 
 `cfg` is the stage's Settings (any object with the attributes read here).
+
+Aligned with what Kimina's verl run computes (verl 0.9.1 trainer/ppo/core_algos.py, checked by
+tests/test_verl.py on random tensors): GRPO advantages with the unbiased std when normalised and
+verl's group-of-one rule (mean 0, std 1); the vanilla clipped loss with the log-ratio clamped to
+[-20, 20] and dual clip for negative advantages (clip_ratio_c, verl's default 3.0); GSPO's
+sequence ratio (log-space clamp at 10). Departures: the k3 KL term is added per token inside the
+aggregation (verl keeps it as a separate loss term), and GSPO's ratio carries the gradient of the
+mean token log-ratio directly, which equals verl's token-level form in value and gradient.
 """
 import torch
 
 
 def group_advantages(rollouts: list, cfg) -> tuple[list, int]:
-    """reward - group mean (optionally / std); groups are consecutive runs of group_size.
-    Returns the rollouts to train on and the number of zero-variance groups."""
+    """reward - group mean (optionally / unbiased std + 1e-6); groups are consecutive runs of
+    group_size; a group of one has mean 0 and std 1 (verl). Returns the rollouts to train on and
+    the number of zero-variance groups."""
     kept, zero_var = [], 0
     for g in range(0, len(rollouts), cfg.group_size):
         group = rollouts[g:g + cfg.group_size]
         rewards = torch.tensor([r.reward for r in group], dtype=torch.float64)
-        adv = rewards - rewards.mean()
+        mean, std = (rewards.mean(), rewards.std()) if len(group) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
+        adv = rewards - mean
         if cfg.adv_std_norm:
-            adv = adv / (rewards.std(unbiased=False) + 1e-6)
+            adv = adv / (std + 1e-6)
         for r, a in zip(group, adv.tolist()):
             r.advantage = a
         if float(rewards.max() - rewards.min()) == 0.0:
@@ -70,12 +80,16 @@ def policy_loss(logp, old_logp, adv, mask, cfg, max_len: int, ref_logp=None,
     log_ratio = (logp - old_logp) * mask
     if cfg.ratio_level == "sequence":   # GSPO: exp(mean token log-ratio), one ratio per sequence
         seq = log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)
-        log_ratio = seq[:, None].expand_as(logp)
+        log_ratio = seq.clamp(max=10.0)[:, None].expand_as(logp)
+    else:
+        log_ratio = log_ratio.clamp(-20.0, 20.0)   # as verl, for stability
     ratio = torch.exp(log_ratio)
     a = adv[:, None]
     unclipped = ratio * a
     clipped = torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * a
     per_token = -torch.minimum(unclipped, clipped)
+    if cfg.ratio_level == "token" and cfg.clip_ratio_c > 1:   # dual clip: a negative advantage's loss
+        per_token = torch.where(a < 0, torch.minimum(per_token, -a * cfg.clip_ratio_c), per_token)   # is capped
     if cfg.kl_coef and ref_logp is not None:   # k3 estimator of KL(pi || ref)
         d = ref_logp - logp
         per_token = per_token + cfg.kl_coef * (torch.exp(d) - d - 1)

@@ -41,10 +41,23 @@ def test_group_advantages_by_hand():
     assert zero == 1 and len(kept) == 8
     rs = fake_rollouts([1, 0, 0, 0, 1, 1, 1, 1], 4)
     kept, zero = grpo.group_advantages(rs, cfg(adv_std_norm=True, skip_zero_variance=True))
-    std = math.sqrt(0.25 * 0.75)   # population std of [1, 0, 0, 0]
+    std = math.sqrt(0.75 / 3)      # unbiased std of [1, 0, 0, 0], as verl's GRPO estimator
     assert rs[0].advantage == pytest.approx(0.75 / (std + 1e-6))
     assert rs[1].advantage == pytest.approx(-0.25 / (std + 1e-6))
     assert zero == 1 and len(kept) == 4 and kept == rs[:4]
+    one = fake_rollouts([1.0], 1)                  # a group of one: mean 0, std 1 (verl), not 0
+    grpo.group_advantages(one, cfg(group_size=1, adv_std_norm=True))
+    assert one[0].advantage == pytest.approx(1.0 / (1 + 1e-6))
+
+
+def test_dual_clip_caps_the_loss_of_negative_advantages():
+    # verl's vanilla policy loss: for A < 0, min(max(-A r, -A clip(r)), -A c), c = clip_ratio_c
+    logp, old = torch.tensor([[math.log(5.0)], [math.log(5.0)]]), torch.zeros(2, 1)
+    mask, adv = torch.ones(2, 1), torch.tensor([-1.0, 1.0])
+    loss, _ = grpo.policy_loss(logp, old, adv, mask, cfg(loss_agg="token_mean"), 1)
+    assert float(loss) == pytest.approx((3.0 + -1.3) / 2)         # -A*c = 3 caps -A*r = 5; A>0: -clip = -1.3
+    loss, _ = grpo.policy_loss(logp, old, adv, mask, cfg(loss_agg="token_mean", clip_ratio_c=0), 1)
+    assert float(loss) == pytest.approx((5.0 + -1.3) / 2)          # off
 
 
 # ---------------------------------------------------------------- ratios, clipping, aggregation
