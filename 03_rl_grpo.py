@@ -22,6 +22,12 @@ gathered (one EC cache, one set of metrics), mini-batch gradients are summed, so
 compute what one does. No FSDP: models that do not fit one GPU, or several machines, go to
 verl (recipes/verl/). Several processes with --backend vllm (one engine each) are untested
 here. GSPO (OProver) is `--ratio_level sequence`.
+Against verl (Kimina's engine; recipes/verl/ for verl 0.9.1): the advantages and the policy loss
+equal verl core_algos' (tests/test_verl.py, dual clip --clip_ratio_c 3.0, unbiased std, a group
+of one as verl); departures: the k3 KL term sits inside the aggregated loss (verl adds it as a
+separate term), `seq_sum_norm` divides by --max_new_tokens (verl: actor.loss_scale_factor, which
+recipes/verl sets to the same), and second turns are drawn from an in-memory cache (verl: our
+ec_dataset.py over a cache file).
 
 Commands:
     python 03_rl_grpo.py --run_name smoke --prompts_per_step 2 --group_size 8 --max_new_tokens 64 \\

@@ -17,12 +17,9 @@ python 01_prepare_data.py --run_name "$RUN" --rl_sources kimina_promptset --sft_
 # One process per GPU (NGPUS, default all visible): each generates and verifies its share of the
 # 256 prompts with its own colocated vLLM engine, gradients are summed over processes. Every GPU
 # holds the whole model (no FSDP): fine for 0.6B/1.7B on 80 GB cards. Several machines, or the
-# published run's speed: RL_ENGINE=verl exports the same data and reward for verl.
+# published run's speed: RL_ENGINE=verl runs recipes/verl/kimina_grpo.sh (verl 0.9.1).
 if [ "${RL_ENGINE:-local}" = verl ]; then
-  python recipes/verl/export_verl.py --run_name "$RUN" --out "data/verl_$RUN"
-  echo "Now run verl's GRPO trainer (see README, 'Stage 03') on data/verl_$RUN with"
-  echo "custom_reward_function.path=recipes/verl/reward_fn.py and the settings above."
-  exit 0
+  RUN="$RUN" MODEL="AI-MO/Kimina-Prover-Distill-$SIZE" exec bash recipes/verl/kimina_grpo.sh
 fi
 NGPUS=${NGPUS:-$(nvidia-smi -L | wc -l)}
 accelerate launch --num_processes "$NGPUS" 03_rl_grpo.py --run_name "$RUN" \

@@ -305,10 +305,14 @@ def test_correction_mode_reports_before_and_after(tmp_path, tiny_model, standin)
     assert all("omega could not prove the goal" in r["prompt"] for r in second)
 
 
-def test_verl_export_and_reward(tmp_path, standin, monkeypatch):
+def test_verl_export_and_batched_reward(tmp_path, standin, monkeypatch):
+    # concurrent per-sample calls (verl's reward loop awaits one coroutine per sample) share requests
+    import asyncio
     import pyarrow.parquet as pq
+    import requests
     monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
     monkeypatch.setenv("REQUIRE_TACTIC_BLOCKS", "0")
+    monkeypatch.setenv("KIMINA_EC_CACHE", str(tmp_path / "ec.jsonl"))
     env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")}
     subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "v",
                     "--toy_n_statements", "50"], check=True, capture_output=True, env=env)
@@ -316,17 +320,27 @@ def test_verl_export_and_reward(tmp_path, standin, monkeypatch):
                     str(tmp_path / "verl")], check=True, capture_output=True, env=env)
     train = pq.read_table(tmp_path / "verl/train.parquet").to_pylist()
     assert {"data_source", "prompt", "ability", "reward_model", "extra_info"} <= set(train[0])
-    assert train[0]["prompt"][0]["role"] == "system"
+    assert train[0]["prompt"][0]["role"] == "system" and train[0]["extra_info"]["index"] == 0
     spec = importlib.util.spec_from_file_location("reward_fn", ROOT / "recipes/verl/reward_fn.py")
     rf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rf)
-    ex = next(r for r in train if " = " in r["reward_model"]["ground_truth"])   # an '=' goal: rfl
-    stmt, info = ex["reward_model"]["ground_truth"], ex["extra_info"]
-    good, bad = answer_block(stmt, "rfl").replace(HEADER, info["header"]), answer_block(stmt, "omega")
-    scores = rf.compute_score_batch(["s"] * 3, [good, bad, "no answer"], [stmt] * 3, [info] * 3)
-    assert [s["score"] for s in scores] == [1.0, 0.0, 0.0]
-    assert rf.compute_score("s", good, stmt, info)["score"] == 1.0
+    rf._get_client().stats["requests"] = 0
+    exs = [r for r in train if " = " in r["reward_model"]["ground_truth"]][:8]
 
+    async def score_all():
+        calls = []
+        for ex in exs:
+            stmt, info = ex["reward_model"]["ground_truth"], ex["extra_info"]
+            for tactic in ("rfl", "omega"):
+                text = answer_block(stmt, tactic).replace(HEADER, info["header"])
+                calls.append(rf.compute_score(ex["data_source"], text, stmt, info))
+        return await asyncio.gather(*calls)
+    results = asyncio.run(score_all())
+    assert [r["score"] for r in results] == [1.0, 0.0] * len(exs)
+    sent = rf._get_client().stats["requests"]
+    assert sent == -(-2 * len(exs) // rf._get_client().batch_size), sent   # one batch, not a request each
+    cached = [json.loads(line) for line in (tmp_path / "ec.jsonl").read_text().splitlines()]
+    assert len(cached) == len(exs) and all("# Error 1:" in c["lean_feedback"] for c in cached)
 
 
 def test_recompute_refuses_duplicates_and_handles_empty_and_mixed_counts(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
     python recipes/verl/export_verl.py --run_name kimina --out data/verl
 gives data/verl/{train,val}.parquet with verl's columns: data_source, prompt (chat messages),
 ability, reward_model {style, ground_truth}, extra_info {statement_id, header, formal_statement}.
-The reward is recipes/verl/reward_fn.py (proof x format, verified through lean_client).
+The reward is recipes/verl/reward_fn.py (proof x format, verified through lean_client); the
+error-correction turns come from recipes/verl/ec_dataset.py; the command is recipes/verl/kimina_grpo.sh.
 """
 import argparse
 import sys
@@ -21,7 +22,9 @@ def to_verl(rows: list[dict], source: str) -> list[dict]:
              "ability": "lean4_theorem_proving",
              "reward_model": {"style": "rule", "ground_truth": r["formal_statement"]},
              "extra_info": {"statement_id": r["statement_id"], "header": r["header"],
-                            "formal_statement": r["formal_statement"]}} for r in rows]
+                            "formal_statement": r["formal_statement"],
+                            "informal_problem": r.get("informal_problem") or "", "index": i}}
+            for i, r in enumerate(rows)]
 
 
 def main():
