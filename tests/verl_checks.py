@@ -106,9 +106,9 @@ def check_config() -> None:
     from verl.utils.config import validate_config
     lines = [ln.strip() for ln in (ROOT / "recipes/verl/kimina_grpo.overrides").read_text().splitlines()
              if ln.strip() and not ln.strip().startswith("#")]
-    env = {"DATA": "/data/verl", "MODEL": "AI-MO/Kimina-Prover-Distill-1.7B", "NGPUS": "8", "NNODES": "1"}
-    lines = [os.path.expandvars(ln) if "$" not in ln else ln.replace("${DATA}", env["DATA"]).replace(
-        "${MODEL}", env["MODEL"]).replace("${NGPUS}", env["NGPUS"]).replace("${NNODES}", env["NNODES"]) for ln in lines]
+    os.environ.update({"DATA": "/data/verl", "MODEL": "AI-MO/Kimina-Prover-Distill-1.7B", "NGPUS": "8", "NNODES": "1"})
+    lines = [os.path.expandvars(ln) for ln in lines]   # as kimina_grpo.sh fills them
+    assert not any("${" in ln for ln in lines), lines
     with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer/config"), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=lines)
     validate_config(cfg, use_reference_policy=False, use_critic=False)

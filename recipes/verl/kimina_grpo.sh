@@ -17,5 +17,8 @@ mkdir -p "$(dirname "$KIMINA_EC_CACHE")"
 python 01_prepare_data.py --run_name "$RUN" --rl_sources kimina_promptset --sft_sources "" \
     --eval_sets minif2f_test_kimina --tokenizer "$MODEL" --max_prompt_tokens 8192
 python recipes/verl/export_verl.py --run_name "$RUN" --out "$DATA"
-mapfile -t OVERRIDES < <(grep -v '^\s*#' recipes/verl/kimina_grpo.overrides | grep -v '^\s*$' | envsubst)
+mapfile -t OVERRIDES < <(python -c 'import os, sys
+for line in open(sys.argv[1]):
+    if line.strip() and not line.lstrip().startswith("#"):
+        print(os.path.expandvars(line.strip()))' recipes/verl/kimina_grpo.overrides)
 python -m verl.trainer.main_ppo "${OVERRIDES[@]}" "$@"
