@@ -300,3 +300,75 @@ def test_validation_counts_the_proof_reward_alone(standin):
     res = grpo.validate(rows, Fixed(), Tok(), LeanClient(standin), cfg(eval_samples=4), step=0)
     assert res["pass@1"] == 1.0 and res["best@4"] == 1.0
     assert res["pass@1_with_format"] == 0.0 and res["format_error_rate"] == 1.0
+
+
+# ---------------------------------------------------------------- does GRPO learn a rule?
+
+WORDS = (" rfl", " decide", " omega", " norm_num")
+RULE = {"A": " decide", "B": " omega"}
+
+
+def two_prompt_run(tmp_path, flip_sign=False, mask_prompt=False, steps=60):
+    """03's generator, advantages and update on two prompts whose right word differs; returns the
+    share of right words per prompt after training (sampled, 64 each)."""
+    import random
+    texts = [f"<|im_start|>user\nprompt {p}<|im_end|>\n<|im_start|>assistant\n{w}" for p in "AB" for w in WORDS] * 20
+    folder = generation.build_tiny_model(texts, tmp_path / "two", seed=0)
+    tok, model = generation.load_tokenizer(str(folder)), generation.load_model(str(folder))
+    torch.manual_seed(0)
+    prompts = {p: f"<|im_start|>user\nprompt {p}<|im_end|>\n<|im_start|>assistant\n" for p in "AB"}
+    p_ids = {p: tok(t, add_special_tokens=False).input_ids for p, t in prompts.items()}
+    w_ids = {w: tok(w, add_special_tokens=False).input_ids + [tok.eos_token_id] for w in WORDS}
+    # SFT to a uniform choice of the four words after either prompt
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = random.Random(0)
+    for _ in range(60):
+        batch = [(p_ids[p], w_ids[rng.choice(WORDS)]) for p in "AB" for _ in range(8)]
+        logp, _, mask = grpo.sequence_logprobs(model, batch, 1.0, "cpu")
+        loss = -(logp * mask).sum() / mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    c = cfg(group_size=8, prompts_per_step=8, mini_batch_prompts=8, micro_batch_size=64, lr=3e-4, max_new_tokens=6,
+            loss_agg="token_mean")
+    gen = generation.HFGenerator(model, tok, batch_size=64)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.lr, weight_decay=0.0)
+
+    def shares(step):
+        out = {}
+        for p in "AB":
+            gens = gen.generate([prompts[p]] * 64, [generation.rollout_seed(9, step, p, s) for s in range(64)], 6)
+            out[p] = sum(g.text.startswith(RULE[p]) for g in gens) / 64
+        return out
+    before = shares(-1)
+    for step in range(steps):
+        names = ["A", "B"] * 4
+        seen = {p: (p_ids["A"] if mask_prompt else p_ids[p]) for p in "AB"}   # the control: prompt hidden
+        gens = gen.generate([tok.decode(seen[p]) for p in names for _ in range(8)],
+                            [generation.rollout_seed(0, step, i, s) for i in range(8) for s in range(8)], 6)
+        rollouts = []
+        for k, g in enumerate(gens):
+            p = names[k // 8]
+            item = grpo.PromptItem({"statement_id": p, "formal_statement": "theorem x : 1 = 1 := by", "header": ""})
+            rollouts.append(grpo.Rollout(item, seen[p], g, reward=float(g.text.startswith(RULE[p])),
+                                         n_tokens=len(g.token_ids)))
+        kept, _ = grpo.group_advantages(rollouts, c)
+        if flip_sign:
+            for r in kept:
+                r.advantage = -r.advantage
+        grpo.update(model, None, optimizer, kept, c, step, "cpu")
+    return before, shares(steps)
+
+
+def test_grpo_learns_which_word_each_prompt_wants(tmp_path):
+    # reviewer's check of the maths (issue #16): uniform after SFT, the rule after 60 steps of 8 x 8
+    before, after = two_prompt_run(tmp_path)
+    assert all(0.1 < v < 0.45 for v in before.values()), before          # about a quarter each
+    assert after["A"] > 0.8 and after["B"] > 0.8, after                  # from a quarter each
+
+
+def test_grpo_learning_test_fails_with_a_flipped_sign_or_a_hidden_prompt(tmp_path):
+    _, flipped = two_prompt_run(tmp_path, flip_sign=True)
+    assert flipped["A"] < 0.2 and flipped["B"] < 0.2, flipped            # it learns the opposite
+    _, hidden = two_prompt_run(tmp_path, mask_prompt=True)
+    assert min(hidden.values()) < 0.7, hidden                           # one word cannot serve both
