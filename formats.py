@@ -80,6 +80,25 @@ def extract_proof(completion: str, statement: str) -> str | None:
     return None
 
 
+def decision_index(tok, text: str, token_ids: list[int], statement: str) -> int | None:
+    """The index of the first generated token after `statement := by` in the last place the
+    completion writes it: the token that picks the proof (the toy's tactic). Entropy averaged
+    over all tokens hides a collapse there."""
+    stmt = normalize_statement(statement)
+    at = text.rfind(stmt)
+    if at < 0 or not token_ids:
+        return None
+    target = at + len(stmt) + (len(text[at + len(stmt):]) - len(text[at + len(stmt):].lstrip()))
+    lo, hi = 0, len(token_ids)              # smallest i with decode(ids[:i + 1]) reaching past target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tok.decode(token_ids[:mid + 1])) > target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo if lo < len(token_ids) else None
+
+
 def build_lean_code(header: str, statement: str, proof: str) -> str:
     header = header if not header or header.endswith("\n") else header + "\n"
     return f"{header}{normalize_statement(statement)}{proof}"

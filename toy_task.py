@@ -136,19 +136,22 @@ def decide_prop(prop: str) -> tuple[str, bool]:
 
 
 def _failure(tactic: str, rel: str, truth: bool, goal: str) -> str:
+    """Lean-shaped failure text that, like Lean's, shows the goal that failed (`⊢ 7 ∣ 21`), so a
+    second turn can in principle read the relation off it and pick the right tactic."""
     if tactic == "rfl":
         return ("The rfl tactic failed. Possible reasons:\n- The goal is not a reflexive relation "
                 "(neither `=` nor a relation with a @[refl] lemma).\n- The arguments of the "
                 f"relation are not equal.\n⊢ {goal}")
     if tactic == "decide":
         if truth:
-            return "maximum recursion depth has been reached\nuse `set_option maxRecDepth <num>` to increase limit"
+            return (f"failed to reduce to true/false\n  {goal}\nmaximum recursion depth has been reached\n"
+                    "use `set_option maxRecDepth <num>` to increase limit")
         return (f"decide failed to prove the proposition\n  {goal}\nsince its 'Decidable' instance "
                 "reduced to\n  Decidable.isFalse")
     if tactic == "omega":
-        return ("omega could not prove the goal:\na possible counterexample may satisfy the "
-                "constraints\n  " + ("no usable constraints found" if truth else goal))
-    return f"unsolved goals\n⊢ {goal}" if not truth else "simp made no progress"
+        return ("omega could not prove the goal:\n" + ("No usable constraints found for the hypotheses and goal."
+                if truth else "a possible counterexample may satisfy the constraints") + f"\n⊢ {goal}")
+    return f"unsolved goals\n⊢ {goal}" if not truth else f"simp made no progress\n⊢ {goal}"
 
 
 class Checker:

@@ -133,3 +133,19 @@ def test_sft_targets_take_the_formats_answer_shape(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "f", "--preset", "tiny",
                            "--max_steps", "1"], capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "SFT targets for prompt format 'deepseek_v2'" in proc.stderr
+
+
+def test_decision_index_is_the_proofs_first_token():
+    import generation
+    from pathlib import Path
+    import tempfile
+    folder = generation.build_tiny_model(["theorem t : 2 + 2 = 4 := by\n  omega rfl decide"] * 20,
+                                         Path(tempfile.mkdtemp()) / "tiny")
+    tok = generation.load_tokenizer(str(folder))
+    stmt = "theorem t : 2 + 2 = 4 := by"
+    text = f"<think>\nplan: {stmt}\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  omega\n```"
+    ids = tok(text, add_special_tokens=False).input_ids
+    at = formats.decision_index(tok, text, ids, stmt)
+    assert tok.decode(ids[at:]).lstrip().startswith("omega")          # the last copy, not the plan's
+    assert not tok.decode(ids[:at]).rstrip().endswith("omega")
+    assert formats.decision_index(tok, "no statement here", [1, 2], stmt) is None

@@ -294,6 +294,9 @@ def test_validation_counts_the_proof_reward_alone(standin):
 
         def __call__(self, text, **k):
             return type("E", (), {"input_ids": [1, 2, 3]})()
+
+        def decode(self, ids, **k):
+            return "x" * len(ids)
     rows = [{"statement_id": "v", "formal_statement": "theorem v : 2 + 2 = 4 := by", "header": "import Mathlib\n\n",
              "informal_problem": ""}]
     from lean_client import LeanClient
