@@ -44,6 +44,34 @@ def toy_tactic_table(rollouts: Path, steps: range) -> list[str]:
     return lines
 
 
+def toy_class_table(run: Path) -> list[str]:
+    """Toy task only: pass@1 and pass@8 per tactic class, SFT model vs GRPO model, from 04's
+    samples (the classes RL may trade against each other show here, not in the overall rate)."""
+    from toy_task import TACTIC_RULES, relation_of
+    right = {r: t for t, rels in TACTIC_RULES.items() for r in rels}
+    stmts = {r["statement_id"]: r["formal_statement"] for r in common.read_rows(run / "01_data/eval_toy.parquet", "statements")}
+    per: dict[str, dict[str, dict[str, list[bool]]]] = {}
+    for tag in ("sft", "grpo"):
+        for f in sorted((run / "04_eval" / tag / "toy" / "single").glob("*/samples.jsonl"))[-1:]:
+            for s in read_jsonl(f):
+                cls = right[relation_of(stmts[s["statement_id"]])]
+                per.setdefault(cls, {}).setdefault(tag, {}).setdefault(s["statement_id"], []).append(bool(s["ok"]))
+    if not per:
+        return []
+    lines = ["| class (right tactic) | problems | SFT pass@1 | GRPO pass@1 | SFT pass@8 | GRPO pass@8 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for cls in sorted(per):
+        cells = []
+        for k in (1, 8):
+            for tag in ("sft", "grpo"):
+                probs = per[cls].get(tag, {})
+                ok = [common.pass_at_k(len(v), sum(v), k) for v in probs.values() if len(v) >= k]
+                cells.append(f"{100 * sum(ok) / len(ok):.1f}" if ok else "-")
+        n = len(per[cls].get("sft", {}) or per[cls].get("grpo", {}))
+        lines.append(f"| {cls} | {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--run_name", required=True)
@@ -105,6 +133,10 @@ def main(argv=None):
             if table:
                 lines += [f"Tactic written per relation, first turns with a proof, {name} 10 steps "
                           "(share of attempts; the right tactic in bold):", ""] + table + [""]
+    if (run / "01_data/eval_toy.parquet").exists():
+        table = toy_class_table(run)
+        if table:
+            lines += ["pass@k per tactic class (04 samples of the eval set, SFT vs GRPO model):", ""] + table + [""]
     if val:
         keys = [k for k in val[0] if k.startswith(("pass@1", "best@"))]
         lines += ["Validation (held-out eval set, 8 samples per problem; best@8 is Kimina's bootstrap):", "",
