@@ -33,7 +33,8 @@ Departures from the papers:
   proofs that are right only part of the time, so that RL has something to learn.
   `--toy_sft_repair 0.3` adds second-turn (repair) rows for a share of the SFT statements: a
   wrong first attempt, the stand-in's feedback on it in Kimina's error-correction format, and
-  another tactic. Off by default (README: it cost the tiny preset its statement copying).
+  another tactic. Off by default; smoke.sh uses 0.25 with `--toy_sft_correct 0.4` (at 4,000
+  SFT steps the correction rows left first-turn statement copying unchanged, README).
 
 Commands:
     python 01_prepare_data.py --task toy --run_name smoke                       # CPU smoke

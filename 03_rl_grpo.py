@@ -341,7 +341,7 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
                     for b, i in enumerate(micro):   # the token that decides: the proof's first
                         at = rollouts[i].decision_at
                         if at is not None and at < ent.shape[1]:
-                            stats["decision_entropy_sum"] += float(ent[b, at])
+                            stats["decision_entropy_sum"] += float(ent[b, at].detach())
                             stats["decisions"] += 1
                 if ref_lp is not None:
                     stats["kl_sum"] += float(((ref_lp - logp).exp() - (ref_lp - logp) - 1).mul(mask).sum())

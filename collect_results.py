@@ -44,40 +44,130 @@ def toy_tactic_table(rollouts: Path, steps: range) -> list[str]:
     return lines
 
 
-def toy_class_table(run: Path) -> list[str]:
-    """Toy task only: pass@1 and pass@8 per tactic class, SFT model vs GRPO model, from 04's
-    samples (the classes RL may trade against each other show here, not in the overall rate)."""
+def _eval_samples(run: Path, tag: str) -> list[dict]:
+    """04's first-turn samples of the toy eval set for one model tag (the newest budget label)."""
+    files = sorted((run / "04_eval" / tag / "toy" / "single").glob("*/samples.jsonl"))
+    return read_jsonl(files[-1]) if files else []
+
+
+def toy_class_stats(run: Path) -> dict[str, dict]:
+    """Toy task only, from 04's samples of the eval set: per model tag (sft, grpo) and tactic
+    class, each problem's outcomes and the tactic each sample wrote (its last `:= by TACTIC`)."""
+    import re
     from toy_task import TACTIC_RULES, relation_of
     right = {r: t for t, rels in TACTIC_RULES.items() for r in rels}
     stmts = {r["statement_id"]: r["formal_statement"] for r in common.read_rows(run / "01_data/eval_toy.parquet", "statements")}
-    per: dict[str, dict[str, dict[str, list[bool]]]] = {}
+    stats: dict[str, dict] = {}
     for tag in ("sft", "grpo"):
-        for f in sorted((run / "04_eval" / tag / "toy" / "single").glob("*/samples.jsonl"))[-1:]:
-            for s in read_jsonl(f):
-                cls = right[relation_of(stmts[s["statement_id"]])]
-                per.setdefault(cls, {}).setdefault(tag, {}).setdefault(s["statement_id"], []).append(bool(s["ok"]))
-    if not per:
-        return []
-    lines = ["| class (right tactic) | problems | SFT pass@1 | GRPO pass@1 | SFT pass@8 | GRPO pass@8 |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for cls in sorted(per):
-        cells = []
-        for k in (1, 8):
-            for tag in ("sft", "grpo"):
-                probs = per[cls].get(tag, {})
-                ok = [common.pass_at_k(len(v), sum(v), k) for v in probs.values() if len(v) >= k]
-                cells.append(f"{100 * sum(ok) / len(ok):.1f}" if ok else "-")
-        n = len(per[cls].get("sft", {}) or per[cls].get("grpo", {}))
-        lines.append(f"| {cls} | {n} | " + " | ".join(cells) + " |")
+        for s in _eval_samples(run, tag):
+            cls = right[relation_of(stmts[s["statement_id"]])]
+            per = stats.setdefault(tag, {}).setdefault(cls, {"ok": {}, "right_tactic": []})
+            per["ok"].setdefault(s["statement_id"], []).append(bool(s["ok"]))
+            per["right_tactic"].append((re.findall(r":= by\s+(\w+)", s["completion"]) or ["?"])[-1] == cls)
+    return stats
+
+
+def _pass_at(probs: dict[str, list[bool]], k: int) -> float:
+    ok = [common.pass_at_k(len(v), sum(v), k) for v in probs.values() if len(v) >= k]
+    return 100 * sum(ok) / len(ok) if ok else float("nan")
+
+
+def toy_criteria(run: Path, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Issue #16's acceptance criteria for one smoke run (SFT model vs GRPO model on the same eval
+    problems): pass@1 rises with a paired bootstrap 95% CI above zero; pass@8 falls by at most 3
+    points; no class's pass@8 falls by more than 10; the share of the right tactic rises in every
+    class; second turns pass sometimes in RL (03's pass_rate_turn2 over all steps > 0)."""
+    import numpy as np
+    stats = toy_class_stats(run)
+    if set(stats) != {"sft", "grpo"}:
+        return {}
+    merged = {tag: {pid: v for c in stats[tag].values() for pid, v in c["ok"].items()} for tag in stats}
+    ids = sorted(set(merged["sft"]) & set(merged["grpo"]))
+    diff = np.array([np.mean(merged["grpo"][i]) - np.mean(merged["sft"][i]) for i in ids]) * 100
+    boot = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    lo, hi = np.percentile(diff[boot].mean(1), [2.5, 97.5])
+    out = {"problems": len(ids), "pass@1_sft": _pass_at(merged["sft"], 1), "pass@1_grpo": _pass_at(merged["grpo"], 1),
+           "pass@1_delta": float(diff.mean()), "pass@1_delta_ci": [float(lo), float(hi)],
+           "pass@8_sft": _pass_at(merged["sft"], 8), "pass@8_grpo": _pass_at(merged["grpo"], 8), "classes": {}}
+    for cls in sorted(stats["sft"]):
+        a, b = stats["sft"][cls], stats["grpo"].get(cls, {"ok": {}, "right_tactic": []})
+        out["classes"][cls] = {"problems": len(a["ok"]),
+                               "pass@1": [_pass_at(a["ok"], 1), _pass_at(b["ok"], 1)],
+                               "pass@8": [_pass_at(a["ok"], 8), _pass_at(b["ok"], 8)],
+                               "right_tactic": [100 * float(np.mean(a["right_tactic"])),
+                                                100 * float(np.mean(b["right_tactic"])) if b["right_tactic"] else float("nan")]}
+    rl = read_jsonl(run / "03_grpo/metrics.jsonl")
+    turn2 = [r["pass_rate_turn2"] for r in rl if r.get("second_turn_fraction", 0) > 0 and "pass_rate_turn2" in r]
+    out["second_turn_pass_rate"] = float(np.mean(turn2)) if turn2 else 0.0
+    cls = out["classes"].values()
+    out["criteria"] = {
+        "pass@1 rises, paired 95% CI above 0": bool(lo > 0),
+        "pass@8 falls by <= 3 points": bool(out["pass@8_grpo"] - out["pass@8_sft"] >= -3),
+        "no class's pass@8 falls by > 10 points": all(c["pass@8"][1] - c["pass@8"][0] >= -10 for c in cls),
+        "right-tactic share rises in every class": all(c["right_tactic"][1] > c["right_tactic"][0] for c in cls),
+        "second-turn pass rate > 0 (RL)": out["second_turn_pass_rate"] > 0}
+    out["all_met"] = all(out["criteria"].values())
+    return out
+
+
+def toy_criteria_lines(crit: dict) -> list[str]:
+    lines = ["| class (right tactic) | problems | pass@1 SFT -> GRPO | pass@8 SFT -> GRPO | right tactic (% of samples) SFT -> GRPO |",
+             "|---|---:|---:|---:|---:|"]
+    for cls, c in crit["classes"].items():
+        lines.append(f"| {cls} | {c['problems']} | " + " | ".join(
+            f"{c[k][0]:.1f} -> {c[k][1]:.1f}" for k in ("pass@1", "pass@8", "right_tactic")) + " |")
+    lo, hi = crit["pass@1_delta_ci"]
+    lines += ["", f"All {crit['problems']} problems: pass@1 {crit['pass@1_sft']:.1f} -> {crit['pass@1_grpo']:.1f} "
+              f"(paired difference {crit['pass@1_delta']:+.1f} points, 95% CI {lo:+.1f} to {hi:+.1f}); pass@8 "
+              f"{crit['pass@8_sft']:.1f} -> {crit['pass@8_grpo']:.1f}; second-turn pass rate in RL "
+              f"{crit['second_turn_pass_rate']:.3f}.", "", "Issue #16's criteria:", ""]
+    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in crit["criteria"].items()]
     return lines
+
+
+def sweep_summary(out: Path) -> str:
+    """recipes/smoke_sweep.sh's table: one row per (setting, seed) run from its criteria.json,
+    then per setting the seeds that met all of issue #16's criteria. Writes out/sweep.md."""
+    rows = []
+    for f in sorted(out.glob("*/criteria.json")):
+        name, seed = f.parent.name.split("_sweep_", 1)[1].rsplit("_s", 1)
+        rows.append((name, int(seed), json.loads(f.read_text())))
+    lines = [f"# Smoke RL sweep (`bash recipes/smoke_sweep.sh`, {len(rows)} runs)", "",
+             "Each run: the same SFT model, then 04 (SFT), 03 and 04 (GRPO) with the run's seed; the eval set is "
+             "the balanced toy's first 200 held-out problems x 8 samples. Stand-in verifier, NOT Lean.", "",
+             "| setting | seed | pass@1 SFT -> GRPO | paired diff (95% CI) | pass@8 SFT -> GRPO | worst class pass@8 change "
+             "| smallest right-tactic rise | turn-2 pass rate (RL) | criteria met |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, seed, c in rows:
+        cls = c["classes"].values()
+        worst = min(x["pass@8"][1] - x["pass@8"][0] for x in cls)
+        rise = min(x["right_tactic"][1] - x["right_tactic"][0] for x in cls)
+        lo, hi = c["pass@1_delta_ci"]
+        lines.append(f"| {name} | {seed} | {c['pass@1_sft']:.1f} -> {c['pass@1_grpo']:.1f} | {c['pass@1_delta']:+.1f} "
+                     f"({lo:+.1f}, {hi:+.1f}) | {c['pass@8_sft']:.1f} -> {c['pass@8_grpo']:.1f} | {worst:+.1f} | {rise:+.1f} "
+                     f"| {c['second_turn_pass_rate']:.3f} | {sum(c['criteria'].values())}/{len(c['criteria'])} |")
+    lines += ["", "| setting | seeds meeting all criteria |", "|---|---:|"]
+    for name in dict.fromkeys(r[0] for r in rows):
+        runs = [c for n, _, c in rows if n == name]
+        lines.append(f"| {name} | {sum(c['all_met'] for c in runs)} / {len(runs)} |")
+    text = "\n".join(lines) + "\n"
+    (out / "sweep.md").write_text(text)
+    return text
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--run_name", required=True)
+    p.add_argument("--run_name")
+    p.add_argument("--results_dir", default="results", help="results/<run_name>/ goes under this folder")
+    p.add_argument("--sweep", help="a recipes/smoke_sweep.sh folder: write its sweep.md instead")
     args = p.parse_args(argv)
+    if args.sweep:
+        print(sweep_summary(Path(args.sweep)))
+        return
+    if not args.run_name:
+        p.error("--run_name is required (or --sweep)")
     run = common.RUNS_ROOT / args.run_name
-    res = common.PROJECT_ROOT / "results" / args.run_name
+    res = Path(args.results_dir) / args.run_name
+    res = res if res.is_absolute() else common.PROJECT_ROOT / res
     res.mkdir(parents=True, exist_ok=True)
     for src, dst in [("02_sft/loss.png", "sft_loss.png"), ("03_grpo/reward.png", "rl_reward_pass_rate.png"),
                      ("03_grpo/format_errors.png", "rl_format_errors.png"),
@@ -134,9 +224,11 @@ def main(argv=None):
                 lines += [f"Tactic written per relation, first turns with a proof, {name} 10 steps "
                           "(share of attempts; the right tactic in bold):", ""] + table + [""]
     if (run / "01_data/eval_toy.parquet").exists():
-        table = toy_class_table(run)
-        if table:
-            lines += ["pass@k per tactic class (04 samples of the eval set, SFT vs GRPO model):", ""] + table + [""]
+        crit = toy_criteria(run)
+        if crit:
+            (res / "criteria.json").write_text(json.dumps(crit, indent=2))
+            lines += ["## Per tactic class (04 samples of the eval set, SFT vs GRPO model; `criteria.json`)", ""] + \
+                toy_criteria_lines(crit) + [""]
     if val:
         keys = [k for k in val[0] if k.startswith(("pass@1", "best@"))]
         lines += ["Validation (held-out eval set, 8 samples per problem; best@8 is Kimina's bootstrap):", "",

@@ -42,23 +42,29 @@ def group_advantages(rollouts: list, cfg) -> tuple[list, int]:
 # Policy loss
 # ---------------------------------------------------------------------------------------------
 
-def sequence_logprobs(model, batch: list[tuple[list[int], list[int]]], temperature: float, device):
+def sequence_logprobs(model, batch: list[tuple], temperature: float, device):
     """Per-token log-probs (and entropies) of each completion given its prompt: [B, T] with a mask.
 
+    Items are (prompt_ids, completion_ids) or (prompt_ids, completion_ids, keep): keep[t] = 0
+    marks completion tokens the policy did not write (a tool's answer spliced into a
+    tool-integrated rollout): they condition what follows but are masked out of the loss, the
+    importance ratio and the entropy, as StepFun's tool-integrated RL does.
     Prompts are left-padded so every completion starts at the same column; the vocabulary
     projection then runs only on completion positions (logits_to_keep), not on the prompts."""
-    p_max = max(len(p) for p, _ in batch)
-    t_max = max(len(c) for _, c in batch)
+    p_max = max(len(item[0]) for item in batch)
+    t_max = max(len(item[1]) for item in batch)
     ids = torch.zeros((len(batch), p_max + t_max), dtype=torch.long)
     attn = torch.zeros_like(ids)
     targets = torch.zeros((len(batch), t_max), dtype=torch.long)
     mask = torch.zeros((len(batch), t_max))
-    for b, (p, c) in enumerate(batch):
+    for b, (p, c, *keep) in enumerate(batch):
         ids[b, p_max - len(p):p_max] = torch.tensor(p)
         ids[b, p_max:p_max + len(c)] = torch.tensor(c)
         attn[b, p_max - len(p):p_max + len(c)] = 1
         targets[b, :len(c)] = torch.tensor(c)
-        mask[b, :len(c)] = 1
+        if keep and len(keep[0]) != len(c):
+            raise ValueError(f"rollout {b}: keep mask has {len(keep[0])} entries for {len(c)} completion tokens")
+        mask[b, :len(c)] = torch.tensor(keep[0], dtype=torch.float) if keep else 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     ids, attn, pos, targets, mask = (t.to(device) for t in (ids, attn, pos, targets, mask))
     # logits at columns p_max-1 .. p_max+t_max-2 predict the completion tokens

@@ -1,0 +1,76 @@
+"""Issue #16's acceptance criteria as collect_results.toy_criteria applies them to a run folder:
+built here from 04-shaped samples (the toy's own completions and tactic rule), so each criterion
+is checked against a run that meets it and one that does not."""
+import json
+import random
+
+import pytest
+
+import collect_results
+import common
+from toy_task import TACTIC_RULES, toy_completion, toy_statement
+
+TACTICS = sorted(TACTIC_RULES)
+
+
+def make_run(tmp_path, grpo_right_share: dict[str, float], turn2_pass: float, n_per_class=30, seed=0):
+    """SFT picks one of the four tactics at random (the toy SFT data's 25%); GRPO picks the
+    right one with the given share per class. A sample passes iff its tactic is right."""
+    rng = random.Random(seed)
+    rows, samples = [], {"sft": [], "grpo": []}
+    for k in range(n_per_class * len(TACTICS)):
+        right = TACTICS[k % len(TACTICS)]
+        stmt = f"theorem toy_{k:05d} : {toy_statement(rng, right)} := by"
+        rows.append({"statement_id": f"toy/{k:05d}", "source": "toy", "split": "test", "header": "import Mathlib\n\n",
+                     "formal_statement": stmt, "informal_problem": "", "theorem_name": f"toy_{k:05d}"})
+        for tag in ("sft", "grpo"):
+            for j in range(8):
+                tac = (right if rng.random() < grpo_right_share[right] else rng.choice([t for t in TACTICS if t != right])) \
+                    if tag == "grpo" else rng.choice(TACTICS)
+                samples[tag].append({"statement_id": f"toy/{k:05d}", "sample_idx": j, "ok": tac == right,
+                                     "completion": toy_completion(stmt, tac)})
+    run = tmp_path / "run"
+    common.write_parquet(rows, run / "01_data/eval_toy.parquet", "statements")
+    for tag, ss in samples.items():
+        d = run / "04_eval" / tag / "toy" / "single" / "n8-t64"
+        d.mkdir(parents=True)
+        (d / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in ss))
+    (run / "03_grpo").mkdir()
+    (run / "03_grpo/metrics.jsonl").write_text(
+        json.dumps({"step": 1, "second_turn_fraction": 0.25, "pass_rate_turn2": turn2_pass}) + "\n")
+    return run
+
+
+def test_a_run_that_learns_the_rule_meets_every_criterion(tmp_path):
+    crit = collect_results.toy_criteria(make_run(tmp_path, {t: 0.8 for t in TACTICS}, turn2_pass=0.1))
+    assert crit["all_met"], crit["criteria"]
+    assert crit["pass@1_delta_ci"][0] > 0 and 20 < crit["pass@1_sft"] < 32 and crit["pass@1_grpo"] > 70
+    assert set(crit["classes"]) == set(TACTICS) and all(c["problems"] == 30 for c in crit["classes"].values())
+
+
+def test_a_collapse_onto_one_tactic_fails_the_class_criteria(tmp_path):
+    # `omega` always, the others never: pass@1 may still look fine overall, the classes do not
+    crit = collect_results.toy_criteria(make_run(tmp_path, {"omega": 1.0, "rfl": 0.0, "decide": 0.0, "norm_num": 0.0},
+                                                 turn2_pass=0.1))
+    c = crit["criteria"]
+    assert not crit["all_met"]
+    assert not c["no class's pass@8 falls by > 10 points"]
+    assert not c["right-tactic share rises in every class"]
+    assert crit["classes"]["rfl"]["right_tactic"][1] == 0 and crit["classes"]["omega"]["pass@8"][1] == 100
+
+
+def test_second_turns_that_never_pass_fail_their_criterion(tmp_path):
+    crit = collect_results.toy_criteria(make_run(tmp_path, {t: 0.8 for t in TACTICS}, turn2_pass=0.0))
+    assert not crit["criteria"]["second-turn pass rate > 0 (RL)"]
+    assert sum(crit["criteria"].values()) == 4
+
+
+def test_the_sweep_table_counts_seeds_per_setting(tmp_path):
+    out = tmp_path / "sweep"
+    for seed, share in ((0, 0.8), (1, 0.0)):
+        run = make_run(tmp_path / f"s{seed}", {t: share for t in TACTICS}, turn2_pass=0.1, seed=seed)
+        (out / f"smoke_sweep_lr1e-4_s{seed}").mkdir(parents=True)
+        (out / f"smoke_sweep_lr1e-4_s{seed}/criteria.json").write_text(json.dumps(collect_results.toy_criteria(run)))
+    text = collect_results.sweep_summary(out)
+    assert "| lr1e-4 | 1 / 2 |" in text and (out / "sweep.md").exists()
+    assert "| lr1e-4 | 1 |" in text and "5/5" in text
