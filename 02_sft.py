@@ -27,7 +27,12 @@ Commands:
     accelerate launch --num_processes 8 02_sft.py --run_name kimina              # 8 GPUs (DDP)
     torchrun --standalone --nproc_per_node 8 02_sft.py --run_name kimina        # the same
     accelerate launch --use_fsdp --num_processes 8 02_sft.py --run_name big --model Qwen/Qwen3-8B
+    python 02_sft.py --run_name it --objective cpt --corpus lean_corpus.parquet --lr 2e-5   # CPT
 Add --lora true for LoRA (--lora_targets q_proj,v_proj,...).
+--objective cpt (OProver's first stage) writes runs/<run_name>/02_cpt/ instead: plain next-token
+loss on every token of --corpus (proof rows as Lean text, or a .lean/.txt file), packed into
+max_seq_len windows; OProver's 65B-token mixture (30% Lean, 20% code, 40% maths, 10% long CoT)
+is not reproduced, the corpus is what you pass. SFT then starts from it: --model runs/<run>/02_cpt/final/model.
 """
 import contextlib
 import dataclasses
@@ -59,6 +64,8 @@ class Settings:
     model: str = "AI-MO/Kimina-Prover-Distill-1.7B"
     preset: str = ""                         # tiny | smollm2 (overrides model)
     prompt_format: str = "kimina"            # formats.FORMATS: the prompt this model will be evaluated with
+    objective: str = "sft"                   # sft | cpt: next-token loss on every token of --corpus, packed
+    corpus: str = ""                         # cpt: a proof file (Parquet/JSONL, proof_bank schema) or a .lean/.txt file
     # LoRA
     lora: bool = False
     lora_r: int = 16
@@ -100,7 +107,8 @@ def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator):
     if cfg.preset == "tiny":
         base = out / "base_tiny"
         if not (base / "config.json").exists() and accelerator.is_main_process:
-            texts = [formats.render_prompt_text(r, cfg.prompt_format) + r["completion"] for r in rows]
+            texts = [r["text"] if "text" in r else formats.render_prompt_text(r, cfg.prompt_format) + r["completion"]
+                     for r in rows]
             generation.build_tiny_model(texts, base, seed=cfg.seed)
         accelerator.wait_for_everyone()
         name = str(base)
@@ -136,7 +144,10 @@ def tokenize_rows(rows: list[dict], tok, cfg: Settings) -> tuple[list[dict], int
     generation time."""
     examples, truncated = [], 0
     for row in rows:
-        prompt = formats.render(tok, formats.prompt_messages(row, cfg.prompt_format), cfg.prompt_format)
+        # a repair row from 04/the iteration loop carries the proofs retrieved for it (JSON), so the
+        # prompt trained on is the prompt deployed (OProver's round-level repair samples)
+        retrieved = json.loads(row.get("retrieved") or "[]")
+        prompt = formats.render(tok, formats.prompt_messages(row, cfg.prompt_format, retrieved), cfg.prompt_format)
         p_ids = tok(prompt, add_special_tokens=False).input_ids
         c_ids = tok(row["completion"], add_special_tokens=False).input_ids + [tok.eos_token_id]
         if len(p_ids) + len(c_ids) > cfg.max_seq_len:
@@ -148,6 +159,35 @@ def tokenize_rows(rows: list[dict], tok, cfg: Settings) -> tuple[list[dict], int
             truncated += 1
         examples.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids})
     return examples, truncated
+
+
+def read_corpus(path: Path) -> list[str]:
+    """CPT documents: a proof file's rows as Lean text (header, statement, proof), or a whole
+    .lean/.txt file as one document."""
+    if not path.exists():
+        raise SystemExit(f"--corpus {path}: no such file")
+    if path.suffix in (".parquet", ".jsonl"):
+        from proof_memory import read_proof_file
+        docs = [f"{r['header'] or ''}{r['formal_statement']}{r['proof']}" for r in read_proof_file(path)]
+    elif path.suffix in (".lean", ".txt"):
+        docs = [path.read_text()]
+    else:
+        raise SystemExit(f"--corpus {path}: expected .parquet/.jsonl (proof_bank rows) or .lean/.txt")
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise SystemExit(f"--corpus {path}: no text in it")
+    return docs
+
+
+def cpt_examples(docs: list[str], tok, cfg: Settings) -> tuple[list[dict], list[dict]]:
+    """Continued pretraining (OProver's first stage): the documents, each ended by EOS, as one
+    token stream cut into max_seq_len windows (packed; attention may cross documents, as usual
+    in pretraining), the loss on every token. Every 20th window is held out (when there are 2+)."""
+    stream = [t for d in docs for t in tok(d, add_special_tokens=False).input_ids + [tok.eos_token_id]]
+    windows = [stream[k:k + cfg.max_seq_len] for k in range(0, len(stream), cfg.max_seq_len)]
+    examples = [{"input_ids": w, "labels": list(w)} for w in windows if len(w) > 1]
+    held = set(range(19, len(examples), 20)) if len(examples) > 1 else set()
+    return [e for k, e in enumerate(examples) if k not in held], [e for k, e in enumerate(examples) if k in held]
 
 
 def epoch_units(examples: list[dict], epoch: int, cfg: Settings) -> list[list[int]]:
@@ -254,13 +294,22 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, cfg) -> dict:
 def train(cfg: Settings) -> Path:
     from accelerate import Accelerator
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    out = common.stage_dir(cfg.run_name, "02_sft")
+    if cfg.objective not in ("sft", "cpt"):
+        raise SystemExit(f"--objective must be sft or cpt, got {cfg.objective!r}")
+    out = common.stage_dir(cfg.run_name, "02_cpt" if cfg.objective == "cpt" else "02_sft")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
-    data_path = Path(cfg.data) if cfg.data else common.stage_dir(cfg.run_name, "01_data") / "sft.parquet"
-    rows = common.read_rows(data_path, "sft")
+    if cfg.objective == "cpt":
+        if not cfg.corpus:
+            raise SystemExit("--objective cpt needs --corpus FILE")
+        data_path = Path(cfg.corpus)
+        docs = read_corpus(data_path)
+        rows = [{"statement_id": f"doc{k}", "split": "train", "completion": d, "text": d} for k, d in enumerate(docs)]
+    else:
+        data_path = Path(cfg.data) if cfg.data else common.stage_dir(cfg.run_name, "01_data") / "sft.parquet"
+        rows = common.read_rows(data_path, "sft")
     made = data_path.parent / "config.json"   # 01's settings: its SFT targets are in one format's answer shape
-    if made.exists() and (built := json.loads(made.read_text()).get("prompt_format", "kimina")) != cfg.prompt_format:
+    if cfg.objective == "sft" and made.exists() and (built := json.loads(made.read_text()).get("prompt_format", "kimina")) != cfg.prompt_format:
         raise SystemExit(f"{data_path} holds SFT targets for prompt format {built!r}; this run trains "
                          f"{cfg.prompt_format!r}: rerun 01 with --prompt_format {cfg.prompt_format} or pass that format here")
     for r in rows:
@@ -270,10 +319,11 @@ def train(cfg: Settings) -> Path:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model_name, tok, model = setup_model(cfg, out, rows, accelerator)
-    train_rows = [r for r in rows if r["split"] != "valid"]
-    valid_rows = [r for r in rows if r["split"] == "valid"]
-    train_ex, truncated = tokenize_rows(train_rows, tok, cfg)
-    valid_ex, _ = tokenize_rows(valid_rows, tok, cfg)
+    if cfg.objective == "cpt":
+        (train_ex, valid_ex), truncated = cpt_examples(docs, tok, cfg), 0
+    else:
+        train_ex, truncated = tokenize_rows([r for r in rows if r["split"] != "valid"], tok, cfg)
+        valid_ex, _ = tokenize_rows([r for r in rows if r["split"] == "valid"], tok, cfg)
     if not train_ex:
         raise SystemExit(f"{data_path}: no training rows (split != 'valid')")
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -371,7 +421,7 @@ def train(cfg: Settings) -> Path:
         metrics.plot(out / "loss.png", ["loss", "heldout_loss"], title=f"SFT loss ({cfg.run_name})")
         common.write_manifest(out, [out / "metrics.jsonl", out / "loss.png", out / "config.json"] +
                               sorted((final / "model").glob("*")), extra={
-            "stage": "02_sft", "steps": step, "epochs_started": epoch + 1, "train_rows": len(train_ex),
+            "stage": out.name, "objective": cfg.objective, "steps": step, "epochs_started": epoch + 1, "train_rows": len(train_ex),
             "valid_rows": len(valid_ex), "truncated_rows": truncated, "final_model": str(final / "model"),
             "final_loss": metrics.last("loss"), "final_heldout_loss": metrics.last("heldout_loss")})
         print(f"wrote {final / 'model'}")

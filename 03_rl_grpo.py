@@ -6,6 +6,19 @@ format checks and the soundness gate, verify through lean_client (verification o
 overlaps generation of the next), reward = proof x format, advantage = reward - group mean,
 then clipped policy-gradient updates over mini-batches. Failed attempts with Lean errors become
 second-turn prompts (answer as assistant turn, Lean feedback as user turn).
+Agentic rollouts (rollouts.py over agent_loops.py, the same loop code 04 evaluates with):
+  --rollout repair  OProver: group_size trajectories of up to repair_depth rounds per prompt, round
+                    t = statement + top-k proofs from the frozen --memory + previous attempt + its
+                    diagnostics, stopping at the first verified proof; every round is trained on.
+                    The paper gives no per-round credit rule: --repair_credit trajectory (default)
+                    gives each round its trajectory's advantage (R = 1 if any round verified, minus
+                    the group mean), --repair_credit round compares each round with the group's
+                    rounds of the same index. GSPO (--ratio_level sequence, OProver's RL) is the
+                    default here.
+  --rollout tool    StepFun: generation pauses at </sketch>, the REPL's answer is appended, and
+                    generation resumes in token space; the tool's tokens are masked out of the loss
+                    and the importance ratio; reward at the end; budget as 04 (--tool_budget).
+  Error-correction turns are for single rollouts; validation stays single-turn pass@1.
 
 Writes runs/<run_name>/03_grpo/: metrics.jsonl (+ PNG curves), rollouts/step_XXXXXX.parquet
 (every rollout of every step), validation.jsonl (pass@1 and best@8 before/after error
@@ -35,16 +48,19 @@ Commands:
     python 03_rl_grpo.py --run_name kimina --backend vllm                               # one GPU
     accelerate launch --num_processes 8 03_rl_grpo.py --run_name kimina --backend vllm  # 8 GPUs
     torchrun --nproc_per_node 8 03_rl_grpo.py --run_name kimina --backend vllm          # the same
+    python 03_rl_grpo.py --run_name it1 --rollout repair --memory runs/it0/memory.parquet
+    python 03_rl_grpo.py --run_name sf --rollout tool --prompt_format stepfun
 Several machines: recipes/verl/ exports the data and the reward for verl (Kimina's engine).
 """
 import concurrent.futures as cf
 import dataclasses
+import itertools
 import random
 import shutil
 import sys
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +70,9 @@ import common
 import formats
 import generation
 from lean_client import LeanClient
-from rl_objective import group_advantages, policy_loss, sequence_logprobs
+from proof_memory import ProofMemory, read_proof_file
+from rollouts import PromptItem, Rollout, agent_rollout_step, rollout_step, score   # noqa: F401 (tests use grpo.*)
+from rl_objective import group_advantages, policy_loss, sequence_logprobs, trajectory_advantages
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -89,7 +107,7 @@ class Settings:
     clip_high: float = 0.3
     clip_ratio_c: float = 3.0            # dual clip for negative advantages (verl's default; <= 1: off)
     loss_agg: str = "seq_sum_norm"       # seq_sum_norm (Kimina) | token_mean | seq_mean
-    ratio_level: str = "token"           # token (GRPO) | sequence (GSPO)
+    ratio_level: str = "auto"            # token (GRPO) | sequence (GSPO) | auto: GSPO for repair (OProver)
     kl_coef: float = 0.0
     mini_batch_prompts: int = 32
     micro_batch_size: int = 16           # rollouts per forward pass (memory)
@@ -99,7 +117,15 @@ class Settings:
     lora: bool = False
     lora_r: int = 16
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    # error correction (second turn)
+    # agentic rollouts (agent_loops.py, the loops 04 evaluates with)
+    rollout: str = "single"              # single (Kimina) | repair (OProver) | tool (StepFun)
+    repair_depth: int = 3                # repair: rounds per trajectory (stop at the first verified)
+    repair_credit: str = "trajectory"    # trajectory: every round gets the trajectory's advantage | round
+    retrieve_k: int = 3                  # repair: proofs retrieved from the frozen --memory
+    memory: str = ""                     # repair: a proof file (04's memory_*.parquet, found_proofs.parquet)
+    tool_budget: int = 20480             # tool: the whole context in tokens (StepFun)
+    tool_max_checks: int = 0             # tool: 0 = unlimited sketches (StepFun)
+    # error correction (second turn; single rollouts only)
     error_correction: bool = True
     ec_prob: float = 0.5
     ec_cache_size: int = 5000
@@ -126,37 +152,9 @@ class Settings:
     wandb: bool = False
     seed: int = 0
 
-
-@dataclass
-class PromptItem:
-    row: dict                              # the statement row (statements schema)
-    turn: int = 1
-    prev_attempt: str = ""                 # turn 2: the first answer ...
-    feedback: str = ""                     # ... and Lean's feedback on it
-
-    def messages(self, fmt: str = "kimina") -> list[dict]:
-        return formats.prompt_messages({**self.row, "prev_attempt": self.prev_attempt,
-                                       "lean_feedback": self.feedback}, fmt)
-
-
-@dataclass
-class Rollout:
-    item: PromptItem
-    prompt_ids: list[int]
-    gen: generation.Generation
-    status: str = ""                       # Lean verdict status, or no_proof
-    format_errors: list[str] = field(default_factory=list)
-    reward: float = 0.0
-    advantage: float = 0.0
-    feedback: str = ""
-    n_tokens: int = 0                      # completion length (kept when gathered without ids)
-    local: bool = True                     # generated by this process: it has ids and log-probs
-    decision_at: int | None = None         # token index of the proof's first token (its entropy is logged)
-
-    def shareable(self) -> "Rollout":
-        """What other processes need (verdict, reward, text, length), without token ids."""
-        return dataclasses.replace(self, prompt_ids=[], local=False,
-                                   gen=dataclasses.replace(self.gen, token_ids=[], logprobs=[]))
+    def __post_init__(self):   # resolved here, so config.json and every reader see the one in use
+        if self.ratio_level == "auto":
+            self.ratio_level = "sequence" if self.rollout == "repair" else "token"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +172,8 @@ def resolve_paths(cfg: Settings) -> tuple[str, Path, Path | None]:
 
 def check_settings(cfg: Settings, world: int) -> None:
     checks = {"backend": ("hf", "vllm"), "loss_agg": ("seq_sum_norm", "token_mean", "seq_mean"),
-              "ratio_level": ("token", "sequence")}
+              "ratio_level": ("token", "sequence"), "rollout": ("single", "repair", "tool"),
+              "repair_credit": ("trajectory", "round")}
     for key, allowed in checks.items():
         if getattr(cfg, key) not in allowed:
             raise SystemExit(f"--{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
@@ -238,68 +237,8 @@ class PromptSampler:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward: proof x format, every part kept
-# ---------------------------------------------------------------------------------------------
-
-def score(rollouts: list[Rollout], client: LeanClient, cfg: Settings) -> None:
-    """Fill status, format errors, reward and feedback of each rollout (blocking)."""
-    verdicts = formats.verify_completions(client, [r.item.row for r in rollouts], [r.gen.text for r in rollouts])
-    for r, v in zip(rollouts, verdicts):
-        r.format_errors = formats.format_errors(r.gen.text, r.item.row["formal_statement"],
-                                               require_tactic_blocks=cfg.require_tactic_blocks, fmt=cfg.prompt_format)
-        r.status = v.status if v else "no_proof"
-        r.reward = float(bool(v and v.ok) and not r.format_errors)
-        if v and not v.ok:
-            r.feedback = formats.lean_feedback(v, formats.FEEDBACK_STYLE.get(cfg.prompt_format, "kimina"))
-    if cfg.overlong_buffer:
-        limit = cfg.max_new_tokens
-        for r in rollouts:
-            over = r.n_tokens - (limit - cfg.overlong_buffer)
-            if over > 0:
-                r.reward -= over / cfg.overlong_buffer
-
-
-# ---------------------------------------------------------------------------------------------
 # Loop
 # ---------------------------------------------------------------------------------------------
-
-def rollout_step(items, step, gen, tok, client, cfg, pool, index: list | None = None
-                 ) -> tuple[list[Rollout], dict]:
-    """Generate group_size completions per item; verification of chunk k runs in `pool` while
-    chunk k+1 is generated. `index`: each item's index in the whole step (default 0, 1, ...):
-    seeds follow it, so how the step is split over processes changes no rollout. Returns
-    rollouts (grouped) and timings."""
-    index = index if index is not None else list(range(len(items)))
-    prompts = [formats.render(tok, it.messages(cfg.prompt_format), cfg.prompt_format) for it in items]
-    prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
-    timings = {"time_generate": 0.0, "time_verify_wait": 0.0}
-    rollouts: list[Rollout] = []
-    if not items:   # a process with no share (fewer eval problems than processes)
-        return rollouts, timings
-    pending = []
-    # chunks overlap verification with generation, but never at the cost of the generation batch:
-    # a chunk is used only if it still fills gen_batch_size rollouts
-    full_batches = (len(items) * cfg.group_size) // max(1, cfg.gen_batch_size)
-    n_chunks = max(1, min(cfg.gen_chunks, len(items), full_batches))
-    bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
-    for c in range(n_chunks):
-        chunk = range(bounds[c], bounds[c + 1])
-        t0 = time.perf_counter()
-        todo = [(i, s) for i in chunk for s in range(cfg.group_size)]
-        gens = gen.generate([prompts[i] for i, _ in todo],
-                            [generation.rollout_seed(cfg.seed, step, index[i], s) for i, s in todo],
-                            cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-        timings["time_generate"] += time.perf_counter() - t0
-        part = [Rollout(items[i], prompt_ids[i], g, n_tokens=len(g.token_ids),
-                        decision_at=formats.decision_index(tok, g.text, g.token_ids, items[i].row["formal_statement"])) for (i, _), g in zip(todo, gens)]
-        rollouts += part
-        pending.append(pool.submit(score, part, client, cfg))
-    t0 = time.perf_counter()
-    for f in pending:
-        f.result()
-    timings["time_verify_wait"] = time.perf_counter() - t0
-    return rollouts, timings
-
 
 def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, step: int, device,
            world: int = 1) -> dict:
@@ -321,7 +260,8 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
             optimizer.zero_grad(set_to_none=True)
             for u in range(0, len(mine), cfg.micro_batch_size):
                 micro = mine[u:u + cfg.micro_batch_size]
-                pairs = [(rollouts[i].prompt_ids, rollouts[i].gen.token_ids) for i in micro]
+                pairs = [(rollouts[i].prompt_ids, rollouts[i].gen.token_ids, *([rollouts[i].keep] if rollouts[i].keep
+                          else [])) for i in micro]
                 logp, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device)
                 old_lp = torch.zeros_like(logp)
                 for b, i in enumerate(micro):
@@ -446,6 +386,8 @@ def train(cfg: Settings) -> Path:
     client.require_healthy()
     client.probe_line_numbering()   # how this server counts message lines, asked, not assumed
     sampler = PromptSampler(train_rows, cfg)   # the same on every process: same seed, same cache
+    # repair rollouts retrieve from a frozen memory, never holding the validation statements
+    memory = ProofMemory(read_proof_file(Path(cfg.memory)), eval_rows) if cfg.memory else None
     step = 0
     ckpt = common.find_checkpoint(cfg.resume, out)
     if ckpt:
@@ -478,17 +420,30 @@ def train(cfg: Settings) -> Path:
         t_step = time.perf_counter()
         hits_before = client.stats["cache_hits"]
         items = sampler.sample(step)
-        local, timing = rollout_step(items[lo:hi], step, gen, tok, client, cfg, pool, list(range(lo, hi)))
+        if cfg.rollout == "single":
+            local, timing = rollout_step(items[lo:hi], step, gen, tok, client, cfg, pool, list(range(lo, hi)))
+        else:
+            local, timing = agent_rollout_step(items[lo:hi], step, gen, tok, client, cfg, memory, list(range(lo, hi)))
         if cfg.backend == "vllm":   # vLLM's log-probs are not the trainer's: recompute them
             with torch.no_grad():
                 for r in local:
-                    lp, _, _ = sequence_logprobs(model, [(r.prompt_ids, r.gen.token_ids)], cfg.temperature, device)
+                    lp, _, _ = sequence_logprobs(model, [(r.prompt_ids, r.gen.token_ids, *([r.keep] if r.keep else []))],
+                                                 cfg.temperature, device)
                     r.gen.logprobs = lp[0, :len(r.gen.token_ids)].tolist()
         # every process gets every verdict (not the token ids): same cache, same metrics
         shared = common.gather_lists([r.shareable() for r in local], world)
-        rollouts = shared[:lo * cfg.group_size] + local + shared[hi * cfg.group_size:]
-        too_long = add_second_turns(rollouts, sampler, tok, cfg) if cfg.error_correction else 0
-        train_on, zero_var = group_advantages(rollouts, cfg)
+        if cfg.rollout == "single":
+            rollouts = shared[:lo * cfg.group_size] + local + shared[hi * cfg.group_size:]
+        else:   # repair: a varying number of rounds per trajectory; trajectories are numbered
+            g_lo, g_hi = lo * cfg.group_size, hi * cfg.group_size
+            rollouts = [r for r in shared if r.trajectory < g_lo] + local + [r for r in shared if r.trajectory >= g_hi]
+        too_long = add_second_turns(rollouts, sampler, tok, cfg) if cfg.error_correction and cfg.rollout == "single" else 0
+        if cfg.rollout == "repair":
+            trajs = [list(g) for _, g in itertools.groupby(rollouts, key=lambda r: r.trajectory)]
+            train_on, zero_var = trajectory_advantages(trajs, cfg.group_size, cfg.repair_credit, cfg.adv_std_norm,
+                                                       cfg.skip_zero_variance)
+        else:
+            train_on, zero_var = group_advantages(rollouts, cfg)
         t0 = time.perf_counter()
         upd = update(model, ref_model, optimizer, train_on, cfg, step, device, world) if train_on else {}
         t_update = time.perf_counter() - t0
@@ -549,13 +504,18 @@ def step_metrics(step, rollouts, zero_var, upd, timing, t_update, t_step, cache_
            "second_turn_fraction": sum(r.item.turn == 2 for r in rollouts) / n,
            "zero_variance_groups": zero_var, "cache_hits": cache_hits, "ec_cache": ec_cache,
            "time_update": t_update, "time_step": t_step, **timing, **upd}
-    for turn in (1, 2):   # second turns dilute the overall rates: each turn's own
+    for turn in range(1, max(r.item.turn for r in rollouts) + 1):   # each turn's (round's) own rates
         of_turn = [r for r in rollouts if r.item.turn == turn]
         if of_turn:
             rec[f"pass_rate_turn{turn}"] = sum(r.status == "valid" for r in of_turn) / len(of_turn)
             rec[f"format_error_rate_turn{turn}"] = sum(bool(r.format_errors) for r in of_turn) / len(of_turn)
             for k, v in sorted(Counter(e for r in of_turn for e in r.format_errors).items()):
                 rec[f"format_turn{turn}/{k}"] = v / len(of_turn)
+    if rollouts[0].trajectory >= 0:   # repair/tool: solved trajectories, REPL checks
+        trajs = Counter(r.trajectory for r in rollouts)
+        rec["pass_rate_trajectory"] = len({r.trajectory for r in rollouts if r.status == "valid"}) / len(trajs)
+        rec["rounds_per_trajectory"] = n / len(trajs)
+        rec["tool_checks"] = float(np.mean([r.gen.text.count("\n<REPL>\n") for r in rollouts]))
     rec["verify_wait_share"] = timing["time_verify_wait"] / t_step
     rec.update({f"format/{k}": v / n for k, v in sorted(fmt.items())})
     rec.update({f"lean/{k}": v / n for k, v in sorted(status.items())})

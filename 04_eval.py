@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+import agent_loops
 import common
 import formats
 import generation
@@ -187,6 +188,16 @@ class SampleLog:
         self.rows += rows
         self.done |= {(r["statement_id"], r["sample_idx"], r["round"]) for r in rows}
 
+    def open_trajectories(self, depth: int) -> dict[tuple, dict]:
+        """Repair trajectories a crash cut between rounds: (statement, k) -> their last record,
+        when it failed before the last round."""
+        last: dict[tuple, dict] = {}
+        for r in self.rows:
+            key = (r["statement_id"], r["sample_idx"])
+            if key not in last or r["round"] > last[key]["round"]:
+                last[key] = r
+        return {key: r for key, r in last.items() if not r["ok"] and r["round"] < depth}
+
 
 BUDGET_KEYS = {"single": ("n_samples", "max_new_tokens"), "correction": ("n_samples", "max_new_tokens"),
                "repair": ("repair_width", "repair_depth", "retrieve_k", "max_new_tokens"),
@@ -255,20 +266,6 @@ def sample_row(bench, mode, row, k, rnd, prompt, text, verdict_or_none, n_tokens
             "status": v.status if v else "no_proof", "ok": bool(v and v.ok), "feedback": feedback, "n_tokens": n_tokens}
 
 
-def repl_text(v, line_numbering: str) -> str:
-    """What StepFun's REPL would print for a sketch: its JSON, positions counted in the sketch
-    (we sent `import Mathlib` before it), or the demo's line when no answer came."""
-    if v.status in ("timeout", "server_error") or not isinstance((v.raw or {}).get("response"), dict):
-        return f"repl cannot return status in {v.time} seconds!"
-    shift = 1 - (1 if line_numbering == "after_imports" else 0)
-    out = json.loads(json.dumps(v.raw["response"]))
-    for item in (out.get("messages") or []) + (out.get("sorries") or []):
-        for key in ("pos", "endPos"):
-            if isinstance(item.get(key), dict) and "line" in item[key]:
-                item[key]["line"] -= shift
-    return json.dumps(out, ensure_ascii=False)
-
-
 # ---------------------------------------------------------------------------------------------
 # Metrics: eval_tables.py (pass@k with CIs and best@k, tables, plots)
 # ---------------------------------------------------------------------------------------------
@@ -306,47 +303,15 @@ class Evaluator:
         return formats.verify_completions(self.client, rows, texts)
 
     def tool_generate(self, prompts, seeds) -> list[tuple[str, int]]:
-        """StepFun's loop (demo/interact_with_lean4repl.py): generate until end of sequence or
-        </sketch>; a sketch (`import Mathlib` removed) runs in the REPL, whose JSON answer is
-        appended as `\\n<REPL>\\n{json}\\n</REPL>`, and generation goes on. A sample ends at end of
-        sequence, when a call stops short of its own limit, when a stop has no <sketch>, or when
-        the whole context (prompt + generated + REPL text) reaches tool_budget tokens; checks are
-        unlimited unless tool_max_checks is set. Returns (text, generated tokens) per sample."""
+        """StepFun's loop (agent_loops.tool_rollouts, the one 03 --rollout tool trains with): the
+        budget is the whole context (tool_budget), checks unlimited unless tool_max_checks.
+        Returns (text, generated tokens) per sample."""
         cfg = self.cfg
-        texts, generated, checks = [""] * len(prompts), [0] * len(prompts), [0] * len(prompts)
-        context = [len(self.tok(p, add_special_tokens=False).input_ids) for p in prompts]
-        active = [i for i in range(len(prompts)) if context[i] < cfg.tool_budget]
-        while active:
-            own = {i: min(cfg.max_new_tokens, cfg.tool_budget - context[i]) for i in active}
-            cap = min(own.values())   # one call for all: no sample may pass its own limit
-            gens = self.gen.generate([prompts[i] + texts[i] for i in active],
-                                     [generation.rollout_seed(seeds[i], checks[i], generated[i]) for i in active],
-                                     cap, cfg.temperature, cfg.top_p, stop=("</sketch>",))
-            nxt, sketches = [], []
-            for i, g in zip(active, gens):
-                texts[i] += g.text
-                generated[i] += len(g.token_ids)
-                self.tokens += len(g.token_ids)
-                context[i] = len(self.tok(prompts[i] + texts[i], add_special_tokens=False).input_ids)
-                if context[i] >= cfg.tool_budget or g.finish == "eos":
-                    continue
-                if g.finish == "length":
-                    if len(g.token_ids) < own[i]:
-                        nxt.append(i)            # cut by another sample's smaller limit: go on
-                    continue                     # its own limit: StepFun stops here
-                if "<sketch>" not in g.text or (cfg.tool_max_checks and checks[i] >= cfg.tool_max_checks):
-                    continue                     # a stop without a sketch is a format error
-                sketch = g.text[g.text.find("<sketch>") + len("<sketch>"):g.text.find("</sketch>")]
-                sketches.append((i, sketch.replace("import Mathlib", "").strip()))
-            if sketches:   # the REPL of StepFun has Mathlib loaded: our server gets it as a header
-                verdicts = self.client.verify([{"id": str(i), "code": "import Mathlib\n" + s} for i, s in sketches])
-                for (i, _), v in zip(sketches, verdicts):
-                    texts[i] += f"\n<REPL>\n{repl_text(v, self.client.line_numbering)}\n</REPL>"
-                    checks[i] += 1
-                    context[i] = len(self.tok(prompts[i] + texts[i], add_special_tokens=False).input_ids)
-                    nxt.append(i)           # a long REPL answer can fill the context: then it ends
-            active = [i for i in nxt if context[i] < cfg.tool_budget]
-        return list(zip(texts, generated))
+        traces = agent_loops.tool_rollouts(self.gen, self.tok, self.client, prompts, seeds,
+                                           max_new_tokens=cfg.max_new_tokens, budget=cfg.tool_budget,
+                                           max_checks=cfg.tool_max_checks, temperature=cfg.temperature, top_p=cfg.top_p)
+        self.tokens += sum(t.generated for t in traces)
+        return [(t.text, t.generated) for t in traces]
 
     def run_problems(self, bench: str, rows: list[dict], log: SampleLog, memory: ProofMemory | None,
                      repair_rows: list[dict], found: list[dict] | None = None) -> None:
@@ -356,16 +321,18 @@ class Evaluator:
         bar = tqdm(total=len(rows), desc=f"{bench}/{cfg.mode}")
         with cf.ThreadPoolExecutor(1) as pool:
             pending = None
+            cut = log.open_trajectories(cfg.repair_depth) if cfg.mode == "repair" else {}
             for c in range(0, len(rows), cfg.problems_per_chunk):
                 chunk = rows[c:c + cfg.problems_per_chunk]
-                todo = [(r, k) for r in chunk for k in range(width) if (r["statement_id"], k, 1) not in log.done]
+                todo = [(r, k) for r in chunk for k in range(width) if (r["statement_id"], k, 1) not in log.done
+                        or (r["statement_id"], k) in cut]
                 if not todo:
                     bar.update(len(chunk))
                     continue
                 if cfg.mode == "repair":
                     if pending:
                         pending.result()
-                    self.repair(bench, todo, log, memory, repair_rows, found if found is not None else [])
+                    self.repair(bench, todo, log, memory, found if found is not None else [], cut)
                 else:
                     prompts = [self.prompt(r) for r, _ in todo]
                     # a sample's seed depends on (problem, index) only: a resumed run draws the same
@@ -381,6 +348,8 @@ class Evaluator:
             if pending:
                 pending.result()
         bar.close()
+        if cfg.mode == "repair":   # from the whole log: a resumed run keeps the fixes of before
+            repair_rows += repairs_in_log(log.rows, rows, memory, cfg)
 
     def finish_chunk(self, bench, todo, prompts, outs, log: SampleLog) -> None:
         rows = [r for r, _ in todo]
@@ -402,46 +371,47 @@ class Evaluator:
                                    self.feedback(v, 2)) for i, p, g, v in zip(failed, p2, gens, v2)]
         log.append(records)
 
-    def repair(self, bench, todo, log: SampleLog, memory: ProofMemory, repair_rows: list[dict],
-               found: list[dict]) -> None:
-        """Trajectories (row, k): round t sees retrieved proofs, the last attempt and its feedback.
-        Verified proofs go to `found`, not into the memory (unless it is an online memory)."""
+    def repair(self, bench, todo, log: SampleLog, memory: ProofMemory, found: list[dict], cut: dict) -> None:
+        """Trajectories (row, k) of agent_loops.repair_rounds (the loop 03 --rollout repair trains
+        with): round t sees retrieved proofs, the last attempt and its feedback. Each round is
+        logged when verified; verified proofs go to `found`, not into the memory (unless online)."""
         cfg = self.cfg
-        state = {i: {"attempt": "", "feedback": ""} for i in range(len(todo))}
-        active = list(range(len(todo)))
-        for rnd in range(1, cfg.repair_depth + 1):
-            if not active:
-                break
-            prompts = []
-            for i in active:
-                row = todo[i][0]
-                retrieved = memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
-                prompts.append(self.prompt(row, retrieved, state[i]["attempt"], state[i]["feedback"]))
-            gens = self.sample(prompts, [generation.rollout_seed(cfg.seed, rnd, todo[i][0]["statement_id"], todo[i][1])
-                                         for i in active])
-            verdicts = self.verify([todo[i][0] for i in active], [g.text for g in gens])
-            records, nxt = [], []
-            for i, p, g, v in zip(active, prompts, gens, verdicts):
+
+        def prompt_of(item, attempt, feedback, rnd):
+            row = item[0]
+            return self.prompt(row, memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"]),
+                               attempt, feedback)
+
+        def shown_feedback(verdict, rnd):
+            return shown(cfg, self.feedback(verdict, rnd))
+
+        def on_round(rnd, rounds):
+            records = []
+            for i, r in rounds:
                 row, k = todo[i]
-                rec = sample_row(bench, "repair", row, k, rnd, p, g.text, v, len(g.token_ids), self.feedback(v, rnd))
-                records.append(rec)
-                if rec["ok"]:
-                    proof = formats.extract_proof(g.text, row["formal_statement"])
-                    proved = {"statement_id": row["statement_id"], "formal_statement": row["formal_statement"],
-                              "header": row["header"], "proof": proof, "source": bench, "run": cfg.run_name}
-                    found.append(proved)
-                    if memory.online:
-                        memory.add_found(proved)
-                    if rnd > 1:   # a fix: attempt + feedback -> verified proof, in the SFT schema
-                        repair_rows.append({**{c: row.get(c, "") for c in common.STATEMENT_COLUMNS},
-                                            "split": "train", "formal_proof": proof, "completion": g.text,
-                                            "prev_attempt": state[i]["attempt"], "lean_feedback": state[i]["feedback"]})
-                else:
-                    state[i] = {"attempt": g.text, "feedback": (rec["feedback"] if cfg.repair_feedback else
-                                "The proof is not correct.") or "The answer holds no lean4 block with the unchanged statement."}
-                    nxt.append(i)
+                records.append(sample_row(bench, "repair", row, k, rnd, r.prompt, r.gen.text, r.verdict,
+                                          len(r.gen.token_ids), self.feedback(r.verdict, rnd)))
+                if not r.ok:
+                    continue
+                proof = formats.extract_proof(r.gen.text, row["formal_statement"])
+                proved = {"statement_id": row["statement_id"], "formal_statement": row["formal_statement"],
+                          "header": row["header"], "proof": proof, "source": bench, "run": cfg.run_name}
+                found.append(proved)
+                if memory.online:
+                    memory.add_found(proved)
             log.append(records)
-            active = nxt
+
+        def verify(items, texts):
+            return self.verify([row for row, _ in items], texts)
+
+        def seed_of(item, rnd):   # (round, problem, trajectory): a resumed run draws the same
+            return generation.rollout_seed(cfg.seed, rnd, item[0]["statement_id"], item[1])
+
+        resume = {i: (cut[r["statement_id"], k]["round"] + 1, cut[r["statement_id"], k]["completion"],
+                      shown(cfg, cut[r["statement_id"], k]["feedback"]))
+                  for i, (r, k) in enumerate(todo) if (r["statement_id"], k) in cut}   # cut by a crash
+        agent_loops.repair_rounds(todo, cfg.repair_depth, prompt_of, self.sample, verify, shown_feedback,
+                                  seed_of, on_round, resume)
 
 
 def build_memory(cfg: Settings, client: LeanClient, scored: list[dict]) -> ProofMemory:
@@ -570,6 +540,32 @@ def plot_budget(path: Path, samples: list[dict], rows: list[dict], cfg: Settings
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def shown(cfg: Settings, feedback: str) -> str:
+    """What the next repair round is shown after a failed one: Lean's feedback, or the ablation's
+    line without diagnostics (--repair_feedback false), or the no-proof line."""
+    return (feedback if cfg.repair_feedback else "The proof is not correct.") or agent_loops.NO_PROOF_FEEDBACK
+
+
+def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory, cfg: Settings) -> list[dict]:
+    """Round-level repair samples (OProver) from a sample log, so a resumed run loses none: each
+    fix (a verified round t > 1) with the attempt and feedback of round t - 1 and the proofs
+    retrieved for it (JSON; the memory is frozen, so the same), in the SFT schema: 02 rebuilds
+    the very prompt the round was deployed with."""
+    by_id = {r["statement_id"]: r for r in rows}
+    by_round = {(x["statement_id"], x["sample_idx"], x["round"]): x for x in samples}
+    out = []
+    for x in samples:
+        row, prev = by_id.get(x["statement_id"]), by_round.get((x["statement_id"], x["sample_idx"], x["round"] - 1))
+        if not (x["ok"] and x["round"] > 1 and row and prev):
+            continue
+        retrieved = memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
+        out.append({**{c: row.get(c, "") for c in common.STATEMENT_COLUMNS}, "split": "train",
+                    "formal_proof": formats.extract_proof(x["completion"], row["formal_statement"]),
+                    "completion": x["completion"], "prev_attempt": prev["completion"], "lean_feedback": shown(cfg, prev["feedback"]),
+                    "retrieved": json.dumps(retrieved, ensure_ascii=False)})
+    return out
 
 
 def found_in_log(samples: list[dict], rows: list[dict], run: str, bench: str) -> list[dict]:

@@ -172,7 +172,8 @@ class HFGenerator:
         import torch
         tok, model = self.tok, self.model
         device = next(model.parameters()).device
-        enc = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+        # a prompt is text, or token ids (the tool loop continues from the exact ids it sampled)
+        enc = [list(p) if isinstance(p, (list, tuple)) else tok(p, add_special_tokens=False).input_ids for p in prompts]
         width = max(map(len, enc))
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
@@ -268,7 +269,8 @@ class VLLMGenerator:
         params = [SamplingParams(max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature,
                                  top_p=1.0 if greedy else top_p, seed=int(s), stop=list(stop) or None,
                                  include_stop_str_in_output=True, logprobs=0) for s in seeds]
-        outs = self.llm.generate(list(prompts), params, lora_request=self._lora_req, use_tqdm=False)
+        inputs = [{"prompt_token_ids": list(p)} if isinstance(p, (list, tuple)) else p for p in prompts]
+        outs = self.llm.generate(inputs, params, lora_request=self._lora_req, use_tqdm=False)
         res = []
         for o in outs:
             c = o.outputs[0]

@@ -111,3 +111,39 @@ def policy_loss(logp, old_logp, adv, mask, cfg, max_len: int, ref_logp=None,
     with torch.no_grad():
         active = ((unclipped > clipped) & (mask > 0)).float().sum()
     return loss, {"clipped_tokens": float(active), "tokens": float(mask.sum())}
+
+
+def trajectory_advantages(trajectories: list[list], group_size: int, credit: str = "trajectory",
+                          std_norm: bool = False, skip_zero_variance: bool = False) -> tuple[list, int]:
+    """Advantages of multi-round (repair) rollouts: `trajectories` holds each trajectory's rounds
+    (objects with .reward, .advantage), consecutive runs of group_size trajectories per statement.
+    credit "trajectory" (OProver counts a trajectory solved if any round passes): R = the best
+    round reward, A = R - group mean (/ unbiased std), and every round of the trajectory is
+    trained with A, so an attempt that led to a fix is credited with it. credit "round": each
+    round's own reward against the mean of the group's rounds of the same index (a group of one:
+    mean 0, std 1, as verl). Returns the rounds to train on and the zero-variance groups."""
+    if credit not in ("trajectory", "round"):
+        raise ValueError(f"credit must be trajectory or round, got {credit!r}")
+    kept, zero_var = [], 0
+    for g in range(0, len(trajectories), group_size):
+        group = trajectories[g:g + group_size]
+        if credit == "trajectory":
+            cohorts = [[(traj, max(r.reward for r in traj)) for traj in group]]
+        else:
+            depth = max(len(t) for t in group)
+            cohorts = [[([t[k]], t[k].reward) for t in group if len(t) > k] for k in range(depth)]
+        flat = []
+        for cohort in cohorts:
+            rewards = torch.tensor([rew for _, rew in cohort], dtype=torch.float64)
+            mean, std = (rewards.mean(), rewards.std()) if len(cohort) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
+            adv = (rewards - mean) / (std + 1e-6) if std_norm else rewards - mean
+            for (rounds, _), a in zip(cohort, adv.tolist()):
+                for r in rounds:
+                    r.advantage = a
+            flat.append(float(rewards.max() - rewards.min()))
+        if max(flat) == 0.0:
+            zero_var += 1
+            if skip_zero_variance:
+                continue
+        kept += [r for traj in group for r in traj]
+    return kept, zero_var

@@ -45,7 +45,7 @@ if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
   # SFT proofs use the right tactic 40% of the time (uniform would be 25%: from there 100 RL
   # steps did not find the rule, README), and a quarter of the SFT statements also get a
   # correction row (wrong attempt, the stand-in's feedback, another tactic)
-  DATA_ARGS=(--task toy --toy_sft_correct 0.4 --toy_sft_repair 0.25)
+  DATA_ARGS=(--task toy --toy_sft_correct 0.4 --toy_sft_repair 1.0)
   RL_ARGS=(--require_tactic_blocks false --max_new_tokens 64)
   EVAL_ARGS=(--max_new_tokens 64)
 else

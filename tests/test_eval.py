@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT
 import common
+import agent_loops
 import generation
 import formats
 import proof_memory
@@ -120,15 +121,18 @@ HEADER = "import Mathlib\n\n"
 class Scripted:
     """Stands in for the model in loop tests: answers from a function of the prompt."""
 
-    def __init__(self, answer):
-        self.answer, self.prompts = answer, []
+    def __init__(self, answer, tok=None):
+        self.answer, self.prompts, self.tok = answer, [], tok
 
     def generate(self, prompts, seeds, max_new_tokens, temperature=1.0, top_p=1.0, stop=(), greedy=False):
         out = []
         for p in prompts:
+            if not isinstance(p, str):   # the tool loop continues from token ids
+                p = self.tok.decode(p)
             self.prompts.append(p)
             text, finish = self.answer(p)
-            out.append(generation.Generation(text, [1] * 5, [0.0] * 5, finish))
+            ids = self.tok(text, add_special_tokens=False).input_ids if self.tok else [1] * 5
+            out.append(generation.Generation(text, ids, [0.0] * len(ids), finish))
         return out
 
 
@@ -143,7 +147,7 @@ def tiny_model(tmp_path_factory):
 
 def make_evaluator(cfg, tiny_model, url, answer):
     e = ev.Evaluator(cfg, tiny_model, LeanClient(url))
-    e.gen = Scripted(answer)
+    e.gen = Scripted(answer, e.tok)
     return e
 
 
@@ -187,6 +191,17 @@ def test_repair_loop_stops_feeds_back_and_keeps_the_memory_frozen(tmp_path, tiny
         assert own["formal_statement"] not in retrieved
     assert len(repair_rows) == 4 and all(r["prev_attempt"] and r["lean_feedback"] for r in repair_rows)
     common.write_parquet(repair_rows, tmp_path / "repair_sft.parquet", "sft")   # the SFT schema
+    # 02 trains a repair row on the very prompt the round was deployed with (retrieved proofs included)
+    sft_spec = importlib.util.spec_from_file_location("sft", ROOT / "02_sft.py")
+    sft = importlib.util.module_from_spec(sft_spec)
+    sft_spec.loader.exec_module(sft)
+    back = common.read_rows(tmp_path / "repair_sft.parquet", "sft")
+    examples, _ = sft.tokenize_rows(back, e.tok, sft.Settings(prompt_format=e.fmt))
+    fixes = [x for x in log.rows if x["ok"] and x["round"] > 1]
+    assert len(examples) == len(fixes) == 4
+    for ex, fix in zip(examples, fixes):
+        n_prompt = next(i for i, t in enumerate(ex["labels"]) if t != -100)
+        assert e.tok.decode(ex["input_ids"][:n_prompt]) == fix["prompt"]
 
 
 def test_tool_loop_is_stepfuns(tmp_path, tiny_model, standin):
@@ -237,13 +252,17 @@ def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
     e.gen = Sketcher(None)
     e.cfg.tool_budget = n_prompt + 1000
     (text, generated), = e.tool_generate([prompt], [0])
-    n_final = len(e.tok(prompt + text, add_special_tokens=False).input_ids)
+    trace, = agent_loops.tool_rollouts(e.gen, e.tok, e.client, [prompt], [0], max_new_tokens=e.cfg.max_new_tokens,
+                                       budget=e.cfg.tool_budget)
+    assert (trace.text, trace.generated) == (text, generated)
+    n_final = n_prompt + len(trace.token_ids)            # the context in tokens, as the model saw it
     calls = generated // 5
     assert calls >= 2 and text.count("\n<REPL>\n") in (calls - 1, calls)   # the last call may cross it
-    assert n_final >= e.cfg.tool_budget                               # it ran until the context was full
-    before_last = len(e.tok(prompt + text[:text.rfind("<sketch>")], add_special_tokens=False).input_ids)
-    assert before_last < e.cfg.tool_budget                            # ... and not a call longer
+    assert n_final >= e.cfg.tool_budget and trace.finish == "budget"    # it ran until the context was full
+    last_start = len(trace.keep) - trace.keep[::-1].index(1 - trace.keep[-1])   # where the last segment began
+    assert n_prompt + last_start < e.cfg.tool_budget                     # ... and not a segment longer
     assert all(c <= e.cfg.tool_budget - n_prompt for c in e.gen.caps)  # no call may pass the budget
+    assert sum(trace.keep) == generated and trace.logprobs.count(0.0) >= len(trace.keep) - sum(trace.keep)
     e.cfg.tool_max_checks = 1                                          # the cap, as a setting
     (text, _), = e.tool_generate([prompt], [0])
     assert text.count("\n<REPL>\n") == 1
@@ -405,3 +424,31 @@ def test_repair_stage_memory_is_built_from_training_proofs_only(tmp_path, tiny_m
     # the same evaluation with a memory built from other proofs does not reuse these samples
     with pytest.raises(SystemExit, match="memory was 'memory_"):
         ev.main([a if a != f"shipped,{corpus}" else "shipped" for a in args])
+
+
+def test_repair_resumes_a_trajectory_cut_between_rounds(tmp_path, tiny_model, standin):
+    """A crash after round 1: the rerun goes on at round 2 with round 1's attempt and feedback,
+    and the fix becomes a repair row, as if nothing had happened."""
+    cfg = ev.Settings(mode="repair", repair_width=1, repair_depth=3, retrieve_k=0, run_name="r")
+    rows = toy_rows(2)
+
+    def answer(prompt):
+        stmt = next(r["formal_statement"] for r in rows if r["formal_statement"] in prompt)
+        return answer_block(stmt, "rfl" if "omega could not" in prompt else "omega"), "eos"
+    memory = proof_memory.ProofMemory([], rows)
+    e = make_evaluator(cfg, tiny_model, standin, answer)
+    whole = ev.SampleLog(tmp_path / "whole")
+    e.run_problems("toy", rows, whole, memory, [])
+    assert [(x["statement_id"], x["round"], x["ok"]) for x in whole.rows] == [
+        ("toy/0", 1, False), ("toy/1", 1, False), ("toy/0", 2, True), ("toy/1", 2, True)]
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in whole.rows if x["round"] == 1))
+    e = make_evaluator(cfg, tiny_model, standin, answer)
+    log, repair_rows = ev.SampleLog(cut), []
+    e.run_problems("toy", rows, log, memory, repair_rows)
+    assert len(e.gen.prompts) == 2 and all("omega could not" in p for p in e.gen.prompts)   # round 2 only
+    strip = lambda xs: sorted((x["statement_id"], x["round"], x["ok"], x["prompt"], x["completion"]) for x in xs)  # noqa: E731
+    assert strip(log.rows) == strip(whole.rows)
+    assert [r["statement_id"] for r in repair_rows] == ["toy/0", "toy/1"]
+    assert all("omega" in r["prev_attempt"] and "omega could not" in r["lean_feedback"] for r in repair_rows)

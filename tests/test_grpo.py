@@ -169,7 +169,8 @@ def test_faults_cost_error_verdicts_not_the_run(rl_run, make_standin, monkeypatc
     url, proc = make_standin()
     monkeypatch.setenv("LEAN_SERVER_API_URL", url)
     requests.post(url + "/_standin/faults", json={"rates": {"500": 1.0}})
-    real_score, calls = grpo.score, []
+    import rollouts
+    real_score, calls = rollouts.score, []
 
     def score_with_planted(rollouts, client, c):
         """Plant one correct proof, so verification really happens; at step 3 the server dies."""
@@ -181,7 +182,7 @@ def test_faults_cost_error_verdicts_not_the_run(rl_run, make_standin, monkeypatc
         r.gen = generation.Generation(f"<think>\nx\n</think>\n```lean4\n{r.item.row['header']}{stmt}\n  rfl\n```",
                                   r.gen.token_ids, r.gen.logprobs, r.gen.finish)
         return real_score(rollouts, client, c)
-    monkeypatch.setattr(grpo, "score", score_with_planted)
+    monkeypatch.setattr(rollouts, "score", score_with_planted)   # where rollout_step finds it
     grpo.train(cfg(model=model, max_steps=4, gen_chunks=1, lean_retries=1))
     out = run / "03_grpo"
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -202,3 +202,34 @@ def test_tokens_per_second_counts_real_tokens_not_padding(toy_data, runs):
     units = sft.epoch_units(examples, 0, settings(toy_data, packing=True))[:4]   # step 1: batch_size 4
     real = sum(len(examples[i]["input_ids"]) for u in units for i in u)
     assert rows[0]["tokens_per_sec"] * rows[0]["sec_per_step"] == pytest.approx(real, rel=1e-6)
+
+
+# ---------------------------------------------------------------- CPT (OProver's first stage, #17)
+
+def test_cpt_trains_on_every_token_of_a_packed_lean_corpus(runs, tmp_path):
+    proofs = [{"statement_id": f"c{i}", "formal_statement": f"theorem c{i} : {i} + {i} = {2 * i} := by",
+               "proof": "\n  norm_num\n", "header": "import Mathlib\n\n"} for i in range(60)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in proofs))
+    args = ["--run_name", "c", "--preset", "tiny", "--objective", "cpt", "--corpus", str(corpus),
+            "--max_seq_len", "64", "--batch_size", "4", "--max_steps", "30", "--lr", "3e-3", "--eval_every", "30",
+            "--save_every", "0", "--warmup_steps", "2"]
+    out = sft.train(common.parse_settings(sft.Settings, args))
+    assert out == runs / "c" / "02_cpt"
+    tok = generation.load_tokenizer(str(out / "final" / "model"))
+    docs = sft.read_corpus(corpus)
+    assert docs[1] == "import Mathlib\n\ntheorem c1 : 1 + 1 = 2 := by\n  norm_num\n"
+    train_ex, valid_ex = sft.cpt_examples(docs, tok, sft.Settings(max_seq_len=64))
+    stream = [t for e in train_ex + valid_ex for t in e["input_ids"]]
+    assert all(e["labels"] == e["input_ids"] for e in train_ex + valid_ex)        # loss on every token
+    assert all(len(e["input_ids"]) == 64 for e in train_ex[:-1])                  # packed windows
+    assert stream.count(tok.eos_token_id) == len(docs)                           # one EOS per document
+    assert len(valid_ex) == (len(train_ex) + len(valid_ex)) // 20 >= 1
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["objective"] == "cpt" and man["stage"] == "02_cpt"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"] * 0.7 and rows[-1]["heldout_loss"] < rows[0]["loss"]
+    bad = tmp_path / "corpus.csv"
+    bad.write_text("x")
+    with pytest.raises(SystemExit, match="corpus.csv: expected"):
+        sft.read_corpus(bad)
