@@ -39,6 +39,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import shutil
 import sys
 import time
@@ -149,16 +150,32 @@ def tokenize_rows(rows: list[dict], tok, cfg: Settings) -> tuple[list[dict], int
         retrieved = json.loads(row.get("retrieved") or "[]")
         prompt = formats.render(tok, formats.prompt_messages(row, cfg.prompt_format, retrieved), cfg.prompt_format)
         p_ids = tok(prompt, add_special_tokens=False).input_ids
-        c_ids = tok(row["completion"], add_special_tokens=False).input_ids + [tok.eos_token_id]
+        c_ids, c_labels = completion_tokens(tok, row["completion"])
         if len(p_ids) + len(c_ids) > cfg.max_seq_len:
             if not cfg.truncate or len(p_ids) >= cfg.max_seq_len - 1:
                 raise SystemExit(f"row {row['statement_id']}: {len(p_ids) + len(c_ids)} tokens > "
                                  f"--max_seq_len {cfg.max_seq_len} (prompt {len(p_ids)}); raise it, "
                                  "or --truncate true to cut completions (counted)")
-            c_ids = c_ids[:cfg.max_seq_len - len(p_ids)]
+            c_ids, c_labels = c_ids[:cfg.max_seq_len - len(p_ids)], c_labels[:cfg.max_seq_len - len(p_ids)]
             truncated += 1
-        examples.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids})
+        examples.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_labels})
     return examples, truncated
+
+
+REPL_SPAN = re.compile(r"(\n<REPL>\n.*?\n</REPL>)", re.S)
+
+
+def completion_tokens(tok, completion: str) -> tuple[list[int], list[int]]:
+    """Completion ids (+ EOS) and labels. A tool-integrated trace (StepFun) holds the REPL's
+    answers, `\n<REPL>\n...\n</REPL>`: they are tokenised apart, as the tool loop appends them
+    (agent_loops.tool_rollouts), and carry no loss: the model conditions on them, never writes them."""
+    ids, labels = [], []
+    for k, part in enumerate(REPL_SPAN.split(completion)):
+        if part:
+            piece = tok(part, add_special_tokens=False).input_ids
+            ids += piece
+            labels += [-100] * len(piece) if k % 2 else piece
+    return ids + [tok.eos_token_id], labels + [tok.eos_token_id]
 
 
 def read_corpus(path: Path) -> list[str]:

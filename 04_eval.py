@@ -27,8 +27,9 @@ Repair mode retrieves from a proof memory built once, before any problem, from -
 (the shipped verified proofs, this run's SFT proofs that verify, or proof files such as an
 earlier iteration's found_proofs.parquet), never from the benchmarks scored, and frozen for the
 evaluation (proof_memory.py); it is saved as runs/<run>/04_eval/memory/memory_<key>.parquet and
-named in every table. Proofs found go to found_proofs.parquet, and trajectories that end in a
-fix to repair_sft.parquet (the SFT schema) for 02_sft.py. Proofs are checked with
+named in every table. Proofs found go to found_proofs.parquet, and every verified round (with
+its retrieved proofs, and for a fix the attempt and feedback it repaired) to repair_sft.parquet
+(the SFT schema) for 02_sft.py: OProver's round-level samples. Proofs are checked with
 `#print axioms` by default (--check_axioms).
 
 Prompt formats (--prompt_format, formats.py): kimina, deepseek_v2 (CoT) and deepseek_v2_noncot,
@@ -99,6 +100,8 @@ class Settings:
     feedback_style: str = "auto"        # kimina | goedel (auto: the format's own)
     memory: str = "shipped"             # what the frozen proof memory holds: shipped,sft,<proof file>...
     online_memory: bool = False         # experiment: found proofs join the memory mid-evaluation (off)
+    memory_exclude: str = "benchmark"   # benchmark: no proof of any scored statement in the memory |
+                                        # self: only a problem's own (proving on a training bank, 05)
     # tool-integrated (StepFun)
     tool_max_checks: int = 0            # 0: no cap (StepFun has none); else the checks allowed
     tool_budget: int = 20480            # StepFun: the whole context (prompt + generated + REPL) in tokens
@@ -454,11 +457,13 @@ def main(argv=None):
     client.require_healthy()
     client.probe_line_numbering()   # how this server counts message lines, asked, not assumed
     ev = Evaluator(cfg, model_path, client)
-    results = common.PROJECT_ROOT / "results" / cfg.run_name / tag
+    results = common.RESULTS_ROOT / cfg.run_name / tag
     label = budget_label(cfg)
     memory, memory_note = None, ""
     if cfg.mode == "repair":   # built once, before any problem, from training-side proofs only
-        memory = build_memory(cfg, client, [r for rs in benches.values() for r in rs])
+        if cfg.memory_exclude not in ("benchmark", "self"):
+            raise SystemExit(f"--memory_exclude must be benchmark or self, got {cfg.memory_exclude!r}")
+        memory = build_memory(cfg, client, [r for rs in benches.values() for r in rs] if cfg.memory_exclude == "benchmark" else [])
         mem_path = memory.save(common.stage_dir(cfg.run_name, "04_eval") / "memory")
         memory_note = (f"{memory.name} ({len(memory.rows)} proofs from {cfg.memory}; {memory.left_out} left out as "
                        f"scored problems; {mem_path.relative_to(common.RUNS_ROOT)})" +
@@ -549,21 +554,22 @@ def shown(cfg: Settings, feedback: str) -> str:
 
 
 def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory, cfg: Settings) -> list[dict]:
-    """Round-level repair samples (OProver) from a sample log, so a resumed run loses none: each
-    fix (a verified round t > 1) with the attempt and feedback of round t - 1 and the proofs
-    retrieved for it (JSON; the memory is frozen, so the same), in the SFT schema: 02 rebuilds
-    the very prompt the round was deployed with."""
+    """Round-level samples (OProver) from a sample log, so a resumed run loses none: every
+    verified round with the proofs retrieved for it (JSON; the memory is frozen, so the same)
+    and, for a fix (round t > 1), the attempt and feedback of round t - 1, in the SFT schema:
+    02 rebuilds the very prompt the round was deployed with."""
     by_id = {r["statement_id"]: r for r in rows}
     by_round = {(x["statement_id"], x["sample_idx"], x["round"]): x for x in samples}
     out = []
     for x in samples:
         row, prev = by_id.get(x["statement_id"]), by_round.get((x["statement_id"], x["sample_idx"], x["round"] - 1))
-        if not (x["ok"] and x["round"] > 1 and row and prev):
+        if not (x["ok"] and row and (x["round"] == 1 or prev)):
             continue
         retrieved = memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
         out.append({**{c: row.get(c, "") for c in common.STATEMENT_COLUMNS}, "split": "train",
                     "formal_proof": formats.extract_proof(x["completion"], row["formal_statement"]),
-                    "completion": x["completion"], "prev_attempt": prev["completion"], "lean_feedback": shown(cfg, prev["feedback"]),
+                    "completion": x["completion"], "prev_attempt": prev["completion"] if prev else None,
+                    "lean_feedback": shown(cfg, prev["feedback"]) if prev else None,
                     "retrieved": json.dumps(retrieved, ensure_ascii=False)})
     return out
 

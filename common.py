@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 RUNS_ROOT = Path(os.environ.get("PROVER_RUNS_DIR", PROJECT_ROOT / "runs"))
+RESULTS_ROOT = Path(os.environ.get("PROVER_RESULTS_DIR", PROJECT_ROOT / "results"))   # tables and plots
 
 # ---------------------------------------------------------------------------------------------
 # Metrics

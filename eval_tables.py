@@ -131,7 +131,7 @@ def recorded_successes(path: Path) -> dict[str, dict[str, list[bool]]]:
 def recompute_tables(verdicts: Path, tag: str, n_boot: int, seed: int, caption: str) -> dict:
     """04 --mode recompute: one table per benchmark (or model) of a recorded verdict file."""
     tag = tag or verdicts.stem
-    results = common.PROJECT_ROOT / "results" / tag
+    results = common.RESULTS_ROOT / tag
     curves, summary = {}, {}
     for name, succ in sorted(recorded_successes(verdicts).items()):
         empty = sorted(i for i, s in succ.items() if not s)

@@ -53,6 +53,9 @@ def shipped_proofs() -> list[dict]:
 def read_proof_file(path: Path) -> list[dict]:
     """A proof file in the proof_bank schema (Parquet, or JSONL with the same keys)."""
     if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        if path.exists() and pq.read_metadata(path).num_rows == 0:
+            return []      # an empty memory is a memory (05's v0; an iteration that found nothing)
         return common.read_rows(path, "proof_bank")
     rows = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):

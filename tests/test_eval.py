@@ -25,6 +25,7 @@ INTERNLM = ROOT / "data/proofs/internlm_math_minif2f_test_proofsearch_output.zip
 
 def test_recompute_internlm_verdicts(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)   # results/ go to tmp
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
     solved = ev.main(["--mode", "recompute", "--verdicts", str(INTERNLM), "--bootstrap", "100"])
     assert solved == {"internLM2-7b": 74, "internLM2-20b": 72, "internLM2-plus-7b": 106, "internLM2-plus-20b": 102}
     table = (tmp_path / "results/internlm_math_minif2f_test_proofsearch_output/internLM2-7b_recompute.md").read_text()
@@ -39,6 +40,7 @@ def brute(n, c, k):
 
 def test_recompute_per_sample_arrays(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
     rows = [{"statement_id": "a", "benchmark": "b", "successes": [1, 0, 0, 0]},
             {"statement_id": "c", "benchmark": "b", "successes": [0, 0, 1, 1]},
             {"statement_id": "d", "benchmark": "b", "successes": [0, 0, 0, 0]}]
@@ -273,6 +275,7 @@ def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
 def test_single_mode_resumes_and_writes_tables_and_plots(tmp_path, tiny_model, standin, monkeypatch):
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
     monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
     monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
     subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "e",
                     "--toy_n_statements", "100"], check=True, capture_output=True,
@@ -364,6 +367,7 @@ def test_verl_export_and_batched_reward(tmp_path, standin, monkeypatch):
 
 def test_recompute_refuses_duplicates_and_handles_empty_and_mixed_counts(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
     f = tmp_path / "v.jsonl"
     dup = [{"statement_id": "a", "benchmark": "b", "successes": [1, 0]},
            {"statement_id": "a", "benchmark": "b", "successes": [0, 0]}]
@@ -398,6 +402,7 @@ def test_repair_stage_memory_is_built_from_training_proofs_only(tmp_path, tiny_m
     # before: the bank was per run name, grew during the evaluation and across benchmarks and models
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
     monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
     monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
     subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "m",
                     "--toy_n_statements", "80"], check=True, capture_output=True,

@@ -233,3 +233,18 @@ def test_cpt_trains_on_every_token_of_a_packed_lean_corpus(runs, tmp_path):
     bad.write_text("x")
     with pytest.raises(SystemExit, match="corpus.csv: expected"):
         sft.read_corpus(bad)
+
+
+def test_tool_trace_rows_carry_no_loss_on_the_repl_answers(toy_data, runs):
+    """StepFun's tool-integrated traces as SFT rows: the REPL's answers condition, never train."""
+    tok = generation.load_tokenizer(str(sft.train(settings(toy_data, run_name="tt", max_steps=1, eval_every=0,
+                                                          save_every=0)) / "final" / "model"))
+    repl = '\n<REPL>\n{"messages": [{"severity": "error", "data": "omega could not prove the goal"}]}\n</REPL>'
+    completion = "<sketch>\ntheorem t : 1 = 1 := by\n  omega\n</sketch>" + repl + "\n```lean4\ntheorem t : 1 = 1 := by\n  rfl\n```"
+    ids, labels = sft.completion_tokens(tok, completion)
+    trained = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    masked = tok.decode([t for t, lab in zip(ids, labels) if lab == -100])
+    assert masked == repl and "REPL" not in trained and trained.endswith(tok.eos_token)
+    assert tok.decode(ids[:-1]) == completion
+    plain_ids, plain_labels = sft.completion_tokens(tok, "no tools here")
+    assert plain_labels == plain_ids                                   # an ordinary row: all trained

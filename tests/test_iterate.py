@@ -1,0 +1,81 @@
+"""05_iterate.py (issue #17): the iteration loop through the real stage scripts as subprocesses,
+on toy data with a tiny model and the stand-in (NOT Lean): folders, the versioned decontaminated
+memory, a crash in the RL stage resumed at that stage, the per-iteration table."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+import common
+import generation
+
+spec = importlib.util.spec_from_file_location("iterate", ROOT / "05_iterate.py")
+iterate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(iterate)
+
+
+def test_paired_change_by_hand():
+    now = {"a": [True, True], "b": [False, False], "c": [True, False]}
+    before = {"a": [False, False], "b": [False, False], "c": [True, False], "d": [True, True]}
+    mean, lo, hi = iterate.paired_change(now, before, n_boot=500)
+    assert mean == pytest.approx(100 / 3)          # +100 on a, 0 on b and c; d is not in both
+    assert 0 <= lo <= mean <= hi <= 100
+
+
+@pytest.mark.slow
+def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatch):
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(common, "RUNS_ROOT", runs)
+    monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
+    monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
+    monkeypatch.setenv("PROVER_RUNS_DIR", str(runs))
+    monkeypatch.setenv("PROVER_RESULTS_DIR", str(tmp_path / "results"))
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "it",
+                    "--toy_n_statements", "120"], check=True, capture_output=True, env={**os.environ})
+    model = generation.build_tiny_model(["<|im_start|>user\ntheorem toy : 1 = 1 := by rfl omega"] * 20,
+                                        tmp_path / "tiny")
+    # memory v0: one proof of a held-out statement (must be dropped) and one of a bank statement
+    held_out = common.read_rows(runs / "it/01_data/eval_toy.parquet", "statements")[0]
+    bank_row = common.read_rows(runs / "it/01_data/rl_prompts.parquet", "statements")[0]
+    seed = tmp_path / "seed.jsonl"
+    seed.write_text("".join(json.dumps({"statement_id": r["statement_id"], "formal_statement": r["formal_statement"],
+                                        "proof": "\n  decide", "header": r["header"]}) + "\n" for r in (held_out, bank_row)))
+    args = ["--run_name", "it", "--model", model, "--memory", seed, "--iterations", 2, "--bank_max_problems", 4,
+            "--eval_max_problems", 4, "--width", 2, "--depth", 2, "--retrieve_k", 1, "--max_new_tokens", 12,
+            "--prompt_format", "kimina", "--sft_steps", 1, "--rl_steps", 1, "--prompts_per_step", 2,
+            "--mini_batch_prompts", 2, "--group_size", 2, "--rl_lr", 1e-3]
+    args = [str(a) for a in args]
+    with pytest.raises(SystemExit, match="03_rl_grpo.py failed"):   # a crash in iteration 1's RL stage
+        iterate.iterate(common.parse_settings(iterate.Settings, args + ["--rl_extra", "--no_such_flag 1"]))
+    top = runs / "it" / "05_iterate"
+    it1 = top / "it_it01"
+    prove_log = it1 / "04_eval/prove/bank/repair/w2-d2-k1-t12/samples.jsonl"
+    assert prove_log.exists() and (it1 / "04_eval/prove/manifest.json").exists()
+    v0 = common.read_rows(top / "memory_v0.parquet", "proof_bank")
+    assert [r["statement_id"] for r in v0] == [bank_row["statement_id"]]        # decontaminated
+    stamp = prove_log.stat().st_mtime_ns, (top / "memory_v1.parquet").stat().st_mtime_ns
+    assert not (it1 / "03_grpo/manifest.json").exists() and not (it1 / "manifest.json").exists()
+
+    iterate.iterate(common.parse_settings(iterate.Settings, args))              # resumes at RL
+    assert (prove_log.stat().st_mtime_ns, (top / "memory_v1.parquet").stat().st_mtime_ns) == stamp
+    for k in (1, 2):
+        d = top / f"it_it{k:02d}"
+        assert (d / "manifest.json").exists() and (d / "03_grpo/final/model").exists()
+        cfg3 = json.loads((d / "03_grpo/config.json").read_text())
+        assert cfg3["rollout"] == "repair" and cfg3["ratio_level"] == "sequence"
+        assert cfg3["memory"].endswith(f"memory_v{k}.parquet")
+        assert json.loads((d / "04_eval/eval/config.json").read_text())["model"] == str(d / "03_grpo/final/model")
+    # iteration 2 starts from iteration 1's model
+    assert json.loads((top / "it_it02/04_eval/prove/config.json").read_text())["model"] == \
+        str(it1 / "03_grpo/final/model")
+    recs = [json.loads(line) for line in (top / "iterations.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in recs] == [1, 2]
+    assert all(r["bank_solved"] + r["bank_unsolved"] == 4 and "pass@1" in r and "pass@2" in r for r in recs)
+    table = (tmp_path / "results/it/iterations.md").read_text()
+    assert "| 1 |" in table and "| 2 |" in table and "NOT Lean" in table
+    assert (tmp_path / "results/it/iterations.png").exists() and (top / "manifest.json").exists()
