@@ -43,8 +43,9 @@ if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
   export LEAN_SERVER_API_URL=${line##* }
   echo "[smoke] stand-in Lean server (NOT Lean) at $LEAN_SERVER_API_URL"
   # SFT proofs use the right tactic 40% of the time (uniform would be 25%: from there 100 RL
-  # steps did not find the rule, README), and a quarter of the SFT statements also get a
-  # correction row (wrong attempt, the stand-in's feedback, another tactic)
+  # steps did not find the rule, README), and every SFT statement also gets a correction row
+  # (wrong attempt, the stand-in's feedback, another tactic): with a quarter, the tiny model
+  # never copied the statement in the second turn (README, recipes/copy_probe.py)
   DATA_ARGS=(--task toy --toy_sft_correct 0.4 --toy_sft_repair 1.0)
   RL_ARGS=(--require_tactic_blocks false --max_new_tokens 64)
   EVAL_ARGS=(--max_new_tokens 64)

@@ -74,3 +74,24 @@ def test_the_sweep_table_counts_seeds_per_setting(tmp_path):
     text = collect_results.sweep_summary(out)
     assert "| lr1e-4 | 1 / 2 |" in text and (out / "sweep.md").exists()
     assert "| lr1e-4 | 1 |" in text and "5/5" in text
+
+
+def test_copy_probe_counts_copies_and_loss(tmp_path):
+    """recipes/copy_probe.py on toy SFT rows and a tiny random model: both row kinds probed,
+    counts within range, a finite loss (a random model copies nothing)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    import generation
+    from conftest import ROOT
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "p",
+                    "--toy_n_statements", "80", "--toy_sft_repair", "1.0"], check=True, capture_output=True,
+                   env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
+    model = generation.build_tiny_model(["theorem toy : 1 = 1 := by rfl"] * 10, tmp_path / "tiny")
+    spec = importlib.util.spec_from_file_location("copy_probe", ROOT / "recipes/copy_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.probe(str(model), tmp_path / "runs/p/01_data/sft.parquet", n=3)
+    assert set(res) == {"first", "correction"}
+    assert all(r["rows"] == 3 and r["greedy_copies_statement"] == 0 and 0 < r["loss_per_token"] < 50 for r in res.values())
