@@ -20,6 +20,8 @@ RUN=${RUN:-smoke}
 SEED=${SEED:-0}
 read -r -a RL_EXTRA <<< "${RL_EXTRA:-}"
 export PROVER_RUNS_DIR=${PROVER_RUNS_DIR:-$PWD/runs}
+# RESULTS_DIR: 04's tables and collect_results' summary both go under it (default results/)
+[ -z "${RESULTS_DIR:-}" ] || export PROVER_RESULTS_DIR=$RESULTS_DIR
 if [ "$PRESET" = tiny ]; then
   # 4,000 SFT steps: at 1,500 the 0.85M model changed the statement in 69% of samples (README)
   SFT_STEPS=${SFT_STEPS:-4000}; RL_STEPS=${RL_STEPS:-100}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-200}

@@ -43,3 +43,4 @@ def test_smoke_script_runs_every_stage(tmp_path):
     finally:
         import shutil
         shutil.rmtree(res, ignore_errors=True)
+        shutil.rmtree(ROOT / "results/pipetest_s1", ignore_errors=True)   # only there if the test fails
