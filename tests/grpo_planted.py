@@ -21,7 +21,8 @@ spec = importlib.util.spec_from_file_location("grpo", ROOT / "03_rl_grpo.py")
 grpo = importlib.util.module_from_spec(spec)
 sys.modules["grpo"] = grpo   # rollouts are pickled between processes: their classes must import
 spec.loader.exec_module(grpo)
-real_score = grpo.score
+import rollouts  # noqa: E402  (where rollout_step looks score up)
+real_score = rollouts.score
 
 
 def planted_score(rollouts, client, cfg):
@@ -35,5 +36,5 @@ def planted_score(rollouts, client, cfg):
 
 
 if __name__ == "__main__":
-    grpo.score = planted_score
+    rollouts.score = planted_score
     grpo.train(common.parse_settings(grpo.Settings, sys.argv[1:]))
