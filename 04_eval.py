@@ -66,7 +66,7 @@ import common
 import formats
 import generation
 from lean_client import LeanClient
-from eval_tables import default_ks, pass_at_k_table, plot_pass_at_k, recompute_tables, write_tables
+from eval_tables import trajectory_successes, default_ks, pass_at_k_table, plot_pass_at_k, recompute_tables, write_tables
 from proof_memory import ProofMemory, read_proof_file, shipped_proofs
 
 # ---------------------------------------------------------------------------------------------
@@ -483,14 +483,12 @@ def main(argv=None):
         if cfg.mode == "repair":   # this evaluation's new proofs: training data for the next iteration
             found += [p for p in found_in_log(log.rows, rows, cfg.run_name, bench) if p not in found]
             common.write_parquet(found, folder / "found_proofs.parquet", "proof_bank")
-        succ, attempts = {}, {}
-        for r in rows:
-            recs = [x for x in log.rows if x["statement_id"] == r["statement_id"]]
-            n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
-            per = [[x for x in recs if x["sample_idx"] == k] for k in range(n)]
-            succ[r["statement_id"]] = [any(x["ok"] for x in p) for p in per]   # any round of the trajectory
-            attempts[r["statement_id"]] = sum(len(p) for p in per)
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
+        ids = {r["statement_id"] for r in rows}
+        mine = [x for x in log.rows if x["statement_id"] in ids and x["sample_idx"] < n]
+        everyone = trajectory_successes(mine, n)             # any round of the trajectory
+        succ = {r["statement_id"]: everyone.get(r["statement_id"], [False] * n) for r in rows}
+        attempts = Counter(x["statement_id"] for x in mine)
         table = pass_at_k_table(succ, default_ks(n), cfg.bootstrap, cfg.seed)
         overall.update({f"{bench}/{sid}": v for sid, v in succ.items()})
         extra = {"model": model_path.replace(str(common.PROJECT_ROOT) + "/", ""),

@@ -40,10 +40,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 import common
-from eval_tables import default_ks, pass_at_k_table
+from eval_tables import default_ks, paired_pass1_change, pass_at_k_table, trajectory_successes
 from proof_memory import ProofMemory, read_proof_file
 
 ROOT = Path(__file__).resolve().parent
@@ -134,10 +133,7 @@ def load_sets(cfg: Settings) -> tuple[list[dict], list[Path]]:
 
 def successes(folder: Path, width: int) -> dict[str, list[bool]]:
     """Per problem, per trajectory (repair) or sample (tool): verified in any round."""
-    out: dict[str, list[bool]] = {}
-    for x in common.read_rows(folder / "samples.parquet", "samples"):
-        out.setdefault(x["statement_id"], [False] * width)[x["sample_idx"]] |= bool(x["ok"])
-    return out
+    return trajectory_successes(common.read_rows(folder / "samples.parquet", "samples"), width)
 
 
 def tool_sft_rows(folder: Path, bank: list[dict]) -> list[dict]:
@@ -160,15 +156,6 @@ def stage_folder(it_dir: Path, tag: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Metrics: held-out pass@k per iteration, the paired change against the previous one
 # ---------------------------------------------------------------------------------------------
-
-def paired_change(now: dict, before: dict, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean per-problem change in pass@1 (share of trajectories solved), points, with a paired
-    bootstrap 95% interval over the problems both iterations evaluated."""
-    ids = sorted(set(now) & set(before))
-    d = np.array([np.mean(now[i]) - np.mean(before[i]) for i in ids]) * 100
-    boots = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-
 
 def write_results(cfg: Settings, records: list[dict], results: Path) -> list[Path]:
     results.mkdir(parents=True, exist_ok=True)
@@ -288,7 +275,7 @@ def iterate(cfg: Settings) -> Path:
                "eval_set": evals[0].name, "eval_problems": len(held),
                **{f"pass@{row['k']}": row["pass"] for row in table},
                **{f"pass@{row['k']}_ci": [row["ci_low"], row["ci_high"]] for row in table},
-               "pass@1_change": paired_change(held, before, seed=cfg.seed)}
+               "pass@1_change": paired_pass1_change(held, before, seed=cfg.seed)}
         before = held
         records.append(rec)
         (it_dir / "iteration.json").write_text(json.dumps(rec, indent=1) + "\n")

@@ -83,11 +83,9 @@ def toy_criteria(run: Path, n_boot: int = 2000, seed: int = 0) -> dict:
         return {}
     merged = {tag: {pid: v for c in stats[tag].values() for pid, v in c["ok"].items()} for tag in stats}
     ids = sorted(set(merged["sft"]) & set(merged["grpo"]))
-    diff = np.array([np.mean(merged["grpo"][i]) - np.mean(merged["sft"][i]) for i in ids]) * 100
-    boot = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
-    lo, hi = np.percentile(diff[boot].mean(1), [2.5, 97.5])
+    delta, lo, hi = eval_tables.paired_pass1_change(merged["grpo"], merged["sft"], n_boot, seed)
     out = {"problems": len(ids), "pass@1_sft": _pass_at(merged["sft"], 1), "pass@1_grpo": _pass_at(merged["grpo"], 1),
-           "pass@1_delta": float(diff.mean()), "pass@1_delta_ci": [float(lo), float(hi)],
+           "pass@1_delta": delta, "pass@1_delta_ci": [lo, hi],
            "pass@8_sft": _pass_at(merged["sft"], 8), "pass@8_grpo": _pass_at(merged["grpo"], 8), "classes": {}}
     for cls in sorted(stats["sft"]):
         a, b = stats["sft"][cls], stats["grpo"].get(cls, {"ok": {}, "right_tactic": []})

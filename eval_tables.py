@@ -41,6 +41,24 @@ def pass_at_k_table(successes: dict[str, list[bool]], ks: list[int], n_boot: int
     return out
 
 
+def trajectory_successes(samples: list[dict], width: int) -> dict[str, list[bool]]:
+    """Per problem, per sample (single/tool) or trajectory (repair): verified in any round."""
+    out: dict[str, list[bool]] = {}
+    for x in samples:
+        out.setdefault(x["statement_id"], [False] * width)[x["sample_idx"]] |= bool(x["ok"])
+    return out
+
+
+def paired_pass1_change(now: dict[str, list[bool]], before: dict[str, list[bool]], n_boot: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """Mean per-problem change in pass@1 (share of samples verified), in points, with a paired
+    bootstrap 95% interval over the problems both hold (models compared on the same problems)."""
+    ids = sorted(set(now) & set(before))
+    d = np.array([np.mean(now[i]) - np.mean(before[i]) for i in ids]) * 100
+    boots = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
 def default_ks(n: int) -> list[int]:
     if n < 1:
         return []

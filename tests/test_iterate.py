@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT
 import common
+import eval_tables
 import generation
 
 spec = importlib.util.spec_from_file_location("iterate", ROOT / "05_iterate.py")
@@ -21,7 +22,7 @@ spec.loader.exec_module(iterate)
 def test_paired_change_by_hand():
     now = {"a": [True, True], "b": [False, False], "c": [True, False]}
     before = {"a": [False, False], "b": [False, False], "c": [True, False], "d": [True, True]}
-    mean, lo, hi = iterate.paired_change(now, before, n_boot=500)
+    mean, lo, hi = eval_tables.paired_pass1_change(now, before, n_boot=500)
     assert mean == pytest.approx(100 / 3)          # +100 on a, 0 on b and c; d is not in both
     assert 0 <= lo <= mean <= hi <= 100
 
