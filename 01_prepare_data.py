@@ -35,7 +35,9 @@ Departures from the papers:
   wrong first attempt, the stand-in's feedback on it in Kimina's error-correction format, and
   another tactic. Off by default; smoke.sh uses 1.0 with `--toy_sft_correct 0.4`: at 0.25 the
   tiny model never learnt to copy in the correction turn, at 1.0 it does, at a cost to the
-  first turn (README, recipes/copy_probe.py).
+  first turn (README, recipes/copy_probe.py). With `--prompt_format stepfun` the SFT rows are
+  StepFun-style tool traces instead: sketches checked in the REPL until one passes (the first
+  sketch right with chance --toy_sft_correct), then the final proof (toy_task.toy_tool_trace).
 
 Commands:
     python 01_prepare_data.py --task toy --run_name smoke                       # CPU smoke
@@ -553,8 +555,12 @@ def main(argv=None):
     cfg = common.parse_settings(Settings, argv, description=__doc__)
     if cfg.task not in ("lean", "toy"):
         raise SystemExit(f"--task must be 'lean' or 'toy', got {cfg.task!r}")
-    if cfg.prompt_format not in formats.FORMATS or (cfg.task == "toy" and cfg.prompt_format != "kimina"):
-        raise SystemExit(f"--prompt_format must be one of {formats.FORMATS} (the toy task: kimina), got {cfg.prompt_format!r}")
+    if cfg.prompt_format not in formats.FORMATS or (cfg.task == "toy" and cfg.prompt_format not in ("kimina", "stepfun")):
+        raise SystemExit(f"--prompt_format must be one of {formats.FORMATS} (the toy task: kimina, or stepfun "
+                         f"for tool traces), got {cfg.prompt_format!r}")
+    if cfg.task == "toy" and cfg.prompt_format == "stepfun" and cfg.toy_sft_repair:
+        raise SystemExit("--toy_sft_repair: repair rows are Kimina's second turns; a stepfun trace corrects itself "
+                         "in the REPL (use --toy_sft_repair 0)")
     out = common.stage_dir(cfg.run_name, "01_data")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)   # the manifest marks a finished stage

@@ -19,6 +19,8 @@ Agentic rollouts (rollouts.py over agent_loops.py, the same loop code 04 evaluat
                     generation resumes in token space; the tool's tokens are masked out of the loss
                     and the importance ratio; reward at the end; budget as 04 (--tool_budget).
   Error-correction turns are for single rollouts; validation stays single-turn pass@1.
+  --max_generated_tokens N ends the run at the step where its rollouts have generated N tokens
+  (the REPL's are not generated), for comparisons at equal compute (recipes/toy_tool_rl.sh).
 
 Writes runs/<run_name>/03_grpo/: metrics.jsonl (+ PNG curves), rollouts/step_XXXXXX.parquet
 (every rollout of every step), validation.jsonl (pass@1 and best@8 before/after error
@@ -64,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 import common
@@ -140,6 +143,7 @@ class Settings:
     # schedule and bookkeeping
     epochs: int = 15
     max_steps: int = 0
+    max_generated_tokens: int = 0        # >0: also stop at the step where the rollouts' tokens reach it (compute-matched runs)
     eval_every: int = 5
     eval_samples: int = 8
     eval_temperature: float = 1.0
@@ -284,7 +288,8 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
                             stats["decision_entropy_sum"] += float(ent[b, at].detach())
                             stats["decisions"] += 1
                 if ref_lp is not None:
-                    stats["kl_sum"] += float(((ref_lp - logp).exp() - (ref_lp - logp) - 1).mul(mask).sum())
+                    d = (ref_lp - logp).detach()   # the k3 estimate, for the metric only
+                    stats["kl_sum"] += float((d.exp() - d - 1).mul(mask).sum())
             common.sum_gradients(params, world)
             if cfg.grad_clip:
                 stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -393,6 +398,7 @@ def train(cfg: Settings) -> Path:
     if ckpt:
         step = load_checkpoint(ckpt, model, optimizer, sampler, cfg)
         print(f"resumed from {ckpt} at step {step}")
+    generated = generated_so_far(out, step)   # the model's tokens in the rollouts of steps 1..step
     if cfg.backend == "vllm":
         gen = generation.VLLMGenerator(model_path, lora=cfg.lora, max_lora_rank=cfg.lora_r,
                                    gpu_memory_utilization=cfg.vllm_gpu_memory, external_launcher=world > 1)
@@ -452,6 +458,10 @@ def train(cfg: Settings) -> Path:
         record = step_metrics(step, rollouts, zero_var, upd, timing, t_update, time.perf_counter() - t_step,
                               client.stats["cache_hits"] - hits_before, len(sampler.cache))
         record["ec_skipped_long_prompts"] = too_long
+        generated += sum(r.n_tokens for r in rollouts)
+        record["generated_tokens"] = generated
+        if cfg.max_generated_tokens and generated >= cfg.max_generated_tokens:
+            total = step   # this step is the last: validated, saved and finalised as such
         if main:
             metrics.log(record)
             save_rollouts(out / "rollouts" / f"step_{step:06d}.parquet", step, rollouts)
@@ -486,11 +496,18 @@ def train(cfg: Settings) -> Path:
     common.save_config(cfg, final, extra={"resolved_model": model_path, "steps": step})
     plots = make_plots(out, metrics.rows, vlog.rows)
     common.write_manifest(out, [out / "metrics.jsonl", out / "validation.jsonl", out / "config.json", *plots],
-                          extra={"stage": "03_grpo", "steps": step, "final_model": str(final / "model"),
+                          extra={"stage": "03_grpo", "steps": step, "generated_tokens": generated,
+                                 "final_model": str(final / "model"),
                                  "lean_client": dict(client.stats), "first": metrics.rows[0] if metrics.rows else {},
                                  "last": metrics.rows[-1] if metrics.rows else {}})
     print(f"wrote {final / 'model'}")
     return out
+
+
+def generated_so_far(out: Path, step: int) -> int:
+    """Tokens the model generated in steps 1..step, from the rollout files (a resumed run counts on)."""
+    files = [f for f in (out / "rollouts").glob("step_*.parquet") if int(f.stem.split("_")[1]) <= step]
+    return int(sum(pq.read_table(f, columns=["n_tokens"]).column("n_tokens").to_numpy().sum() for f in files))
 
 
 def step_metrics(step, rollouts, zero_var, upd, timing, t_update, t_step, cache_hits, ec_cache) -> dict:

@@ -17,17 +17,26 @@ Writes runs/<run>/05_iterate/: config.json, memory_v*.parquet, <run>_itNN/ (an o
 per iteration: 02_sft, 03_grpo, 04_eval/{prove,eval}, data/, manifest.json written last),
 iterations.jsonl and manifest.json; results/<run>/iterations.md and iterations.png (held-out
 pass@k by iteration with the paired 95% CI of the change in pass@1, memory size, solved and
-unsolved counts). A crash resumes at the stage it was in: a stage whose manifest exists is
-skipped, and the stage scripts resume themselves (02/03 checkpoints, 04 sample logs).
+unsolved counts), each stage's own tables under results/<run>/05_iterate/. A crash resumes at
+the stage it was in: a stage whose manifest exists is skipped, and the stage scripts resume
+themselves (02/03 checkpoints, 04 sample logs). The SFT rows of an iteration are its distinct
+verified rounds (several trajectories verifying the same answer count once; --distinct_rows false
+keeps every copy).
 
 Departures: OProver samples several rollouts per round and trains 8B/32B models on a 1.76M-
 statement bank; the SFT of an iteration starts from the previous iteration's model on that
 iteration's new samples only (OProver does not publish its data mixing); the stand-in verifier
-of the CPU run is NOT Lean.
+of the CPU run is NOT Lean. The CPU toy runs with --retrieve_k 0: the smoke's 0.85M-parameter
+SFT model never saw retrieved proofs in a prompt and, shown them, wrote no proof at all on 48 of
+48 problems (README); OProver's models are trained with retrieval from the start. The memory
+still grows, versioned, between iterations.
 
 Commands:
-    python 05_iterate.py --run_name smoke --iterations 2 --bank_max_problems 64 --width 4 \\
-        --max_new_tokens 64 --sft_steps 100 --rl_steps 20 --prompt_format kimina   # CPU toy
+    python 05_iterate.py --run_name smoke --iterations 2 --model runs/smoke/02_sft/final/model \\
+        --prompt_format kimina --retrieve_k 0 --bank_max_problems 512 --eval_max_problems 200 \\
+        --width 4 --depth 2 --max_new_tokens 64 --sft_steps 100 --sft_lr 1e-3 --rl_steps 20 \\
+        --rl_lr 3e-4 --prompts_per_step 8 --mini_batch_prompts 4 --distinct_rows false \\
+        --rl_extra "--require_tactic_blocks false --kl_coef 0.05"         # CPU toy (README)
     python 05_iterate.py --run_name op --iterations 3 --backend vllm                 # one GPU
 Several GPUs: --launcher "accelerate launch --num_processes 8" runs 02 and 03 under it.
 recipes/oprover_iterate.sh and recipes/stepfun_tool_rl.sh hold the GPU recipes.
@@ -57,7 +66,8 @@ class Settings:
     run_name: str = "default"
     iterations: int = 2
     loop: str = "repair"                 # repair (OProver) | tool (StepFun's RL-SFT cycle)
-    model: str = ""                      # iteration 1's model (default: runs/<run>/02_sft/final/model)
+    model: str = ""                      # iteration 1's model (default: the data run's 02_sft final model)
+    data_run: str = ""                   # the run whose 01_data holds the bank and eval sets (default: run_name)
     memory: str = ""                     # memory v0: a proof file, or empty (OProver grows it from the bank)
     bank_max_problems: int = 0           # 0: the whole question bank
     eval_max_problems: int = 0           # 0: every held-out problem
@@ -80,6 +90,7 @@ class Settings:
     group_size: int = 8
     mini_batch_prompts: int = 8
     launcher: str = ""                   # e.g. "accelerate launch --num_processes 8" for 02 and 03
+    distinct_rows: bool = True           # SFT on distinct verified rounds (false: every trajectory's copy)
     sft_extra: str = ""                  # more flags for 02 / 03 / 04, as on their command lines
     rl_extra: str = ""
     eval_extra: str = ""
@@ -102,7 +113,10 @@ def run_stage(script: str, args: list, runs_root: Path, launcher: str = "") -> N
     cmd = shlex.split(launcher) + [str(ROOT / script)] if launcher else [sys.executable, str(ROOT / script)]
     cmd += [str(a) for a in args]
     print(f"[05] {' '.join(cmd[1:] if not launcher else cmd)}", flush=True)
-    done = subprocess.run(cmd, env={**os.environ, "PROVER_RUNS_DIR": str(runs_root)})
+    # the stages' own tables go under results/<run>/05_iterate/, as their folders under runs/<run>/05_iterate/
+    results_root = common.RESULTS_ROOT / runs_root.parent.name / runs_root.name
+    done = subprocess.run(cmd, env={**os.environ, "PROVER_RUNS_DIR": str(runs_root),
+                                    "PROVER_RESULTS_DIR": str(results_root)})
     if done.returncode:
         raise SystemExit(f"{script} failed (exit {done.returncode}); rerun 05_iterate.py to resume at this stage")
 
@@ -123,7 +137,7 @@ def finished(folder: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def load_sets(cfg: Settings) -> tuple[list[dict], list[Path]]:
-    data = common.stage_dir(cfg.run_name, "01_data")
+    data = common.stage_dir(cfg.data_run or cfg.run_name, "01_data")
     bank = [r for r in common.read_rows(data / "rl_prompts.parquet", "statements") if r["split"] != "valid"]
     evals = sorted(data.glob("eval_*.parquet"))
     if not evals:
@@ -143,6 +157,19 @@ def tool_sft_rows(folder: Path, bank: list[dict]) -> list[dict]:
     return [{**{c: by_id[x["statement_id"]][c] for c in common.STATEMENT_COLUMNS}, "split": "train",
              "formal_proof": "", "completion": x["completion"], "prev_attempt": None, "lean_feedback": None}
             for x in common.read_rows(folder / "samples.parquet", "samples") if x["ok"] and x["statement_id"] in by_id]
+
+
+def distinct(rows: list[dict]) -> list[dict]:
+    """One row per distinct (statement, what the round was shown, answer): several trajectories
+    that verified the same answer add weight, not information (on a short proof they often do)."""
+    seen, out = set(), []
+    for r in rows:
+        key = (r["statement_id"], r.get("retrieved") or "", r.get("prev_attempt") or "", r.get("lean_feedback") or "",
+               r["completion"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def stage_folder(it_dir: Path, tag: str) -> Path:
@@ -194,7 +221,7 @@ def iterate(cfg: Settings) -> Path:
     scored = [r for p in evals for r in common.read_rows(p, "statements")]
     fmt = cfg.prompt_format if cfg.prompt_format != "auto" else {"repair": "oprover", "tool": "stepfun"}[cfg.loop]
     mode = cfg.loop
-    model = cfg.model or str(common.stage_dir(cfg.run_name, "02_sft") / "final" / "model")
+    model = cfg.model or str(common.stage_dir(cfg.data_run or cfg.run_name, "02_sft") / "final" / "model")
     memory_path = top / "memory_v0.parquet"
     if not memory_path.exists():   # decontaminated like every later version
         v0 = ProofMemory(read_proof_file(Path(cfg.memory)) if cfg.memory else [], scored)
@@ -235,8 +262,9 @@ def iterate(cfg: Settings) -> Path:
         memory_path = new_memory
         mem_args = ["--memory", memory_path] if mode == "repair" else []
         # sft: the iteration's verified rounds (repair) or traces (tool), as deployed
-        sft_rows = (common.read_rows(proved / "repair_sft.parquet", "sft") if (proved / "repair_sft.parquet").exists()
-                    else []) if mode == "repair" else tool_sft_rows(proved, bank)
+        sampled = (common.read_rows(proved / "repair_sft.parquet", "sft") if (proved / "repair_sft.parquet").exists()
+                   else []) if mode == "repair" else tool_sft_rows(proved, bank)
+        sft_rows = distinct(sampled) if cfg.distinct_rows else sampled
         if sft_rows:
             common.write_parquet(sft_rows, data / "sft.parquet", "sft")
             (data / "config.json").write_text(json.dumps({"prompt_format": fmt}) + "\n")   # 02 checks it
@@ -270,6 +298,7 @@ def iterate(cfg: Settings) -> Path:
         table = pass_at_k_table(held, default_ks(cfg.width), 1000, cfg.seed)
         rec = {"iteration": k, "model": model, "memory": memory_path.name,
                "memory_size": len(read_proof_file(memory_path)), "sft_rows": len(sft_rows),
+               "sft_duplicates_dropped": len(sampled) - len(sft_rows),
                "bank_solved": len(bank) - len(unsolved), "bank_unsolved": len(unsolved),
                "bank_solved_share": (len(bank) - len(unsolved)) / max(1, len(bank)),
                "eval_set": evals[0].name, "eval_problems": len(held),

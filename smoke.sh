@@ -37,13 +37,7 @@ fi
 step() { echo; echo "[smoke $(date +%H:%M:%S)] === $* ==="; }
 
 if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
-  # the stand-in on a free localhost port, stopped when this script exits
-  exec 3< <(exec $PY lean_standin_server.py --port 0 --workers 4)
-  STANDIN_PID=$!
-  trap 'kill $STANDIN_PID 2>/dev/null || true' EXIT
-  read -r line <&3
-  export LEAN_SERVER_API_URL=${line##* }
-  echo "[smoke] stand-in Lean server (NOT Lean) at $LEAN_SERVER_API_URL"
+  source recipes/standin.sh   # the stand-in on a free localhost port, stopped when this script exits
   # SFT proofs use the right tactic 40% of the time (uniform would be 25%: from there 100 RL
   # steps did not find the rule, README), and every SFT statement also gets a correction row
   # (wrong attempt, the stand-in's feedback, another tactic): with a quarter, the tiny model

@@ -26,6 +26,7 @@ miniF2F theorem) gets an error saying so: it is never reported as proved.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 from collections import defaultdict
@@ -305,6 +306,30 @@ def toy_completion(stmt: str, tactic: str) -> str:
     return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}", "One tactic should close this closed ℕ goal.")
 
 
+TOOL_OPENING = "One tactic should close this closed ℕ goal; I check it in the REPL first.\n"
+TOOL_RETRY = "\nThe REPL reports an error at the tactic; I try another one.\n"
+TOOL_DONE = "\nThe REPL reports no error, so this proof is complete.\n"
+
+
+def toy_tool_trace(stmt: str, order: list[str]) -> str:
+    """A StepFun-style tool-integrated trace, the SFT target of `--prompt_format stepfun`: inside
+    the think block, a sketch per tactic of `order` until one passes, each followed by the REPL's
+    answer exactly as the tool loop appends it (agent_loops.tool_rollouts: `\n<REPL>\n{json}\n
+    </REPL>`, the JSON of this checker with positions counted in the sketch, as
+    agent_loops.repl_text prints it), then the final lean4 block with the tactic that passed.
+    tests/test_toy_task.py replays it through the live loop and gets the same text."""
+    text = "<think>\n" + TOOL_OPENING
+    for k, tactic in enumerate(order):
+        sketch = f"{stmt}\n  {tactic}"
+        answer = Checker(sketch, "snippet").run()
+        text += f"<sketch>\n{sketch}\n</sketch>\n<REPL>\n{json.dumps(answer, ensure_ascii=False)}\n</REPL>"
+        if not answer["messages"]:
+            code = build_lean_code(TOY_HEADER, stmt, f"\n  {tactic}").strip("\n")
+            return text + TOOL_DONE + f"</think>\n```lean4\n{code}\n```"
+        text += TOOL_RETRY
+    raise ValueError(f"no tactic of {order} proves {stmt!r}: a verified trace ends with a passing sketch")
+
+
 def toy_feedback(stmt: str, tactic: str) -> str:
     """The feedback 03 and 04 would show for this attempt: the stand-in's messages through the
     same parser and formatter as a live verification (lean_client), so the repair rows match
@@ -319,7 +344,7 @@ def build_toy(cfg) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
     Balanced by construction: the k-th statement is drawn for tactic k mod 4 (redrawn until
     new), so each tactic is right for a quarter of the statements in every file. The eval file
     is in a stratified order (classes interleaved, each shuffled), so any prefix is balanced."""
-    rng = random.Random(cfg.seed)
+    rng, order_rng = random.Random(cfg.seed), random.Random(f"{cfg.seed}/tool-order")
     tactics = sorted(TACTIC_RULES)
     props: dict[str, str] = {}
     for k in range(cfg.toy_n_statements):
@@ -341,6 +366,14 @@ def build_toy(cfg) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
             correct = rng.random() < cfg.toy_sft_correct
             tactic = right if correct else rng.choice([t for t in tactics if t != right])
             split = hash_split(stmt, cfg.valid_fraction)
+            if cfg.prompt_format == "stepfun":   # a verified tool trace: sketches until one passes
+                rest = [t for t in tactics if t != tactic]
+                order_rng.shuffle(rest)   # its own stream: the RL and eval files stay the Kimina run's
+                order = [tactic] + rest
+                order = order[:order.index(right) + 1]
+                sft.append({**rec, "split": split, "formal_proof": f"\n  {right}",
+                            "completion": toy_tool_trace(stmt, order)})
+                continue
             sft.append({**rec, "split": split, "formal_proof": f"\n  {tactic}",
                         "completion": toy_completion(stmt, tactic)})
             if cfg.toy_sft_repair and rng.random() < cfg.toy_sft_repair:   # no draw when off

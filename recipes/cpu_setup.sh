@@ -4,13 +4,7 @@
 PY=${PY:-.venv/bin/python}
 export PROVER_RUNS_DIR=${PROVER_RUNS_DIR:-$PWD/runs}
 RUN=${RUN:-paper_cpu}
-if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
-  exec 3< <(exec $PY lean_standin_server.py --port 0 --workers 2)
-  STANDIN_PID=$!
-  trap 'kill $STANDIN_PID 2>/dev/null || true' EXIT
-  read -r line <&3
-  export LEAN_SERVER_API_URL=${line##* }
-fi
+[ -n "${LEAN_SERVER_API_URL:-}" ] || STANDIN_WORKERS=2 source recipes/standin.sh
 [ -f "$PROVER_RUNS_DIR/$RUN/01_data/manifest.json" ] || $PY 01_prepare_data.py --task toy --run_name "$RUN" --toy_n_statements 4000
 [ -f "$PROVER_RUNS_DIR/$RUN/02_sft/manifest.json" ] || $PY 02_sft.py --run_name "$RUN" --preset tiny \
     --max_steps "${SFT_STEPS:-300}" --lr 3e-3 --warmup_steps 30 --eval_every 100 --save_every 300

@@ -193,3 +193,35 @@ def test_training_runs_with_agentic_rollouts(mode, tmp_path, tiny, standin, monk
     assert saved["rollout"] == mode
     assert saved["ratio_level"] == {"repair": "sequence", "tool": "token"}[mode]   # GSPO where OProver uses it
     assert (out / "final/model").exists()
+
+
+# ---------------------------------------------------------------- the toy's tool traces (01 --prompt_format stepfun)
+
+def test_toy_tool_traces_are_what_the_live_tool_loop_produces(tiny, standin):
+    """An SFT trace of the toy (toy_task.toy_tool_trace) replayed through the tool loop that 03
+    and 04 run, against the live stand-in server: a model that writes the trace's own words gets
+    back, from the REPL, exactly the answers the trace holds, so the trace trained on is the trace
+    deployed; its final proof verifies. The stand-in is NOT Lean."""
+    import re
+    import agent_loops
+    import formats
+    from toy_task import TOY_HEADER, Checker, toy_tool_trace
+    tok, _ = tiny
+    stmt = "theorem toy_00007 : 6 ∣ 42 := by"
+    trace = toy_tool_trace(stmt, ["omega", "rfl", "norm_num"])
+    written = re.split(r"\n<REPL>\n.*?\n</REPL>", trace, flags=re.S)   # the model's parts
+    assert len(written) == 4 and all(w.endswith("</sketch>") for w in written[:3])
+    said = iter(written)
+    gen = Scripted(tok, lambda prompt: (w := next(said), "stop" if w.endswith("</sketch>") else "eos"))
+    client = LeanClient(standin)
+    out = agent_loops.tool_rollouts(gen, tok, client, ["<|im_start|>user\nx<|im_end|>\n"], [0],
+                                    max_new_tokens=512, budget=100_000)[0]
+    assert out.text == trace and out.checks == 3 and out.finish == "eos"
+    assert trace.count('"severity": "error"') == 2 and "⊢ 6 ∣ 42" in trace   # the goal shown, as Lean would
+    proof = formats.extract_proof(trace, stmt)
+    assert proof == "\n  norm_num"
+    assert client.verify([{"id": "x", "code": TOY_HEADER + stmt + proof}])[0].ok
+    with pytest.raises(ValueError, match="passing sketch"):
+        toy_tool_trace(stmt, ["omega", "rfl"])
+    # a sketch whose tactic fails reports the error where the sketch has it (line 2, the tactic)
+    assert Checker(f"{stmt}\n  omega", "snippet").run()["messages"][0]["pos"] == {"line": 2, "column": 2}

@@ -211,12 +211,20 @@ def test_resume_is_exact(rl_run, standin, monkeypatch):
     assert (run / "03_grpo/final/model/model.safetensors").read_bytes() == full
     cut = [json.loads(l) for l in (run / "03_grpo/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in cut] == [1, 2, 3, 4]
-    keys = ("reward_mean", "response_length", "loss")
+    keys = ("reward_mean", "response_length", "loss", "generated_tokens")   # the resumed run counts on
     assert [[r[k] for k in keys] for r in cut] == [[r[k] for k in keys] for r in full_metrics]
     val = [json.loads(l)["step"] for l in (run / "03_grpo/validation.jsonl").read_text().splitlines()]
     assert val == [0, 2, 4]
     for f in ("reward.png", "format_errors.png", "response_length.png", "validation.png"):
         assert (run / "03_grpo" / f).stat().st_size > 5000
+    # --max_generated_tokens: the run ends at the step whose rollouts reach the budget
+    cum = [r["generated_tokens"] for r in full_metrics]
+    assert cum == sorted(cum) and cum[0] > 0
+    for budget, last in ((cum[1], 2), (cum[1] + 1, 3)):
+        shutil.rmtree(run / "03_grpo")
+        grpo.train(cfg(model=model, run_name="t", max_steps=4, max_generated_tokens=budget))
+        manifest = json.loads((run / "03_grpo/manifest.json").read_text())
+        assert (manifest["steps"], manifest["generated_tokens"]) == (last, cum[last - 1])
 
 
 def test_bad_settings(rl_run, standin, monkeypatch):

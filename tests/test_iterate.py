@@ -27,6 +27,15 @@ def test_paired_change_by_hand():
     assert 0 <= lo <= mean <= hi <= 100
 
 
+def test_sft_rows_are_distinct_rounds():
+    row = {"statement_id": "toy/1", "completion": "A", "prev_attempt": None, "lean_feedback": None}
+    rows = [row, dict(row), {**row, "completion": "B"}, {**row, "prev_attempt": "x", "lean_feedback": "err"},
+            {**row, "prev_attempt": "x", "lean_feedback": "other err"}, {**row, "statement_id": "toy/2"}]
+    # four trajectories verifying the same first-round answer count once; a fix after different
+    # feedback, another answer or another statement is another row
+    assert iterate.distinct(rows) == [rows[0]] + rows[2:]
+
+
 @pytest.mark.slow
 def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatch):
     runs = tmp_path / "runs"
@@ -80,3 +89,5 @@ def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatc
     table = (tmp_path / "results/it/iterations.md").read_text()
     assert "| 1 |" in table and "| 2 |" in table and "NOT Lean" in table
     assert (tmp_path / "results/it/iterations.png").exists() and (top / "manifest.json").exists()
+    # the stages' own tables sit beside it, under results/it/05_iterate/<iteration>/<tag>/
+    assert list((tmp_path / "results/it/05_iterate/it_it02/eval").glob("*.md"))

@@ -86,6 +86,37 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
     assert manifest["rows"]["eval_toy.parquet"] == len(ev)
 
 
+def test_toy_tool_traces_for_the_stepfun_format(tmp_path, standin):
+    """01 --task toy --prompt_format stepfun: SFT rows are verified tool traces (sketches until
+    one passes, then the final proof); the first sketch is right about --toy_sft_correct of the
+    time; the RL and eval rows are those of the Kimina run with the same settings. The REPL answers are checked against the
+    live loop in tests/test_agentic_rl.py."""
+    import re
+    from lean_client import LeanClient
+    from toy_task import TACTIC_RULES, relation_of
+    right = {rel: tac for tac, rels in TACTIC_RULES.items() for rel in rels}
+    run_stage(tmp_path, "--task", "toy", "--run_name", "sf", "--toy_n_statements", "400", "--prompt_format", "stepfun",
+              "--toy_sft_correct", "0.4")
+    run_stage(tmp_path, "--task", "toy", "--run_name", "k", "--toy_n_statements", "400", "--toy_sft_correct", "0.4")
+    sf, k = out_dir(tmp_path, "sf"), out_dir(tmp_path, "k")
+    for f in ("rl_prompts.parquet", "eval_toy.parquet"):
+        assert (sf / f).read_bytes() == (k / f).read_bytes(), f
+    sft = common.read_rows(sf / "sft.parquet", "sft")
+    assert len(sft) == len(common.read_rows(k / "sft.parquet", "sft"))
+    sketched = [re.findall(r"<sketch>\n.*\n  (\S+)\n</sketch>", r["completion"]) for r in sft]
+    assert all(s and s[-1] == right[relation_of(r["formal_statement"])] and len(set(s)) == len(s)
+               for s, r in zip(sketched, sft))
+    assert 0.3 < sum(len(s) == 1 for s in sketched) / len(sft) < 0.5        # first sketch right ~40%
+    assert max(len(s) for s in sketched) == 4
+    assert json.loads((sf / "config.json").read_text())["prompt_format"] == "stepfun"
+    verdicts = LeanClient(standin).verify([{"id": r["statement_id"], "code": r["header"] + r["formal_statement"] +
+                                            formats.extract_proof(r["completion"], r["formal_statement"])} for r in sft])
+    assert all(v.ok for v in verdicts)
+    proc = run_stage(tmp_path, "--task", "toy", "--run_name", "x", "--prompt_format", "stepfun",
+                     "--toy_sft_repair", "0.5", expect_ok=False)
+    assert proc.returncode != 0 and "--toy_sft_repair" in proc.stderr
+
+
 def test_toy_classes_are_balanced_and_the_eval_order_is_stratified(tmp_path):
     # the docstring's promise: every tactic is right equally often, in every file and every prefix
     from toy_task import TACTIC_RULES, relation_of
