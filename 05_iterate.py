@@ -32,10 +32,10 @@ SFT model never saw retrieved proofs in a prompt and, shown them, wrote no proof
 still grows, versioned, between iterations.
 
 Commands:
-    python 05_iterate.py --run_name smoke --iterations 2 --model runs/smoke/02_sft/final/model \\
-        --prompt_format kimina --retrieve_k 0 --bank_max_problems 512 --eval_max_problems 200 \\
-        --width 4 --depth 2 --max_new_tokens 64 --sft_steps 100 --sft_lr 1e-3 --rl_steps 20 \\
-        --rl_lr 3e-4 --prompts_per_step 8 --mini_batch_prompts 4 --distinct_rows false \\
+    python 05_iterate.py --run_name smoke_iter_epoch --data_run smoke --iterations 2 \\
+        --model runs/smoke/02_sft/final/model --prompt_format kimina --retrieve_k 0 \\
+        --bank_max_problems 512 --eval_max_problems 200 --width 4 --depth 2 --max_new_tokens 64 \\
+        --sft_lr 3e-4 --rl_steps 20 --rl_lr 3e-4 --prompts_per_step 8 --mini_batch_prompts 4 \\
         --rl_extra "--require_tactic_blocks false --kl_coef 0.05"         # CPU toy (README)
     python 05_iterate.py --run_name op --iterations 3 --backend vllm                 # one GPU
 Several GPUs: --launcher "accelerate launch --num_processes 8" runs 02 and 03 under it.
