@@ -317,16 +317,15 @@ def toy_tool_trace(stmt: str, order: list[str]) -> str:
     answer exactly as the tool loop appends it (agent_loops.tool_rollouts: `\n<REPL>\n{json}\n
     </REPL>`, the JSON of this checker with positions counted in the sketch, as
     agent_loops.repl_text prints it), then the final lean4 block with the tactic that passed.
-    tests/test_toy_task.py replays it through the live loop and gets the same text."""
-    text = "<think>\n" + TOOL_OPENING
-    for k, tactic in enumerate(order):
+    tests/test_agentic_rl.py replays it through the live loop and gets the same text."""
+    thinking = TOOL_OPENING
+    for tactic in order:
         sketch = f"{stmt}\n  {tactic}"
         answer = Checker(sketch, "snippet").run()
-        text += f"<sketch>\n{sketch}\n</sketch>\n<REPL>\n{json.dumps(answer, ensure_ascii=False)}\n</REPL>"
+        thinking += f"<sketch>\n{sketch}\n</sketch>\n<REPL>\n{json.dumps(answer, ensure_ascii=False)}\n</REPL>"
         if not answer["messages"]:
-            code = build_lean_code(TOY_HEADER, stmt, f"\n  {tactic}").strip("\n")
-            return text + TOOL_DONE + f"</think>\n```lean4\n{code}\n```"
-        text += TOOL_RETRY
+            return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}", thinking + TOOL_DONE)
+        thinking += TOOL_RETRY
     raise ValueError(f"no tactic of {order} proves {stmt!r}: a verified trace ends with a passing sketch")
 
 
