@@ -406,6 +406,8 @@ def train(cfg: Settings) -> Path:
     else:
         gen = generation.HFGenerator(model, tok, batch_size=cfg.gen_batch_size)
     total = cfg.max_steps or cfg.epochs * max(1, len(train_rows) // cfg.prompts_per_step)
+    if cfg.max_generated_tokens and generated >= cfg.max_generated_tokens:
+        total = step   # a run that already spent its token budget: resumed, it trains no further
     if main:
         common.save_config(cfg, out, extra={"resolved_model": model_path, "data": str(data_path), "processes": world,
                                             "eval_data": str(eval_path), "total_steps": total})

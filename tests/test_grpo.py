@@ -225,6 +225,11 @@ def test_resume_is_exact(rl_run, standin, monkeypatch):
         grpo.train(cfg(model=model, run_name="t", max_steps=4, max_generated_tokens=budget))
         manifest = json.loads((run / "03_grpo/manifest.json").read_text())
         assert (manifest["steps"], manifest["generated_tokens"]) == (last, cum[last - 1])
+    # rerun once its budget is spent, it resumes and trains no further
+    final = (run / "03_grpo/final/model/model.safetensors").read_bytes()
+    grpo.train(cfg(model=model, run_name="t", max_steps=4, max_generated_tokens=cum[1] + 1))
+    assert json.loads((run / "03_grpo/manifest.json").read_text())["steps"] == 3
+    assert (run / "03_grpo/final/model/model.safetensors").read_bytes() == final
 
 
 def test_bad_settings(rl_run, standin, monkeypatch):
