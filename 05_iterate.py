@@ -46,6 +46,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,13 @@ def tool_sft_rows(folder: Path, bank: list[dict]) -> list[dict]:
             for x in common.read_rows(folder / "samples.parquet", "samples") if x["ok"] and x["statement_id"] in by_id]
 
 
+def verdicts_by_round(folder: Path) -> dict[str, int]:
+    """How an evaluation's attempts ended, per round: what failed (a Lean error, no proof) says
+    what the next iteration can still learn."""
+    counts = Counter(f"round {x['round']} {x['status']}" for x in common.read_rows(folder / "samples.parquet", "samples"))
+    return dict(sorted(counts.items()))
+
+
 def distinct(rows: list[dict]) -> list[dict]:
     """One row per distinct (statement, what the round was shown, answer): several trajectories
     that verified the same answer add weight, not information (on a short proof they often do)."""
@@ -198,6 +206,12 @@ def write_results(cfg: Settings, records: list[dict], results: Path) -> list[Pat
         lines.append(f"| {r['iteration']} | " + " | ".join(f"{100 * r[f'pass@{k}']:.1f}" for k in ks) +
                      (f" | {ch[0]:+.1f} ({ch[1]:+.1f} to {ch[2]:+.1f})" if ch else " | ") +
                      f" | {r['memory_size']} | {r['bank_solved']} | {r['bank_unsolved']} | {r['sft_rows']} |")
+    rows = ([("start", records[0]["start_verdicts"])] if records and "start_verdicts" in records[0] else []) + \
+        [(str(r["iteration"]), r["eval_verdicts"]) for r in records]
+    keys = sorted({key for _, v in rows for key in v})
+    lines += ["", "Held-out attempts by round and verdict (no_proof: no lean4 block with the unchanged statement):", "",
+              "| iteration | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines += [f"| {name} | " + " | ".join(str(v.get(key, 0)) for key in keys) + " |" for name, v in rows]
     lines += ["", f"Verifier: {os.environ.get('LEAN_SERVER_API_URL', '?')}. CPU runs use lean_standin_server.py, "
               "which is NOT Lean: no figure from it is a Lean result."]
     md = results / "iterations.md"
@@ -304,7 +318,9 @@ def iterate(cfg: Settings) -> Path:
                "eval_set": evals[0].name, "eval_problems": len(held),
                **{f"pass@{row['k']}": row["pass"] for row in table},
                **{f"pass@{row['k']}_ci": [row["ci_low"], row["ci_high"]] for row in table},
-               "pass@1_change": paired_pass1_change(held, before, seed=cfg.seed)}
+               "pass@1_change": paired_pass1_change(held, before, seed=cfg.seed),
+               "eval_verdicts": verdicts_by_round(stage_folder(it_dir, "eval")),
+               **({"start_verdicts": verdicts_by_round(stage_folder(it_dir, "start"))} if k == 1 else {})}
         before = held
         records.append(rec)
         (it_dir / "iteration.json").write_text(json.dumps(rec, indent=1) + "\n")

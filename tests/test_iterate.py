@@ -88,6 +88,10 @@ def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatc
     assert all(r["bank_solved"] + r["bank_unsolved"] == 4 and "pass@1" in r and "pass@2" in r for r in recs)
     table = (tmp_path / "results/it/iterations.md").read_text()
     assert "| 1 |" in table and "| 2 |" in table and "NOT Lean" in table
+    # every held-out trajectory starts with a round-1 attempt, counted by how it ended
+    for key in ("start_verdicts", "eval_verdicts"):
+        assert sum(v for k, v in recs[0][key].items() if k.startswith("round 1 ")) == 4 * 2
+    assert "| start |" in table and "round 1 " in table
     assert (tmp_path / "results/it/iterations.png").exists() and (top / "manifest.json").exists()
     # the stages' own tables sit beside it, under results/it/05_iterate/<iteration>/<tag>/
     assert list((tmp_path / "results/it/05_iterate/it_it02/eval").glob("*.md"))
