@@ -14,6 +14,7 @@ from pathlib import Path
 
 import common
 import eval_tables
+import formats
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -52,7 +53,9 @@ def _eval_samples(run: Path, tag: str) -> list[dict]:
 
 def toy_class_stats(run: Path) -> dict[str, dict]:
     """Toy task only, from 04's samples of the eval set: per model tag (sft, grpo) and tactic
-    class, each problem's outcomes and the tactic each sample wrote (its last `:= by TACTIC`)."""
+    class, each problem's outcomes, the tactic each sample wrote (its last `:= by TACTIC`) and
+    whether it wrote the statement verbatim (without that no proof is checked: a class the model
+    cannot copy earns no reward, whatever tactic it picks)."""
     import re
     from toy_task import TACTIC_RULES, relation_of
     right = {r: t for t, rels in TACTIC_RULES.items() for r in rels}
@@ -61,8 +64,9 @@ def toy_class_stats(run: Path) -> dict[str, dict]:
     for tag in ("sft", "grpo"):
         for s in _eval_samples(run, tag):
             cls = right[relation_of(stmts[s["statement_id"]])]
-            per = stats.setdefault(tag, {}).setdefault(cls, {"ok": {}, "right_tactic": []})
+            per = stats.setdefault(tag, {}).setdefault(cls, {"ok": {}, "right_tactic": [], "copied": []})
             per["ok"].setdefault(s["statement_id"], []).append(bool(s["ok"]))
+            per["copied"].append(formats.extract_proof(s["completion"], stmts[s["statement_id"]]) is not None)
             per["right_tactic"].append((re.findall(r":= by\s+(\w+)", s["completion"]) or ["?"])[-1] == cls)
     return stats
 
@@ -88,12 +92,14 @@ def toy_criteria(run: Path, n_boot: int = 2000, seed: int = 0) -> dict:
            "pass@1_delta": delta, "pass@1_delta_ci": [lo, hi],
            "pass@8_sft": _pass_at(merged["sft"], 8), "pass@8_grpo": _pass_at(merged["grpo"], 8), "classes": {}}
     for cls in sorted(stats["sft"]):
-        a, b = stats["sft"][cls], stats["grpo"].get(cls, {"ok": {}, "right_tactic": []})
+        a, b = stats["sft"][cls], stats["grpo"].get(cls, {"ok": {}, "right_tactic": [], "copied": []})
         out["classes"][cls] = {"problems": len(a["ok"]),
                                "pass@1": [_pass_at(a["ok"], 1), _pass_at(b["ok"], 1)],
                                "pass@8": [_pass_at(a["ok"], 8), _pass_at(b["ok"], 8)],
                                "right_tactic": [100 * float(np.mean(a["right_tactic"])),
-                                                100 * float(np.mean(b["right_tactic"])) if b["right_tactic"] else float("nan")]}
+                                                100 * float(np.mean(b["right_tactic"])) if b["right_tactic"] else float("nan")],
+                               "statement_copied": [100 * float(np.mean(a["copied"])),
+                                                    100 * float(np.mean(b["copied"])) if b["copied"] else float("nan")]}
     rl = read_jsonl(run / "03_grpo/metrics.jsonl")
     turn2 = [r["pass_rate_turn2"] for r in rl if r.get("second_turn_fraction", 0) > 0 and "pass_rate_turn2" in r]
     out["second_turn_pass_rate"] = float(np.mean(turn2)) if turn2 else 0.0
@@ -109,11 +115,11 @@ def toy_criteria(run: Path, n_boot: int = 2000, seed: int = 0) -> dict:
 
 
 def toy_criteria_lines(crit: dict) -> list[str]:
-    lines = ["| class (right tactic) | problems | pass@1 SFT -> GRPO | pass@8 SFT -> GRPO | right tactic (% of samples) SFT -> GRPO |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| class (right tactic) | problems | pass@1 SFT -> GRPO | pass@8 SFT -> GRPO | right tactic (% of samples) SFT -> GRPO "
+             "| statement copied (% of samples) SFT -> GRPO |", "|---|---:|---:|---:|---:|---:|"]
     for cls, c in crit["classes"].items():
         lines.append(f"| {cls} | {c['problems']} | " + " | ".join(
-            f"{c[k][0]:.1f} -> {c[k][1]:.1f}" for k in ("pass@1", "pass@8", "right_tactic")) + " |")
+            f"{c[k][0]:.1f} -> {c[k][1]:.1f}" for k in ("pass@1", "pass@8", "right_tactic", "statement_copied")) + " |")
     lo, hi = crit["pass@1_delta_ci"]
     lines += ["", f"All {crit['problems']} problems: pass@1 {crit['pass@1_sft']:.1f} -> {crit['pass@1_grpo']:.1f} "
               f"(paired difference {crit['pass@1_delta']:+.1f} points, 95% CI {lo:+.1f} to {hi:+.1f}); pass@8 "

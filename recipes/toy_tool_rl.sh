@@ -2,11 +2,11 @@
 # Issue #17's CPU check of StepFun's claim, on the toy task with the stand-in verifier (NOT Lean):
 # tool-integrated RL reaches a higher pass@1, within a fixed interaction budget, than single-turn
 # RL at the same number of generated tokens. Single-turn is the CPU smoke (`bash smoke.sh`: tiny
-# model, Kimina-format SFT 4,000 steps, 03 100 steps of 8 x 8, 25% second turns). Tool is the same
+# model, Kimina-format SFT (8,000 steps; 4,000 for the committed table), 03 100 steps of 8 x 8, 25% second turns). Tool is the same
 # toy and the same tiny model with StepFun-format SFT data (01 --prompt_format stepfun: sketches
 # checked in the REPL until one passes, the first right 40% of the time as the smoke's SFT proofs
 # are), SFT at the smoke's learning rate for 2,000 steps (a trace is about 2.3 times as long as a
-# smoke SFT row, so this is fewer SFT tokens than the smoke's: 6.9M against 7.7M, from 02's
+# smoke SFT row, so this is fewer SFT tokens than the 4,000-step smoke's: 6.9M against 7.7M, from 02's
 # metrics), then 03 --rollout tool
 # with the smoke RL's shape, learning rate and KL,
 # stopped when its rollouts have generated as many tokens as the smoke's RL did
@@ -14,6 +14,9 @@
 # evaluated with 8 samples on the smoke's first 200 eval problems, the tool model within
 # CHECKS REPL checks (default 2). The table: results/$RUN/tool_vs_single.md.
 #   bash smoke.sh && bash recipes/toy_tool_rl.sh      # about 40 min on 2 cores
+# The committed table (results/toy_tool/) is against the smoke as it was then, with 4,000 SFT
+# steps (smoke.sh now runs 8,000; README "Results"), which this reproduces:
+#   SFT_STEPS=4000 RUN=smoke_sft4k bash smoke.sh && SINGLE=smoke_sft4k bash recipes/toy_tool_rl.sh
 #   CHECKS=4 RUN=toy_tool_c4 bash recipes/toy_tool_rl.sh
 # Stages resume: a finished 01/02/03 is kept, 04 resumes from its sample log.
 set -euo pipefail

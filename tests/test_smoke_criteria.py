@@ -13,9 +13,11 @@ from toy_task import TACTIC_RULES, toy_completion, toy_statement
 TACTICS = sorted(TACTIC_RULES)
 
 
-def make_run(tmp_path, grpo_right_share: dict[str, float], turn2_pass: float, n_per_class=30, seed=0):
+def make_run(tmp_path, grpo_right_share: dict[str, float], turn2_pass: float, n_per_class=30, seed=0,
+             miscopied: str = ""):
     """SFT picks one of the four tactics at random (the toy SFT data's 25%); GRPO picks the
-    right one with the given share per class. A sample passes iff its tactic is right."""
+    right one with the given share per class. A sample passes iff its tactic is right, except in
+    the `miscopied` class, whose samples all write the theorem under another name."""
     rng = random.Random(seed)
     rows, samples = [], {"sft": [], "grpo": []}
     for k in range(n_per_class * len(TACTICS)):
@@ -27,8 +29,11 @@ def make_run(tmp_path, grpo_right_share: dict[str, float], turn2_pass: float, n_
             for j in range(8):
                 tac = (right if rng.random() < grpo_right_share[right] else rng.choice([t for t in TACTICS if t != right])) \
                     if tag == "grpo" else rng.choice(TACTICS)
-                samples[tag].append({"statement_id": f"toy/{k:05d}", "sample_idx": j, "ok": tac == right,
-                                     "completion": toy_completion(stmt, tac)})
+                text = toy_completion(stmt, tac)
+                if right == miscopied:   # what the tiny model does: the name's last digits changed
+                    text = text.replace(f"toy_{k:05d}", f"toy_{k + 1:05d}")
+                samples[tag].append({"statement_id": f"toy/{k:05d}", "sample_idx": j, "ok": tac == right and right != miscopied,
+                                     "completion": text})
     run = tmp_path / "run"
     common.write_parquet(rows, run / "01_data/eval_toy.parquet", "statements")
     for tag, ss in samples.items():
@@ -57,6 +62,15 @@ def test_a_collapse_onto_one_tactic_fails_the_class_criteria(tmp_path):
     assert not c["no class's pass@8 falls by > 10 points"]
     assert not c["right-tactic share rises in every class"]
     assert crit["classes"]["rfl"]["right_tactic"][1] == 0 and crit["classes"]["omega"]["pass@8"][1] == 100
+
+
+def test_the_statement_copied_share_is_per_class_and_needs_the_exact_statement(tmp_path):
+    crit = collect_results.toy_criteria(make_run(tmp_path, {t: 0.8 for t in TACTICS}, turn2_pass=0.1,
+                                                 miscopied="norm_num"))
+    copied = {cls: c["statement_copied"] for cls, c in crit["classes"].items()}
+    assert copied["norm_num"] == [0.0, 0.0] and all(copied[t] == [100.0, 100.0] for t in TACTICS if t != "norm_num")
+    assert crit["classes"]["norm_num"]["pass@8"] == [0.0, 0.0]
+    assert "| norm_num | 30 | 0.0 -> 0.0 | 0.0 -> 0.0 |" in "\n".join(collect_results.toy_criteria_lines(crit))
 
 
 def test_second_turns_that_never_pass_fail_their_criterion(tmp_path):
@@ -95,3 +109,18 @@ def test_copy_probe_counts_copies_and_loss(tmp_path):
     res = mod.probe(str(model), tmp_path / "runs/p/01_data/sft.parquet", n=3)
     assert set(res) == {"first", "correction"}
     assert all(r["rows"] == 3 and r["greedy_copies_statement"] == 0 and 0 < r["loss_per_token"] < 50 for r in res.values())
+
+
+def test_copy_probe_reads_name_and_proposition_copies_from_samples(tmp_path):
+    """recipes/copy_probe.py --samples: the `∣` class renamed (make_run's miscopied), every
+    other relation copied whole; the proposition counts as copied either way."""
+    import importlib.util
+    from conftest import ROOT
+    run = make_run(tmp_path, {t: 0.8 for t in TACTICS}, turn2_pass=0.1, miscopied="norm_num")
+    spec = importlib.util.spec_from_file_location("copy_probe", ROOT / "recipes/copy_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    table = mod.copies_by_shape(run / "04_eval/sft/toy/single/n8-t64/samples.jsonl", run / "01_data/eval_toy.parquet")
+    assert table["relation"]["∣"] == [240, 0.0, 100.0]
+    assert all(v[1:] == [100.0, 100.0] for rel, v in table["relation"].items() if rel != "∣")
+    assert sum(v[0] for v in table["proposition length"].values()) == 30 * 4 * 8
