@@ -138,7 +138,8 @@ def sweep_summary(out: Path) -> str:
         rows.append((name, int(seed), json.loads(f.read_text())))
     lines = [f"# Smoke RL sweep (`bash recipes/smoke_sweep.sh`, {len(rows)} runs)", "",
              "Each run: the same SFT model, then 04 (SFT), 03 and 04 (GRPO) with the run's seed; the eval set is "
-             "the balanced toy's first 200 held-out problems x 8 samples. Stand-in verifier, NOT Lean.", "",
+             f"the balanced toy's first {'/'.join(sorted({str(c['problems']) for _, _, c in rows}))} held-out "
+             "problems x 8 samples. Stand-in verifier, NOT Lean.", "",
              "| setting | seed | pass@1 SFT -> GRPO | paired diff (95% CI) | pass@8 SFT -> GRPO | worst class pass@8 change "
              "| smallest right-tactic rise | turn-2 pass rate (RL) | criteria met |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, seed, c in rows:

@@ -4,7 +4,8 @@
 # 04 (RL model), and collects tables and plots in results/<run>/.
 #   bash smoke.sh                        # tiny preset (~1M-parameter Qwen3)
 #   PRESET=smollm2 bash smoke.sh         # the real SmolLM2-135M-Instruct (slow: see README)
-#   SFT_STEPS, SFT_LR (smollm2), RL_STEPS, EVAL_PROBLEMS, RL_LR, RUN: override the preset's values
+#   SFT_STEPS, SFT_LR (smollm2), RL_STEPS, EVAL_PROBLEMS, RL_LR: override the preset's values
+#   RUN: the run folder (default smoke, or smoke_<preset>)
 #   SEED=1 bash smoke.sh                 # another seed for 02, 03 and both 04 evaluations
 #   SFT_FROM=smoke RUN=smoke_s1 SEED=1 bash smoke.sh   # reuse runs/smoke's data and SFT model:
 #                                        # only the evaluations and RL rerun (recipes/smoke_sweep.sh)
@@ -15,8 +16,8 @@ cd "$(dirname "$0")"
 bash setup.sh
 PY=.venv/bin/python
 PRESET=${PRESET:-tiny}
-RUN=${RUN:-smoke}
-[ "$PRESET" = tiny ] || RUN=${RUN}_$PRESET
+# the run folder: RUN if given, else smoke (tiny) or smoke_<preset>
+if [ "$PRESET" = tiny ]; then RUN=${RUN:-smoke}; else RUN=${RUN:-smoke_$PRESET}; fi
 SEED=${SEED:-0}
 read -r -a RL_EXTRA <<< "${RL_EXTRA:-}"
 export PROVER_RUNS_DIR=${PROVER_RUNS_DIR:-$PWD/runs}
@@ -36,7 +37,9 @@ else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller o
   # RL at Kimina's lr 2e-6 (at 1e-5 ten steps collapsed the choice), 8 prompts a step so each
   # tactic class has about two groups per update
   SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-20}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
-  RL_SHAPE=(--prompts_per_step 8 --group_size 4 --mini_batch_prompts 8 --lr "${RL_LR:-2e-6}" --eval_max_problems 16)
+  # micro-batches of 8 rollouts (the same gradient as 16): three seeds' runs at once fit in 24 GB
+  RL_SHAPE=(--prompts_per_step 8 --group_size 4 --mini_batch_prompts 8 --micro_batch_size 8 --lr "${RL_LR:-2e-6}"
+            --eval_max_problems 16)
 fi
 step() { echo; echo "[smoke $(date +%H:%M:%S)] === $* ==="; }
 

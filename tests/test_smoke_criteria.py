@@ -88,6 +88,8 @@ def test_the_sweep_table_counts_seeds_per_setting(tmp_path):
     text = collect_results.sweep_summary(out)
     assert "| lr1e-4 | 1 / 2 |" in text and (out / "sweep.md").exists()
     assert "| lr1e-4 | 1 |" in text and "5/5" in text
+    n = json.loads((out / "smoke_sweep_lr1e-4_s0/criteria.json").read_text())["problems"]
+    assert f"first {n} held-out problems" in text   # the eval set's size as the runs had it
 
 
 def test_copy_probe_counts_copies_and_loss(tmp_path):
@@ -124,3 +126,46 @@ def test_copy_probe_reads_name_and_proposition_copies_from_samples(tmp_path):
     assert table["relation"]["∣"] == [240, 0.0, 100.0]
     assert all(v[1:] == [100.0, 100.0] for rel, v in table["relation"].items() if rel != "∣")
     assert sum(v[0] for v in table["proposition length"].values()) == 30 * 4 * 8
+
+
+def test_tactic_probe_equals_whole_answer_scores(tmp_path):
+    """recipes/tactic_probe.py: the batched tail scores (right-padded, from the first token where
+    the four answers differ) give the same tactic distribution as scoring each whole answer in a
+    forward of its own, several rows batched give each row's own scores, and the per-class table covers the four classes of a balanced prefix."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    import torch
+    import common
+    import formats
+    import generation
+    from conftest import ROOT
+    from toy_task import toy_completion
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "p",
+                    "--toy_n_statements", "200"], check=True, capture_output=True,
+                   env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
+    data = tmp_path / "runs/p/01_data/eval_toy.parquet"
+    rows = common.read_rows(data, "statements")
+    model_dir = generation.build_tiny_model([toy_completion(r["formal_statement"], "rfl") for r in rows] * 3, tmp_path / "tiny")
+    spec = importlib.util.spec_from_file_location("tactic_probe", ROOT / "recipes/tactic_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tok, model = generation.load_tokenizer(str(model_dir)), generation.load_model(str(model_dir)).eval()
+    for row in rows[:3]:
+        tails = torch.softmax(torch.tensor(mod.answer_scores(model, tok, row, "kimina")), 0)
+        prompt = tok(formats.render(tok, formats.prompt_messages(row, "kimina"), "kimina"), add_special_tokens=False).input_ids
+        whole = []
+        for t in mod.TACTICS:
+            ans = tok(toy_completion(row["formal_statement"], t), add_special_tokens=False).input_ids
+            with torch.no_grad():
+                lsm = torch.log_softmax(model(torch.tensor([prompt + ans])).logits[0].float(), -1)
+            whole.append(float(sum(lsm[len(prompt) + i - 1, a] for i, a in enumerate(ans))))
+        assert torch.allclose(tails, torch.softmax(torch.tensor(whole), 0), atol=1e-4), (tails, whole)
+    batched = mod.batch_scores(model, tok, rows[:3], "kimina")   # rows of other lengths padded together
+    singles = [mod.answer_scores(model, tok, r, "kimina") for r in rows[:3]]
+    assert torch.allclose(torch.tensor(batched), torch.tensor(singles), atol=1e-4)
+    res = mod.probe(str(model_dir), data, problems=8)
+    assert set(res["classes"]) == set(mod.TACTICS) and all(c["problems"] == 2 for c in res["classes"].values())
+    assert all(abs(sum(c["p"].values()) - 1) < 1e-6 for c in res["classes"].values())
+    assert res["p_right_min"] == min(c["p_right"] for c in res["classes"].values())
