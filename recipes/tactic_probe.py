@@ -71,6 +71,11 @@ def probe(model_path: str, data: Path, problems: int, fmt: str = "kimina", batch
     rows = common.read_rows(data, "statements")[:problems]   # 01 writes eval files stratified: a prefix is balanced
     per_class: dict[str, list[list[float]]] = defaultdict(list)
     mass: list[float] = []
+    for n, row in enumerate(rows):   # a non-toy file fails here, naming the row, before any model work
+        try:
+            RIGHT[relation_of(row["formal_statement"])]
+        except Exception as e:
+            raise ValueError(f"{data}: row {n} is not a toy statement ({row.get('formal_statement')!r:.80}): {e}") from None
     for i in range(0, len(rows), batch):
         for row, sc in zip(rows[i:i + batch], batch_scores(model, tok, rows[i:i + batch], fmt)):
             s = torch.tensor(sc)

@@ -169,3 +169,11 @@ def test_tactic_probe_equals_whole_answer_scores(tmp_path):
     assert set(res["classes"]) == set(mod.TACTICS) and all(c["problems"] == 2 for c in res["classes"].values())
     assert all(abs(sum(c["p"].values()) - 1) < 1e-6 for c in res["classes"].values())
     assert res["p_right_min"] == min(c["p_right"] for c in res["classes"].values())
+    import pandas as pd   # a file that is not the toy's: the error names the file and the row
+    bad = tmp_path / "bad.parquet"
+    frame = pd.read_parquet(data).head(3)
+    frame.loc[0, "formal_statement"] = "theorem a (x : ℕ) : x + 1 = 2 := by sorry"   # a valid row, not the toy's
+    frame.to_parquet(bad)
+    import pytest
+    with pytest.raises(ValueError, match=r"bad.parquet: row 0 is not a toy statement"):
+        mod.probe(str(model_dir), bad, problems=8)
