@@ -255,17 +255,31 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
     per_mb = cfg.mini_batch_prompts * cfg.group_size
     order = list(range(len(rollouts)))
     old = {i: torch.tensor(r.gen.logprobs, dtype=torch.float32) for i, r in enumerate(rollouts) if r.local}
+    use_kl = bool(cfg.kl_coef) and ref_model is not None
     for epoch in range(cfg.ppo_epochs):
         random.Random(generation.rollout_seed(cfg.seed, step, epoch, -2)).shuffle(order)
         for m in range(0, len(order), per_mb):
             mb = order[m:m + per_mb]
             n_tokens = sum(rollouts[i].n_tokens for i in mb)
             mine = [i for i in mb if rollouts[i].local]
+            # with no KL term, a rollout whose advantage is 0 adds exactly 0 to the gradient
+            # (a zero-variance group): it gets a forward pass for the entropy metrics only
+            idle = [] if use_kl else [i for i in mine if rollouts[i].advantage == 0.0]
+            trained = [i for i in mine if i not in set(idle)]
             optimizer.zero_grad(set_to_none=True)
-            for u in range(0, len(mine), cfg.micro_batch_size):
-                micro = mine[u:u + cfg.micro_batch_size]
+            chunks = [(c[u:u + cfg.micro_batch_size], c is trained) for c in (trained, idle)
+                      for u in range(0, len(c), cfg.micro_batch_size)]
+            for micro, with_grad in chunks:
                 pairs = [(rollouts[i].prompt_ids, rollouts[i].gen.token_ids, *([rollouts[i].keep] if rollouts[i].keep
                           else [])) for i in micro]
+                if not with_grad:
+                    with torch.no_grad():
+                        _, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device)
+                    stats["tokens"] += float(mask.sum())
+                    stats["idle_rollouts"] += len(micro)
+                    if epoch == 0:
+                        log_entropy(stats, rollouts, micro, ent, mask)
+                    continue
                 logp, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device)
                 old_lp = torch.zeros_like(logp)
                 for b, i in enumerate(micro):
@@ -281,15 +295,13 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
                 stats.update(st)
                 stats["loss"] += float(loss.detach())
                 if epoch == 0:
-                    stats["entropy_sum"] += float((ent.detach() * mask).sum())
-                    for b, i in enumerate(micro):   # the token that decides: the proof's first
-                        at = rollouts[i].decision_at
-                        if at is not None and at < ent.shape[1]:
-                            stats["decision_entropy_sum"] += float(ent[b, at].detach())
-                            stats["decisions"] += 1
+                    log_entropy(stats, rollouts, micro, ent, mask)
                 if ref_lp is not None:
                     d = (ref_lp - logp).detach()   # the k3 estimate, for the metric only
                     stats["kl_sum"] += float((d.exp() - d - 1).mul(mask).sum())
+            for p in params:   # a mini-batch of idle rollouts only: a zero gradient, as without the skip
+                if p.grad is None:   # (Adam's moments still move the weights)
+                    p.grad = torch.zeros_like(p)
             common.sum_gradients(params, world)
             if cfg.grad_clip:
                 stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -302,10 +314,19 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
     out = {"loss": totals["loss"] / max(1, stats["updates"]), "clip_fraction": totals["clipped_tokens"] / tokens,
            "entropy": totals["entropy_sum"] * cfg.ppo_epochs / tokens, "updates": stats["updates"],
            "entropy_decision": totals["decision_entropy_sum"] / max(1, totals["decisions"]),
-           "grad_norm": stats.get("grad_norm", 0.0)}
+           "grad_norm": stats.get("grad_norm", 0.0), "idle_rollouts": totals["idle_rollouts"]}
     if ref_model is not None:
         out["kl"] = totals["kl_sum"] / tokens
     return out
+
+
+def log_entropy(stats: Counter, rollouts: list[Rollout], micro: list[int], ent, mask) -> None:
+    stats["entropy_sum"] += float((ent.detach() * mask).sum())
+    for b, i in enumerate(micro):   # the token that decides: the proof's first
+        at = rollouts[i].decision_at
+        if at is not None and at < ent.shape[1]:
+            stats["decision_entropy_sum"] += float(ent[b, at].detach())
+            stats["decisions"] += 1
 
 
 def add_second_turns(rollouts: list[Rollout], sampler: PromptSampler, tok, cfg: Settings) -> int:

@@ -30,7 +30,7 @@ if [ "$PRESET" = tiny ]; then
   # 8 prompts x 8 samples, two updates per step (mini-batches of 4 prompts); the k3 KL term to
   # the SFT model keeps the format while the tactic choice moves (recipes/smoke_sweep.sh)
   RL_SHAPE=(--prompts_per_step 8 --group_size 8 --mini_batch_prompts 4 --lr "${RL_LR:-3e-4}" --kl_coef 0.05
-            --eval_max_problems 64)
+            --eval_max_problems 64 --eval_every 50)
 else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller of everything
   # 150 SFT steps at lr 1e-4: after 60 at 5e-5 the tactic choice ignored the relation (25-33%
   # right per class where the data has 40%), and RL from there narrowed to one tactic (README).
@@ -38,8 +38,10 @@ else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller o
   # tactic class has about two groups per update
   SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-20}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
   # micro-batches of 8 rollouts (the same gradient as 16): three seeds' runs at once fit in 24 GB
+  # no validation inside 03 (--eval_every 0): at 10-15 min a pass it would be a third of the
+  # run, and 04 measures the same eval set before and after
   RL_SHAPE=(--prompts_per_step 8 --group_size 4 --mini_batch_prompts 8 --micro_batch_size 8 --lr "${RL_LR:-2e-6}"
-            --eval_max_problems 16)
+            --eval_max_problems 16 --eval_every 0)
 fi
 step() { echo; echo "[smoke $(date +%H:%M:%S)] === $* ==="; }
 
@@ -85,7 +87,7 @@ step "03 GRPO ($RL_STEPS steps)"
 # second turns at 0.25 rather than Kimina's 0.5: on this toy a second turn is a coin flip
 # among three tactics at best, and first turns are what the criteria measure
 $PY 03_rl_grpo.py --run_name "$RUN" "${RL_SHAPE[@]}" --ec_prob 0.25 --max_steps "$RL_STEPS" \
-    --eval_every 50 --eval_samples 8 --save_every 25 --seed "$SEED" \
+    --eval_samples 8 --save_every 25 --seed "$SEED" \
     "${RL_ARGS[@]}" "${RL_EXTRA[@]}"
 step "04 eval of the RL model"
 $PY 04_eval.py --run_name "$RUN" --model "$PROVER_RUNS_DIR/$RUN/03_grpo/final/model" --tag grpo \

@@ -139,6 +139,44 @@ def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
     assert stats["updates"] == 1 and stats["clip_fraction"] == 0.0
 
 
+def test_zero_advantage_rollouts_skip_the_backward_and_leave_the_update_unchanged(tiny):
+    """Without a KL term a zero-variance group adds nothing to the gradient, so update() runs it
+    forward only (for the entropy metrics): the step must equal the full loss's gradient step."""
+    import copy
+    tok, model, _ = tiny
+    prompt = tok("<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids
+    comps = [tok(w, add_special_tokens=False).input_ids for w in (" rfl", " omega", " decide", " norm_num rfl")]
+    pairs = [(prompt, c) for c in comps]
+    with torch.no_grad():
+        before, ent, mask = grpo.sequence_logprobs(model, pairs, 1.0, "cpu")
+    item = grpo.PromptItem({"statement_id": "p"})
+    rollouts = [grpo.Rollout(item, prompt, generation.Generation("", c, before[i, :len(c)].tolist(), "eos"),
+                             reward=r, n_tokens=len(c)) for i, (c, r) in enumerate(zip(comps, [1.0, 0.0, 1.0, 1.0]))]
+    c = cfg(group_size=2, mini_batch_prompts=2, prompts_per_step=2, micro_batch_size=1, grad_clip=0.0)
+    grpo.group_advantages(rollouts, c)
+    assert [r.advantage for r in rollouts] == [0.5, -0.5, 0.0, 0.0]
+    # the reference: the loss of all four rollouts, one backward
+    ref = copy.deepcopy(model)
+    logp, _, m = grpo.sequence_logprobs(ref, pairs, 1.0, "cpu")
+    loss, _ = grpo.policy_loss(logp, before, torch.tensor([r.advantage for r in rollouts]), m, c,
+                               c.max_new_tokens, n_seqs_total=4, n_tokens_total=int(m.sum()))
+    loss.backward()
+    expected = {n: p.detach() - p.grad for n, p in ref.named_parameters()}
+    assert any(float(p.grad.abs().max()) > 0 for p in ref.parameters())
+    mine = copy.deepcopy(model)
+    stats = grpo.update(mine, None, torch.optim.SGD(mine.parameters(), lr=1.0), rollouts, c, 1, "cpu")
+    assert stats["idle_rollouts"] == 2
+    for n, p in mine.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[n], rtol=1e-5, atol=1e-6)
+    # the entropy metric still covers all four (idle ones included)
+    assert stats["entropy"] == pytest.approx(float((ent * mask).sum() / mask.sum()), rel=1e-5)
+    # with a KL term every rollout has a gradient: none is idle
+    c_kl = cfg(group_size=2, mini_batch_prompts=2, prompts_per_step=2, micro_batch_size=1, kl_coef=0.1)
+    other = copy.deepcopy(model)
+    stats = grpo.update(other, copy.deepcopy(model), torch.optim.SGD(other.parameters(), lr=0.0), rollouts, c_kl, 1, "cpu")
+    assert stats["idle_rollouts"] == 0
+
+
 def test_second_turns_skip_overlong_prompts_and_long_feedback(tiny):
     tok = tiny[0]
     row = {"statement_id": "p", "header": "", "formal_statement": "theorem p : 1 = 1 := by"}
