@@ -33,9 +33,10 @@ Departures from the papers:
   proofs that are right only part of the time, so that RL has something to learn.
   `--toy_sft_repair 0.3` adds second-turn (repair) rows for a share of the SFT statements: a
   wrong first attempt, the stand-in's feedback on it in Kimina's error-correction format, and
-  another tactic. Off by default; smoke.sh uses 1.0 with `--toy_sft_correct 0.4`: at 0.25 the
-  tiny model never learnt to copy in the correction turn, at 1.0 it does, at a cost to the
-  first turn (README, recipes/copy_probe.py). With `--prompt_format stepfun` the SFT rows are
+  another tactic. Off by default; smoke.sh uses 1.0 with `--toy_sft_correct 0.4` (0.6 for
+  smollm2): at 0.25 the tiny model never learnt to copy in the correction turn, at 1.0 it
+  does, at a cost to the first turn (README, recipes/copy_probe.py).
+  With `--prompt_format stepfun` the SFT rows are
   StepFun-style tool traces instead: sketches checked in the REPL until one passes (the first
   sketch right with chance --toy_sft_correct), then the final proof (toy_task.toy_tool_trace).
 

@@ -265,10 +265,11 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
             # with no KL term, a rollout whose advantage is 0 adds exactly 0 to the gradient
             # (a zero-variance group): it gets a forward pass for the entropy metrics only
             idle = [] if use_kl else [i for i in mine if rollouts[i].advantage == 0.0]
-            trained = [i for i in mine if i not in set(idle)]
+            trained = [i for i in mine if use_kl or rollouts[i].advantage != 0.0]
             optimizer.zero_grad(set_to_none=True)
-            chunks = [(c[u:u + cfg.micro_batch_size], c is trained) for c in (trained, idle)
-                      for u in range(0, len(c), cfg.micro_batch_size)]
+            chunks = [(group[u:u + cfg.micro_batch_size], with_grad)
+                      for group, with_grad in ((trained, True), (idle, False))
+                      for u in range(0, len(group), cfg.micro_batch_size)]
             for micro, with_grad in chunks:
                 pairs = [(rollouts[i].prompt_ids, rollouts[i].gen.token_ids, *([rollouts[i].keep] if rollouts[i].keep
                           else [])) for i in micro]
@@ -299,9 +300,10 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
                 if ref_lp is not None:
                     d = (ref_lp - logp).detach()   # the k3 estimate, for the metric only
                     stats["kl_sum"] += float((d.exp() - d - 1).mul(mask).sum())
-            for p in params:   # a mini-batch of idle rollouts only: a zero gradient, as without the skip
-                if p.grad is None:   # (Adam's moments still move the weights)
-                    p.grad = torch.zeros_like(p)
+            if not trained:   # idle rollouts only: the zero gradient the full backward would give
+                for p in params:   # (Adam's moments still move the weights)
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
             common.sum_gradients(params, world)
             if cfg.grad_clip:
                 stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -194,10 +195,14 @@ class HFGenerator:
         model.eval()
         past, step_ids = None, ids
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        # sampling needs the last position's logits only: without this the prefill holds
+        # batch x prompt length x vocabulary floats (64 x 300 x 49,152 x 4 bytes = 3.8 GB for SmolLM2)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
         with torch.no_grad():
             for t in range(max_new):
                 o = model(input_ids=step_ids, attention_mask=mask, position_ids=pos[:, -step_ids.shape[1]:],
-                          past_key_values=past, use_cache=True)
+                          past_key_values=past, use_cache=True, **last_only)
                 past = o.past_key_values
                 logits = o.logits[:, -1].float()
                 logp_all = torch.log_softmax(logits / max(temperature, 1e-6), -1)

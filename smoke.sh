@@ -26,7 +26,7 @@ export PROVER_RUNS_DIR=${PROVER_RUNS_DIR:-$PWD/runs}
 if [ "$PRESET" = tiny ]; then
   # 8,000 SFT steps: at 4,000 the 0.85M model copied a theorem's name only when the proposition
   # was long, so the `∣` class (short propositions) never earned a reward in RL (README)
-  SFT_STEPS=${SFT_STEPS:-8000}; RL_STEPS=${RL_STEPS:-100}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-200}
+  SFT_STEPS=${SFT_STEPS:-8000}; RL_STEPS=${RL_STEPS:-100}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-200}; SFT_CORRECT=0.4
   # 8 prompts x 8 samples, two updates per step (mini-batches of 4 prompts); the k3 KL term to
   # the SFT model keeps the format while the tactic choice moves (recipes/smoke_sweep.sh)
   RL_SHAPE=(--prompts_per_step 8 --group_size 8 --mini_batch_prompts 4 --lr "${RL_LR:-3e-4}" --kl_coef 0.05
@@ -34,24 +34,28 @@ if [ "$PRESET" = tiny ]; then
 else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller of everything
   # 150 SFT steps at lr 1e-4: after 60 at 5e-5 the tactic choice ignored the relation (25-33%
   # right per class where the data has 40%), and RL from there narrowed to one tactic (README).
-  # RL at Kimina's lr 2e-6 (at 1e-5 ten steps collapsed the choice), 8 prompts a step so each
-  # tactic class has about two groups per update
-  SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-20}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
-  # micro-batches of 8 rollouts (the same gradient as 16): three seeds' runs at once fit in 24 GB
-  # no validation inside 03 (--eval_every 0): at 10-15 min a pass it would be a third of the
-  # run, and 04 measures the same eval set before and after
-  RL_SHAPE=(--prompts_per_step 8 --group_size 4 --mini_batch_prompts 8 --micro_batch_size 8 --lr "${RL_LR:-2e-6}"
+  # SFT data with the right tactic 60% of the time: at 40% (the tiny preset's) 150 steps left
+  # p(right tactic) at 0.30-0.36 per class, and RL from there moved one tactic up on every class
+  SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-10}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
+  SFT_CORRECT=0.6
+  # RL: 10 updates of 16 prompts x 4 (4 groups per class a step) at lr 5e-6; at 1e-5 with 4
+  # prompts a step ten steps collapsed the choice, at 2e-6 with 8 prompts the policy drifted to
+  # one tactic (README, results/smoke_smollm2_sweep_sft40/). Micro-batches of 8 rollouts (the
+  # same gradient as 16); even so a run peaks near 9 GB, so two, not three, at once in 24 GB. No validation inside 03
+  # (--eval_every 0): at 10-15 min a pass it would be a third of the run, and 04 measures the
+  # same eval set before and after
+  RL_SHAPE=(--prompts_per_step 16 --group_size 4 --mini_batch_prompts 16 --micro_batch_size 8 --lr "${RL_LR:-5e-6}"
             --eval_max_problems 16 --eval_every 0)
 fi
 step() { echo; echo "[smoke $(date +%H:%M:%S)] === $* ==="; }
 
 if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
   source recipes/standin.sh   # the stand-in on a free localhost port, stopped when this script exits
-  # SFT proofs use the right tactic 40% of the time (uniform would be 25%: from there 100 RL
-  # steps did not find the rule, README), and every SFT statement also gets a correction row
-  # (wrong attempt, the stand-in's feedback, another tactic): with a quarter, the tiny model
+  # SFT proofs use the right tactic SFT_CORRECT of the time (uniform would be 25%: from there
+  # 100 RL steps did not find the rule, README), and every SFT statement also gets a correction
+  # row (wrong attempt, the stand-in's feedback, another tactic): with a quarter, the tiny model
   # never copied the statement in the second turn (README, recipes/copy_probe.py)
-  DATA_ARGS=(--task toy --toy_sft_correct 0.4 --toy_sft_repair 1.0)
+  DATA_ARGS=(--task toy --toy_sft_correct "$SFT_CORRECT" --toy_sft_repair 1.0)
   RL_ARGS=(--require_tactic_blocks false --max_new_tokens 64)
   EVAL_ARGS=(--max_new_tokens 64)
 else
@@ -83,7 +87,7 @@ fi
 step "04 eval of the SFT model"
 $PY 04_eval.py --run_name "$RUN" --model "$PROVER_RUNS_DIR/$RUN/02_sft/final/model" --tag sft \
     --seed "$SEED" --n_samples 8 --max_problems "$EVAL_PROBLEMS" "${EVAL_ARGS[@]}"
-step "03 GRPO ($RL_STEPS steps)"
+step "03 GRPO ($RL_STEPS steps${RL_EXTRA[*]:+; overridden by: ${RL_EXTRA[*]}})"
 # second turns at 0.25 rather than Kimina's 0.5: on this toy a second turn is a coin flip
 # among three tactics at best, and first turns are what the criteria measure
 $PY 03_rl_grpo.py --run_name "$RUN" "${RL_SHAPE[@]}" --ec_prob 0.25 --max_steps "$RL_STEPS" \

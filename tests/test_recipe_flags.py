@@ -48,3 +48,19 @@ def test_recipe_flags_exist(recipe):
                             assert inner[2:] in fields[target], f"{recipe}: {tok} passes --{inner[2:]}, unknown to {target}"
     if recipe in ("oprover_iterate.sh", "stepfun_tool_rl.sh"):
         assert found >= 2
+
+
+@pytest.mark.parametrize("settings", sorted(p.name for p in (ROOT / "recipes").glob("*_settings.txt")))
+def test_sweep_settings_files_pass_only_03_flags(settings):
+    """recipes/smoke_sweep.sh appends each `name|flags` line's flags to 03_rl_grpo.py."""
+    fields = settings_fields("03_rl_grpo.py")
+    lines = [l for l in (ROOT / "recipes" / settings).read_text().splitlines() if l.strip()]
+    assert lines
+    for line in lines:
+        name, flags = line.split("|", 1)
+        assert name and " " not in name, f"{settings}: run name {name!r}"
+        argv = shlex.split(flags.split("#")[0])
+        assert argv, f"{settings}: {name} has no flags"
+        for tok in argv:
+            if tok.startswith("--"):
+                assert tok[2:] in fields, f"{settings}: {name} passes --{tok[2:]}, unknown to 03_rl_grpo.py"
