@@ -35,13 +35,14 @@ else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller o
   # 150 SFT steps at lr 1e-4: after 60 at 5e-5 the tactic choice ignored the relation (25-33%
   # right per class where the data has 40%), and RL from there narrowed to one tactic (README).
   # SFT data with the right tactic 60% of the time: at 40% (the tiny preset's) 150 steps left
-  # p(right tactic) at 0.30-0.36 per class, and RL from there moved one tactic up on every class
+  # p(right tactic) at 0.30-0.36 per class (recipes/tactic_probe.py), and RL from there moved
+  # one tactic up on every class (results/smoke_smollm2_sweep_sft40/)
   SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-10}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
   SFT_CORRECT=0.6
   # RL: 10 updates of 16 prompts x 4 (4 groups per class a step) at lr 5e-6; at 1e-5 with 4
   # prompts a step ten steps collapsed the choice, at 2e-6 with 8 prompts the policy drifted to
-  # one tactic (README, results/smoke_smollm2_sweep_sft40/). Micro-batches of 8 rollouts (the
-  # same gradient as 16); even so a run peaks near 9 GB, so two, not three, at once in 24 GB. No validation inside 03
+  # one tactic (README). Micro-batches of 8 rollouts (the same gradient as 16); even so an
+  # update reached 8.6 GB, so two runs at once in 24 GB, not three. No validation inside 03
   # (--eval_every 0): at 10-15 min a pass it would be a third of the run, and 04 measures the
   # same eval set before and after
   RL_SHAPE=(--prompts_per_step 16 --group_size 4 --mini_batch_prompts 16 --micro_batch_size 8 --lr "${RL_LR:-5e-6}"
