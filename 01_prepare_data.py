@@ -566,8 +566,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)   # the manifest marks a finished stage
     rejects = Rejects(out / "rejects.parquet")
-    writers = {"rl": common.ParquetAppender(out / "rl_prompts.parquet", "statements", POOL_COLUMNS),
-               "sft": common.ParquetAppender(out / "sft.parquet", "sft", POOL_COLUMNS)}
+    extra = {**POOL_COLUMNS, "toy_tactic": "string"} if cfg.task == "toy" else POOL_COLUMNS   # the toy's class
+    writers = {"rl": common.ParquetAppender(out / "rl_prompts.parquet", "statements", extra),
+               "sft": common.ParquetAppender(out / "sft.parquet", "sft", extra)}
     multiplicity, overlap = {}, {"rl": 0, "sft": 0}
     try:
         if cfg.task == "toy":

@@ -19,6 +19,9 @@ Agentic rollouts (rollouts.py over agent_loops.py, the same loop code 04 evaluat
                     generation resumes in token space; the tool's tokens are masked out of the loss
                     and the importance ratio; reward at the end; budget as 04 (--tool_budget).
   Error-correction turns are for single rollouts; validation stays single-turn pass@1.
+  --balance_by COLUMN: fresh prompts take the column's values in turn (e.g. `source` for a mix of
+  sets, `toy_tactic` for the toy's classes), so a step's class mix is fixed; off by default
+  (Kimina shuffles its Promptset as one pool).
   --max_generated_tokens N ends the run at the step where its rollouts have generated N tokens
   (the REPL's are not generated), for comparisons at equal compute (recipes/toy_tool_rl.sh).
 
@@ -90,6 +93,7 @@ class Settings:
     eval_data: str = ""                  # default: the first runs/<run>/01_data/eval_*.parquet
     # rollouts
     prompts_per_step: int = 256
+    balance_by: str = ""                 # a prompt column (e.g. source): fresh prompts cycle its values (off: Kimina's shuffle)
     group_size: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
@@ -206,7 +210,18 @@ class PromptSampler:
         # a row with weight w (01 keeps Kimina's deliberate Promptset duplicates as weight) comes
         # w times per epoch, as the duplicated rows did in Kimina's run
         order = [i for i, r in enumerate(self.rows) for _ in range(int(r.get("weight") or 1))]
-        random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
+        rng = random.Random(self.cfg.seed * 7919 + epoch)
+        rng.shuffle(order)
+        if self.cfg.balance_by:
+            # stratified: each value's rows keep their shuffled order and fresh prompts take the
+            # values in turn, so a step's mix does not drift to whichever class the shuffle favoured
+            # (until the smaller classes of an epoch run out)
+            lanes: dict = {}
+            for i in order:
+                lanes.setdefault(str(self.rows[i][self.cfg.balance_by]), []).append(i)
+            turn = [lanes[k] for k in sorted(lanes)]
+            rng.shuffle(turn)
+            order = [i for group in itertools.zip_longest(*turn) for i in group if i is not None]
         return order
 
     def sample(self, step: int) -> list[PromptItem]:
@@ -396,6 +411,9 @@ def train(cfg: Settings) -> Path:
     cfg = dataclasses.replace(cfg, prompt_format=formats.format_for(model_path, cfg.prompt_format))
     rows = common.read_rows(data_path, "statements")
     train_rows = [r for r in rows if r["split"] != "valid"] or rows
+    if cfg.balance_by and any(r.get(cfg.balance_by) is None for r in train_rows):
+        raise SystemExit(f"--balance_by {cfg.balance_by}: {data_path} has rows without that column "
+                         f"(columns: {', '.join(rows[0])})")
     eval_rows = common.read_rows(eval_path, "statements") if eval_path and cfg.eval_every else []
     if cfg.eval_max_problems:
         eval_rows = eval_rows[:cfg.eval_max_problems]

@@ -37,12 +37,15 @@ else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller o
   # SFT data with the right tactic 60% of the time: at 40% (the tiny preset's) 150 steps left
   # p(right tactic) at 0.30-0.36 per class (recipes/tactic_probe.py), and RL from there moved
   # one tactic up on every class (results/smoke_smollm2_sweep_sft40/)
-  SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-10}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
+  SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-20}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
   SFT_CORRECT=0.6
-  # RL: 10 updates of 16 prompts x 4 (4 groups per class a step) at lr 5e-6; at 1e-5 with 4
-  # prompts a step ten steps collapsed the choice, at 2e-6 with 8 prompts the policy drifted to
-  # one tactic (README). Micro-batches of 8 rollouts (the same gradient as 16); even so an
-  # update reached 8.6 GB, so two runs at once in 24 GB, not three. No validation inside 03
+  # RL: 20 updates of 16 prompts x 4 at lr 5e-6, fresh prompts class-balanced on the toy
+  # (--balance_by toy_tactic, below: three or four groups per class a step, the rest second
+  # turns). With 10 updates of a shuffled mix (a class's share of a run's first turns 19-32%)
+  # at least one class fell on every seed; at 1e-5 with 4 prompts a step ten steps collapsed the choice, at
+  # 2e-6 with 8 prompts the policy drifted to one tactic (README, recipes/smoke_smollm2_settings.txt).
+  # Micro-batches of 8 rollouts (the same gradient as 16); even so an update reached 10.2 GB,
+  # so two runs at once in 24 GB, not three. No validation inside 03
   # (--eval_every 0): at 10-15 min a pass it would be a third of the run, and 04 measures the
   # same eval set before and after
   RL_SHAPE=(--prompts_per_step 16 --group_size 4 --mini_batch_prompts 16 --micro_batch_size 8 --lr "${RL_LR:-5e-6}"
@@ -58,6 +61,7 @@ if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
   # never copied the statement in the second turn (README, recipes/copy_probe.py)
   DATA_ARGS=(--task toy --toy_sft_correct "$SFT_CORRECT" --toy_sft_repair 1.0)
   RL_ARGS=(--require_tactic_blocks false --max_new_tokens 64)
+  [ "$PRESET" = tiny ] || RL_ARGS+=(--balance_by toy_tactic)   # 01's class column (toy only)
   EVAL_ARGS=(--max_new_tokens 64)
 else
   # a real Lean server: real statements (Lean-Workbook for RL, miniF2F-valid for validation);

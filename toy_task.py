@@ -357,7 +357,7 @@ def build_toy(cfg) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
         stmt = f"theorem toy_{i:05d} : {prop} := by"
         rec = {"statement_id": f"toy/{i:05d}", "source": "toy", "split": "", "header": TOY_HEADER,
                "formal_statement": stmt, "informal_problem": f"Prove that {prop} holds for natural numbers.",
-               "theorem_name": f"toy_{i:05d}"}
+               "theorem_name": f"toy_{i:05d}", "toy_tactic": right}   # its class (03 --balance_by toy_tactic)
         bucket = hash_split(prop, cfg.toy_eval_fraction, held_out="test")
         if bucket == "test":
             evals.append({**rec, "split": "test", "eval_source": "toy_task.py (the stand-in's fragment, NOT Lean)"})

@@ -177,6 +177,26 @@ def test_zero_advantage_rollouts_skip_the_backward_and_leave_the_update_unchange
     assert stats["idle_rollouts"] == 0
 
 
+def test_balanced_prompts_take_the_classes_in_turn_and_the_default_order_is_unchanged():
+    # a prompt pool with a 4:2:1:1 class mix, as a multi-source RL set has (weights included)
+    rows = [{"statement_id": f"p{i}", "split": "train", "toy_tactic": c, "weight": 2 if i == 0 else None}
+            for i, c in enumerate(["a"] * 40 + ["b"] * 20 + ["c"] * 10 + ["d"] * 10)]
+    c = cfg(prompts_per_step=8, error_correction=False, seed=3)
+    # off: one seeded shuffle of the weighted pool, exactly the order runs before this option drew
+    import random
+    order = [i for i, r in enumerate(rows) for _ in range(int(r.get("weight") or 1))]
+    random.Random(3 * 7919).shuffle(order)
+    sampler = grpo.PromptSampler(rows, c)
+    assert [i.row["statement_id"] for i in sampler.sample(1)] == [rows[k]["statement_id"] for k in order[:8]]
+    balanced = grpo.PromptSampler(rows, cfg(prompts_per_step=8, error_correction=False, seed=3, balance_by="toy_tactic"))
+    firsts = [[i.row["toy_tactic"] for i in balanced.sample(s)] for s in range(1, 4)]
+    for classes in firsts[:2]:   # ten rows of each class: every step of 8 holds two of each
+        assert sorted(classes) == ["a", "a", "b", "b", "c", "c", "d", "d"], classes
+    # the epoch is still every row (with its weight) once: stratifying reorders, it drops nothing
+    epoch = balanced._order(0)
+    assert sorted(epoch) == sorted(order) and epoch[:4] != order[:4]
+
+
 def test_second_turns_skip_overlong_prompts_and_long_feedback(tiny):
     tok = tiny[0]
     row = {"statement_id": "p", "header": "", "formal_statement": "theorem p : 1 = 1 := by"}
@@ -200,6 +220,15 @@ def rl_run(tmp_path, tiny, monkeypatch):
                     "--toy_n_statements", "200"], check=True, capture_output=True,
                    env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
     return tmp_path / "runs" / "t", str(tiny[2])
+
+
+def test_balance_by_a_missing_column_stops_naming_the_file(rl_run):
+    run, model = rl_run
+    proc = subprocess.run([sys.executable, str(ROOT / "03_rl_grpo.py"), "--run_name", "t", "--model", model,
+                           "--balance_by", "difficulty"], capture_output=True, text=True,
+                          env={**os.environ, "PROVER_RUNS_DIR": str(run.parent)})
+    assert proc.returncode != 0
+    assert "--balance_by difficulty" in proc.stderr and "rl_prompts.parquet" in proc.stderr and "toy_tactic" in proc.stderr
 
 
 def test_faults_cost_error_verdicts_not_the_run(rl_run, make_standin, monkeypatch):

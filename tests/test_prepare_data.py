@@ -128,6 +128,8 @@ def test_toy_classes_are_balanced_and_the_eval_order_is_stratified(tmp_path):
         shares = {t: sum(right[relation_of(r["formal_statement"])] == t for r in rows) / len(rows)
                   for t in TACTIC_RULES}
         assert all(abs(v - 0.25) < 0.02 for v in shares.values()), (f, shares)
+        # each row names its class (03 --balance_by toy_tactic), the tactic the checker accepts
+        assert all(r["toy_tactic"] == right[relation_of(r["formal_statement"])] for r in rows), f
     ev = common.read_rows(out / "eval_toy.parquet", "statements")
     for n in (8, 40, 200):   # any prefix, as 04 --max_problems takes it, is balanced
         classes = [right[relation_of(r["formal_statement"])] for r in ev[:n]]

@@ -62,5 +62,6 @@ def test_sweep_settings_files_pass_only_03_flags(settings):
         argv = shlex.split(flags.split("#")[0])
         assert argv, f"{settings}: {name} has no flags"
         for tok in argv:
-            if tok.startswith("--"):
-                assert tok[2:] in fields, f"{settings}: {name} passes --{tok[2:]}, unknown to 03_rl_grpo.py"
+            if tok.startswith("--"):   # --key value, or --key=value (argparse's form for an empty value)
+                key = tok[2:].split("=", 1)[0]
+                assert key in fields, f"{settings}: {name} passes --{key}, unknown to 03_rl_grpo.py"
