@@ -411,9 +411,10 @@ def train(cfg: Settings) -> Path:
     cfg = dataclasses.replace(cfg, prompt_format=formats.format_for(model_path, cfg.prompt_format))
     rows = common.read_rows(data_path, "statements")
     train_rows = [r for r in rows if r["split"] != "valid"] or rows
-    if cfg.balance_by and any(r.get(cfg.balance_by) is None for r in train_rows):
-        raise SystemExit(f"--balance_by {cfg.balance_by}: {data_path} has rows without that column "
-                         f"(columns: {', '.join(rows[0])})")
+    missing = next((r for r in train_rows if r.get(cfg.balance_by) is None), None) if cfg.balance_by else None
+    if missing is not None:
+        raise SystemExit(f"--balance_by {cfg.balance_by}: {data_path}, row {missing['statement_id']}, has no "
+                         f"value in that column (columns: {', '.join(rows[0])})")
     eval_rows = common.read_rows(eval_path, "statements") if eval_path and cfg.eval_every else []
     if cfg.eval_max_problems:
         eval_rows = eval_rows[:cfg.eval_max_problems]

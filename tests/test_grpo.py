@@ -229,6 +229,7 @@ def test_balance_by_a_missing_column_stops_naming_the_file(rl_run):
                           env={**os.environ, "PROVER_RUNS_DIR": str(run.parent)})
     assert proc.returncode != 0
     assert "--balance_by difficulty" in proc.stderr and "rl_prompts.parquet" in proc.stderr and "toy_tactic" in proc.stderr
+    assert "row toy/" in proc.stderr   # the first row without a value, by id
 
 
 def test_faults_cost_error_verdicts_not_the_run(rl_run, make_standin, monkeypatch):
