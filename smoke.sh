@@ -37,12 +37,13 @@ else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller o
   # SFT data with the right tactic 60% of the time: at 40% (the tiny preset's) 150 steps left
   # p(right tactic) at 0.30-0.36 per class (recipes/tactic_probe.py), and RL from there moved
   # one tactic up on every class (results/smoke_smollm2_sweep_sft40/)
-  SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-20}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
+  SFT_STEPS=${SFT_STEPS:-150}; SFT_LR=${SFT_LR:-1e-4}; RL_STEPS=${RL_STEPS:-30}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-40}
   SFT_CORRECT=0.6
-  # RL: 20 updates of 16 prompts x 4 at lr 5e-6, fresh prompts class-balanced on the toy
+  # RL: 30 updates of 16 prompts x 4 at lr 5e-6, fresh prompts class-balanced on the toy
   # (--balance_by toy_tactic, below: three or four groups per class a step, the rest second
-  # turns). With 10 updates of a shuffled mix (a class's share of a run's first turns 19-32%)
-  # at least one class fell on every seed; at 1e-5 with 4 prompts a step ten steps collapsed the choice, at
+  # turns). At 20 updates `omega` (four relations, so each gets a quarter of the class's
+  # rollouts) had not yet moved on every seed; with 10 updates of a shuffled mix (a class's
+  # share of a run's first turns 19-32%) at least one class fell on every seed; at 1e-5 with 4 prompts a step ten steps collapsed the choice, at
   # 2e-6 with 8 prompts the policy drifted to one tactic (README, recipes/smoke_smollm2_settings.txt).
   # Micro-batches of 8 rollouts (the same gradient as 16); even so an update reached 10.2 GB,
   # so two runs at once in 24 GB, not three. No validation inside 03
