@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from toy_task import TACTIC_RULES  # noqa: E402
+from toy_task import TACTIC_RULES, relation_of  # noqa: E402
 
 RIGHT = {rel: tac for tac, rels in TACTIC_RULES.items() for rel in rels}
 
@@ -22,7 +22,8 @@ def class_mix(run: Path) -> pd.DataFrame:
         raise SystemExit(f"{run}: no 03_grpo/rollouts/step_*.parquet")
     df = pd.concat(pd.read_parquet(f) for f in files)
     df = df[df.turn == 1]
-    rel = df.prompt.str.extract(r"theorem toy_\d+ : \S+(?: [+*] \S+)? (\S+) \S+ := by")[0]
+    # the class from the statement the prompt holds, parsed by the checker's own relation_of
+    rel = df.prompt.map(lambda p: relation_of(re.search(r"theorem toy_\d+ : [^\n]*:= by", p).group(0)))
     tactic = df.completion.map(lambda c: (re.findall(r":= by\s+(\w+)", c) or ["?"])[-1])
     return pd.DataFrame({"step": df.step.values, "cls": rel.map(RIGHT).values, "right": (tactic == rel.map(RIGHT)).values})
 
