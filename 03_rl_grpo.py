@@ -1,168 +1,112 @@
 """Stage 03: GRPO with Lean-verified rewards and error-correction turns (Kimina-Prover-RL).
 
-Each step: sample prompts (with probability ec_prob a cached second-turn prompt instead),
-generate group_size completions per prompt with a seed per rollout, extract the proof, run the
-format checks and the soundness gate, verify through lean_client (verification of one chunk
-overlaps generation of the next), reward = proof x format, advantage = reward - group mean,
-then clipped policy-gradient updates over mini-batches. Failed attempts with Lean errors become
-second-turn prompts (answer as assistant turn, Lean feedback as user turn).
-Agentic rollouts (rollouts.py over agent_loops.py, the same loop code 04 evaluates with):
-  --rollout repair  OProver: group_size trajectories of up to repair_depth rounds per prompt, round
-                    t = statement + top-k proofs from the frozen --memory + previous attempt + its
-                    diagnostics, stopping at the first verified proof; every round is trained on.
-                    The paper gives no per-round credit rule: --repair_credit trajectory (default)
-                    gives each round its trajectory's advantage (R = 1 if any round verified, minus
-                    the group mean), --repair_credit round compares each round with the group's
-                    rounds of the same index. GSPO (--ratio_level sequence, OProver's RL) is the
-                    default here.
-  --rollout tool    StepFun: generation pauses at </sketch>, the REPL's answer is appended, and
-                    generation resumes in token space; the tool's tokens are masked out of the loss
-                    and the importance ratio; reward at the end; budget as 04 (--tool_budget).
-  Error-correction turns are for single rollouts; validation stays single-turn pass@1.
-  --balance_by COLUMN: fresh prompts take the column's values in turn (e.g. `source` for a mix of
-  sets, `toy_tactic` for the toy's classes), so a step's class mix is fixed; off by default
-  (Kimina shuffles its Promptset as one pool).
-  --max_generated_tokens N ends the run at the step where its rollouts have generated N tokens
-  (the REPL's are not generated), for comparisons at equal compute (recipes/toy_tool_rl.sh).
+Each step samples prompts (with probability ec_prob a cached second-turn prompt), generates
+group_size rollouts per prompt, scores them (reward = proof x format: Lean verdict, format
+checks, soundness gate), takes advantage = reward - group mean and runs clipped policy-gradient
+updates; failed attempts with Lean errors become second-turn prompts. --rollout repair (OProver,
+GSPO) and --rollout tool (StepFun) use the loops 04 evaluates with (agent_loops.py).
+Writes runs/<run>/03_grpo/: metrics.jsonl + PNGs, rollouts/step_*.parquet, validation.jsonl,
+step_*/ checkpoints (exact resume), final/model, config.json, manifest.json (last).
 
-Writes runs/<run_name>/03_grpo/: metrics.jsonl (+ PNG curves), rollouts/step_XXXXXX.parquet
-(every rollout of every step), validation.jsonl (pass@1 and best@8 before/after error
-correction), step_XXXXXX/ checkpoints with exact resume, final/model, manifest.json (last).
-
-Defaults are Kimina-Prover-RL 1.7B (REFERENCE.md section 2): lr 2e-6 constant, 256 prompts x 8
-samples, mini-batch 32 prompts, temperature 1.0, clip 0.2/0.3, no KL, no entropy bonus, no
-length penalty, advantage not divided by std, loss = per-sequence token sum / max response
-length, validation every 5 steps with 8 samples at temperature 1, top_p 0.95.
-Departures: Kimina runs on verl (FSDP, vLLM, 8 GPUs). Here: CPU; one GPU with a colocated vLLM
-engine (TRL colocate style); or the GPUs of one machine by data parallelism (torchrun /
-accelerate launch): each process generates and verifies its share of the prompts, verdicts are
-gathered (one EC cache, one set of metrics), mini-batch gradients are summed, so N processes
-compute what one does. No FSDP: models that do not fit one GPU, or several machines, go to
-verl (recipes/verl/). Several processes with --backend vllm (one engine each) are untested
-here. GSPO (OProver) is `--ratio_level sequence`.
-Against verl (Kimina's engine; recipes/verl/ for verl 0.9.1): the advantages and the policy loss
-equal verl core_algos' (tests/test_verl.py, dual clip --clip_ratio_c 3.0, unbiased std, a group
-of one as verl); departures: the k3 KL term sits inside the aggregated loss (verl adds it as a
-separate term), `seq_sum_norm` divides by --max_new_tokens (verl: actor.loss_scale_factor, which
-recipes/verl sets to the same), and second turns are drawn from an in-memory cache (verl: our
-ec_dataset.py over a cache file).
-
-Commands:
-    python 03_rl_grpo.py --run_name smoke --prompts_per_step 2 --group_size 8 --max_new_tokens 64 \\
-        --mini_batch_prompts 2 --lr 1e-4 --require_tactic_blocks false --max_steps 1500   # CPU toy
-    python 03_rl_grpo.py --run_name kimina --backend vllm                               # one GPU
-    accelerate launch --num_processes 8 03_rl_grpo.py --run_name kimina --backend vllm  # 8 GPUs
-    torchrun --nproc_per_node 8 03_rl_grpo.py --run_name kimina --backend vllm          # the same
+    python 03_rl_grpo.py --run_name kimina --backend vllm                              # one GPU
+    accelerate launch --num_processes 8 03_rl_grpo.py --run_name kimina --backend vllm # 8 GPUs
     python 03_rl_grpo.py --run_name it1 --rollout repair --memory runs/it0/memory.parquet
     python 03_rl_grpo.py --run_name sf --rollout tool --prompt_format stepfun
-Several machines: recipes/verl/ exports the data and the reward for verl (Kimina's engine).
+CPU toy: smoke.sh. Several machines: recipes/verl/. Where this departs from Kimina's verl run
+and from OProver/StepFun: docs/DESIGN.md; the recipe's numbers: docs/RECIPES.md.
 """
-import concurrent.futures as cf
-import dataclasses
-import itertools
-import random
-import shutil
-import sys
-import time
-from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-import pyarrow.parquet as pq
-import torch
 
 import common
-import formats
-import generation
-from lean_client import LeanClient
-from proof_memory import ProofMemory, read_proof_file
-from rollouts import PromptItem, Rollout, agent_rollout_step, rollout_step, score   # noqa: F401 (tests use grpo.*)
-from rl_objective import group_advantages, policy_loss, sequence_logprobs, trajectory_advantages
-
-# ---------------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Settings:
-    run_name: str = "default"
-    model: str = ""                      # default: runs/<run>/02_sft/final/model
-    data: str = ""                       # default: runs/<run>/01_data/rl_prompts.parquet
-    eval_data: str = ""                  # default: the first runs/<run>/01_data/eval_*.parquet
-    # rollouts
+class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
+               common.SamplingSettings, common.VerifySettings, common.LoraSettings, common.RepairSettings,
+               common.ToolSettings):
+    # Kimina-Prover-RL 1.7B (docs/RECIPES.md): 256 prompts x 8, mini-batches of 32 prompts,
+    # lr 2e-6 constant, clip 0.2/0.3, no KL, advantage not divided by std, 15 epochs
     prompts_per_step: int = 256
-    balance_by: str = ""                 # a prompt column (e.g. source): fresh prompts cycle its values (off: Kimina's shuffle)
     group_size: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 24576          # 32768 max length - 8192 prompt
-    max_prompt_tokens: int = 8192
-    backend: str = "hf"                  # hf (transformers) | vllm
-    gen_batch_size: int = 64
-    gen_chunks: int = 2                  # verify chunk k while generating chunk k+1
-    vllm_gpu_memory: float = 0.5
-    # reward
-    require_tactic_blocks: bool = True   # Kimina's ```tactics checks (off for the toy task)
-    prompt_format: str = "auto"          # formats.FORMATS; auto: from the model name, else kimina
-    overlong_buffer: int = 0             # >0: linear length penalty in the last N tokens (off)
-    # advantages and policy loss
-    adv_std_norm: bool = False
-    skip_zero_variance: bool = False     # dynamic sampling: drop groups with one reward value
+    mini_batch_prompts: int = 32
+    lr: float = 2e-6
     clip_low: float = 0.2
     clip_high: float = 0.3
-    clip_ratio_c: float = 3.0            # dual clip for negative advantages (verl's default; <= 1: off)
-    loss_agg: str = "seq_sum_norm"       # seq_sum_norm (Kimina) | token_mean | seq_mean
-    ratio_level: str = "auto"            # token (GRPO) | sequence (GSPO) | auto: GSPO for repair (OProver)
+    clip_ratio_c: float = 3.0            # dual clip for negative advantages (verl; <= 1: off)
     kl_coef: float = 0.0
-    mini_batch_prompts: int = 32
-    micro_batch_size: int = 16           # rollouts per forward pass (memory)
+    adv_std_norm: bool = False
+    loss_agg: str = "seq_sum_norm"       # seq_sum_norm (Kimina) | token_mean | seq_mean
+    ratio_level: str = "auto"            # token (GRPO) | sequence (GSPO) | auto: GSPO for repair
+    epochs: int = 15
+    max_steps: int = 0                   # 0: run the epochs
+    micro_batch_size: int = 16           # rollouts per forward pass (memory only)
     ppo_epochs: int = 1
-    lr: float = 2e-6
     grad_clip: float = 1.0
-    lora: bool = False
-    lora_r: int = 16
-    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    # agentic rollouts (agent_loops.py, the loops 04 evaluates with)
-    rollout: str = "single"              # single (Kimina) | repair (OProver) | tool (StepFun)
-    repair_depth: int = 3                # repair: rounds per trajectory (stop at the first verified)
-    repair_credit: str = "trajectory"    # trajectory: every round gets the trajectory's advantage | round
-    retrieve_k: int = 3                  # repair: proofs retrieved from the frozen --memory
-    memory: str = ""                     # repair: a proof file (04's memory_*.parquet, found_proofs.parquet)
-    tool_budget: int = 20480             # tool: the whole context in tokens (StepFun)
-    tool_max_checks: int = 0             # tool: 0 = unlimited sketches (StepFun)
-    # error correction (second turn; single rollouts only)
+    skip_zero_variance: bool = False     # dynamic sampling: drop groups with one reward value
+    overlong_buffer: int = 0             # >0: linear length penalty in the last N tokens
+    require_tactic_blocks: bool = True   # Kimina's ```tactics format checks (off for the toy)
+    # error correction (Kimina's second turn; single rollouts only)
     error_correction: bool = True
     ec_prob: float = 0.5
     ec_cache_size: int = 5000
     ec_max_feedback_chars: int = 3000
-    # verification
-    lean_timeout: int = 60
-    lean_batch_size: int = 8
-    check_axioms: bool = False          # #print axioms on every proof that verifies (off in RL for speed)
-    reject_native_decide: bool = False   # for benchmarks that forbid native_decide
-    goal_states: bool = False            # ask the server for infotrees: goal states in Kimina feedback
-    lean_retries: int = 4                # per batch, with exponential backoff
-    # schedule and bookkeeping
-    epochs: int = 15
-    max_steps: int = 0
-    max_generated_tokens: int = 0        # >0: also stop at the step where the rollouts' tokens reach it (compute-matched runs)
+    # inputs (defaults: runs/<run>/02_sft/final/model, 01_data/rl_prompts and first eval_*)
+    model: str = ""
+    data: str = ""
+    eval_data: str = ""
+    balance_by: str = ""                 # a prompt column whose values fresh prompts take in turn
+    # rollouts: sampling, verification, LoRA, repair and tool settings are the shared ones
+    rollout: str = "single"              # single (Kimina) | repair (OProver) | tool (StepFun)
+    repair_credit: str = "trajectory"    # repair: trajectory's advantage on every round | round
+    memory: str = ""                     # repair: a frozen proof file (04's memory_*.parquet)
+    gen_chunks: int = 2                  # verify chunk k while generating chunk k+1
+    vllm_gpu_memory: float = 0.5
+    # validation on the eval set (Kimina: every 5 steps, 8 samples, temperature 1, top_p 0.95)
     eval_every: int = 5
     eval_samples: int = 8
     eval_temperature: float = 1.0
     eval_top_p: float = 0.95
     eval_max_problems: int = 0           # 0: all
+    # bookkeeping
+    max_generated_tokens: int = 0        # >0: stop where the rollouts' tokens reach it
     save_every: int = 5
     keep_checkpoints: int = 2
-    resume: str = "auto"
-    stop_after_steps: int = 0
+    resume: str = "auto"                 # auto: latest step_* | no | a checkpoint folder
+    stop_after_steps: int = 0            # stop early with a checkpoint (time-boxing, tests)
     wandb: bool = False
-    seed: int = 0
+
+    CHOICES = {"loss_agg": ("seq_sum_norm", "token_mean", "seq_mean"),
+               "ratio_level": ("auto", "token", "sequence"),
+               "rollout": ("single", "repair", "tool"),
+               "repair_credit": ("trajectory", "round")}
 
     def __post_init__(self):   # resolved here, so config.json and every reader see the one in use
         if self.ratio_level == "auto":
             self.ratio_level = "sequence" if self.rollout == "repair" else "token"
+
+
+# imports below the settings, so that the settings are the first screen
+import concurrent.futures as cf  # noqa: E402
+import dataclasses  # noqa: E402
+import itertools  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import Counter, deque  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+import formats  # noqa: E402
+import generation  # noqa: E402
+from lean_client import LeanClient  # noqa: E402
+from proof_memory import ProofMemory, read_proof_file  # noqa: E402
+from rl_objective import policy_loss, sequence_logprobs  # noqa: E402
+from rollouts import (PromptItem, Rollout, rollout_mode, rollout_step,  # noqa: E402,F401
+                      score)  # tests use grpo.score / grpo.Rollout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,16 +123,12 @@ def resolve_paths(cfg: Settings) -> tuple[str, Path, Path | None]:
 
 
 def check_settings(cfg: Settings, world: int) -> None:
-    checks = {"backend": ("hf", "vllm"), "loss_agg": ("seq_sum_norm", "token_mean", "seq_mean"),
-              "ratio_level": ("token", "sequence"), "rollout": ("single", "repair", "tool"),
-              "repair_credit": ("trajectory", "round")}
-    for key, allowed in checks.items():
-        if getattr(cfg, key) not in allowed:
-            raise SystemExit(f"--{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
+    common.check_choices(cfg)   # also for a Settings built in code, not parsed
     if cfg.prompts_per_step % cfg.mini_batch_prompts:
         raise SystemExit("--prompts_per_step must be a multiple of --mini_batch_prompts")
     if cfg.prompts_per_step % world:
-        raise SystemExit(f"--prompts_per_step must be a multiple of the number of processes ({world})")
+        raise SystemExit("--prompts_per_step must be a multiple of the number of processes "
+                         f"({world})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,30 +204,31 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
     """ppo_epochs passes of mini-batch updates over the step's rollouts (all processes' rollouts,
     the same list on every process). Each process runs forward/backward on its own (local) ones
     with the loss normalised by the mini-batch's global totals, so summing gradients over
-    processes gives the one-process gradient."""
+    processes gives the one-process gradient. Log-probs, advantages and the loss are float32
+    whatever the model's dtype (docs/DESIGN.md, mixed precision)."""
     params = [p for p in model.parameters() if p.requires_grad]
     stats = Counter()
     per_mb = cfg.mini_batch_prompts * cfg.group_size
     order = list(range(len(rollouts)))
-    old = {i: torch.tensor(r.gen.logprobs, dtype=torch.float32) for i, r in enumerate(rollouts) if r.local}
+    old = {i: torch.tensor(r.gen.logprobs, dtype=torch.float32)
+           for i, r in enumerate(rollouts) if r.has_ids}
     use_kl = bool(cfg.kl_coef) and ref_model is not None
     for epoch in range(cfg.ppo_epochs):
         random.Random(generation.rollout_seed(cfg.seed, step, epoch, -2)).shuffle(order)
         for m in range(0, len(order), per_mb):
             mb = order[m:m + per_mb]
             n_tokens = sum(rollouts[i].n_tokens for i in mb)
-            mine = [i for i in mb if rollouts[i].local]
+            own = [i for i in mb if rollouts[i].has_ids]   # this process's share of the batch
             # with no KL term, a rollout whose advantage is 0 adds exactly 0 to the gradient
             # (a zero-variance group): it gets a forward pass for the entropy metrics only
-            idle = [] if use_kl else [i for i in mine if rollouts[i].advantage == 0.0]
-            trained = [i for i in mine if use_kl or rollouts[i].advantage != 0.0]
+            idle = [] if use_kl else [i for i in own if rollouts[i].advantage == 0.0]
+            trained = [i for i in own if use_kl or rollouts[i].advantage != 0.0]
             optimizer.zero_grad(set_to_none=True)
             chunks = [(group[u:u + cfg.micro_batch_size], with_grad)
                       for group, with_grad in ((trained, True), (idle, False))
                       for u in range(0, len(group), cfg.micro_batch_size)]
             for micro, with_grad in chunks:
-                pairs = [(rollouts[i].prompt_ids, rollouts[i].gen.token_ids, *([rollouts[i].keep] if rollouts[i].keep
-                          else [])) for i in micro]
+                pairs = [rollouts[i].sequence() for i in micro]
                 if not with_grad:
                     with torch.no_grad():
                         _, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device)
@@ -304,7 +245,8 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
                 if ref_model is not None:
                     with torch.no_grad():
                         ref_lp, _, _ = sequence_logprobs(ref_model, pairs, cfg.temperature, device)
-                adv = torch.tensor([rollouts[i].advantage for i in micro], device=device, dtype=torch.float32)
+                adv = torch.tensor([rollouts[i].advantage for i in micro], device=device,
+                                   dtype=torch.float32)
                 loss, st = policy_loss(logp, old_lp, adv, mask, cfg, cfg.max_new_tokens, ref_lp,
                                        n_seqs_total=len(mb), n_tokens_total=n_tokens)
                 loss.backward()
@@ -328,7 +270,8 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
     for part in common.gather_lists([dict(stats)], world):   # loss and token counts of all processes
         totals.update({k: v for k, v in part.items() if k not in ("updates", "grad_norm")})
     tokens = max(1.0, totals["tokens"])
-    out = {"loss": totals["loss"] / max(1, stats["updates"]), "clip_fraction": totals["clipped_tokens"] / tokens,
+    out = {"loss": totals["loss"] / max(1, stats["updates"]),
+           "clip_fraction": totals["clipped_tokens"] / tokens,
            "entropy": totals["entropy_sum"] * cfg.ppo_epochs / tokens, "updates": stats["updates"],
            "entropy_decision": totals["decision_entropy_sum"] / max(1, totals["decisions"]),
            "grad_norm": stats.get("grad_norm", 0.0), "idle_rollouts": totals["idle_rollouts"]}
@@ -384,11 +327,11 @@ def validate(rows, gen, tok, client, cfg, step, rank: int = 0, world: int = 1) -
                                      pool, [f"ec{lo * n + k}" for k in failed])   # seeded by attempt
             fixed = {k for k, r in zip(failed, second) if r.status == "valid"}
     # per problem: (proved before, proved after error correction, proved with the format right)
-    mine = [([first[k].status == "valid" for k in range(g, g + n)],
+    per_problem = [([first[k].status == "valid" for k in range(g, g + n)],
              [first[k].status == "valid" or k in fixed for k in range(g, g + n)],
              [first[k].reward > 0 for k in range(g, g + n)],
              [bool(first[k].format_errors) for k in range(g, g + n)]) for g in range(0, len(first), n)]
-    results = common.gather_lists(mine, world)
+    results = common.gather_lists(per_problem, world)
     res = {"step": step, "problems": len(rows)}
     for j, tag in ((0, ""), (1, "_after_ec")):
         res[f"pass@1{tag}"] = float(np.mean([np.mean(r[j]) for r in results]))
@@ -398,38 +341,76 @@ def validate(rows, gen, tok, client, cfg, step, rank: int = 0, world: int = 1) -
     return res
 
 
+@dataclasses.dataclass
+class Processes:
+    """Who this process is among torchrun / accelerate launch's: one per GPU."""
+    acc: object
+    world: int
+    rank: int
+    is_main: bool
+    device: torch.device
+
+
+def start_processes(placement) -> Processes:
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=placement.device == "cpu")
+    # one process: the policy's device as asked (cuda:N included); several: each its own GPU
+    device = torch.device(placement.device) if acc.num_processes == 1 else acc.device
+    return Processes(acc, acc.num_processes, acc.process_index, acc.is_main_process, device)
+
+
+def load_models(cfg: Settings, model_path: str, placement):
+    """The policy (LoRA-wrapped when asked) and, with a KL term, the reference model: both
+    through the device policy, so the reference always matches the policy."""
+    model = generation.load_model(model_path, placement)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_targets.split(","), task_type="CAUSAL_LM"))
+    ref_model = generation.load_model(model_path, placement).eval() if cfg.kl_coef else None
+    return model, ref_model
+
+
+def read_prompts(cfg: Settings, data_path: Path, eval_path: Path | None):
+    rows = common.read_rows(data_path, "statements")
+    train_rows = [r for r in rows if r["split"] != "valid"] or rows
+    if cfg.balance_by:
+        missing = next((r for r in train_rows if r.get(cfg.balance_by) is None), None)
+        if missing is not None:
+            raise SystemExit(f"--balance_by {cfg.balance_by}: {data_path}, row "
+                             f"{missing['statement_id']}, has no value in that column "
+                             f"(columns: {', '.join(rows[0])})")
+    eval_rows = common.read_rows(eval_path, "statements") if eval_path and cfg.eval_every else []
+    return train_rows, eval_rows[:cfg.eval_max_problems or None]
+
+
 def train(cfg: Settings) -> Path:
-    from accelerate import Accelerator   # torchrun / accelerate launch: one process per GPU
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    world, rank, main, device = acc.num_processes, acc.process_index, acc.is_main_process, acc.device
+    # -----------------------------------------------------------------------------------------
+    # Setup: processes, data, models, verifier, resume
+    # -----------------------------------------------------------------------------------------
+    placement = generation.device_policy(cfg.device, cfg.dtype)
+    procs = start_processes(placement)
+    world, rank, is_main = procs.world, procs.rank, procs.is_main
     check_settings(cfg, world)
     out = common.stage_dir(cfg.run_name, "03_grpo")
     (out / "rollouts").mkdir(parents=True, exist_ok=True)
-    if main:
+    if is_main:
         (out / "manifest.json").unlink(missing_ok=True)
     model_path, data_path, eval_path = resolve_paths(cfg)
     cfg = dataclasses.replace(cfg, prompt_format=formats.format_for(model_path, cfg.prompt_format))
-    rows = common.read_rows(data_path, "statements")
-    train_rows = [r for r in rows if r["split"] != "valid"] or rows
-    missing = next((r for r in train_rows if r.get(cfg.balance_by) is None), None) if cfg.balance_by else None
-    if missing is not None:
-        raise SystemExit(f"--balance_by {cfg.balance_by}: {data_path}, row {missing['statement_id']}, has no "
-                         f"value in that column (columns: {', '.join(rows[0])})")
-    eval_rows = common.read_rows(eval_path, "statements") if eval_path and cfg.eval_every else []
-    if cfg.eval_max_problems:
-        eval_rows = eval_rows[:cfg.eval_max_problems]
+    train_rows, eval_rows = read_prompts(cfg, data_path, eval_path)
     torch.manual_seed(cfg.seed)
     tok = generation.load_tokenizer(model_path)
-    model = generation.load_model(model_path, dtype="bfloat16" if device.type == "cuda" else "float32", device=device)
-    if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
-                                                 target_modules=cfg.lora_targets.split(","), task_type="CAUSAL_LM"))
-    ref_model = generation.load_model(model_path, device=device).eval() if cfg.kl_coef else None
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, check_axioms=cfg.check_axioms,
-                        reject_native_decide=cfg.reject_native_decide, infotree="original" if cfg.goal_states else None, max_retries=cfg.lean_retries,
-                        cache_path=out / ("verdicts.sqlite" if main else f"verdicts.rank{rank}.sqlite"))
+    placement = generation.Placement(str(procs.device), placement.dtype)
+    model, ref_model = load_models(cfg, model_path, placement)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=0.0)
+    cache = out / ("verdicts.sqlite" if is_main else f"verdicts.rank{rank}.sqlite")
+    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size,
+                        check_axioms=cfg.check_axioms, reject_native_decide=cfg.reject_native_decide,
+                        infotree="original" if cfg.goal_states else None,
+                        max_retries=cfg.lean_retries, cache_path=cache)
     client.require_healthy()
     client.probe_line_numbering()   # how this server counts message lines, asked, not assumed
     sampler = PromptSampler(train_rows, cfg)   # the same on every process: same seed, same cache
@@ -443,90 +424,90 @@ def train(cfg: Settings) -> Path:
     generated = generated_so_far(out, step)   # the model's tokens in the rollouts of steps 1..step
     if cfg.backend == "vllm":
         gen = generation.VLLMGenerator(model_path, lora=cfg.lora, max_lora_rank=cfg.lora_r,
-                                   gpu_memory_utilization=cfg.vllm_gpu_memory, external_launcher=world > 1)
+                                       gpu_memory_utilization=cfg.vllm_gpu_memory,
+                                       external_launcher=world > 1, dtype=placement.dtype)
         push_weights(gen, model, cfg, out)
     else:
         gen = generation.HFGenerator(model, tok, batch_size=cfg.gen_batch_size)
     total = cfg.max_steps or cfg.epochs * max(1, len(train_rows) // cfg.prompts_per_step)
     if cfg.max_generated_tokens and generated >= cfg.max_generated_tokens:
         total = step   # a run that already spent its token budget: resumed, it trains no further
-    if main:
-        common.save_config(cfg, out, extra={"resolved_model": model_path, "data": str(data_path), "processes": world,
-                                            "eval_data": str(eval_path), "total_steps": total})
+    if is_main:
+        common.save_config(cfg, out, extra={
+            "resolved_model": model_path, "data": str(data_path), "processes": world,
+            "eval_data": str(eval_path), "total_steps": total, "placement": vars(placement)})
         kept = step if ckpt else -1   # no checkpoint: a crashed run's step-0 validation goes too
-        metrics = common.MetricsLog(out / "metrics.jsonl", kept, cfg.wandb, cfg.run_name, dataclasses.asdict(cfg))
+        metrics = common.MetricsLog(out / "metrics.jsonl", kept, cfg.wandb, cfg.run_name,
+                                    dataclasses.asdict(cfg))
         vlog = common.MetricsLog(out / "validation.jsonl", kept)
     from tqdm import tqdm
-    bar = tqdm(total=total, initial=step, desc="grpo", disable=not main)
+    bar = tqdm(total=total, initial=step, desc="grpo", disable=not is_main)
     pool = cf.ThreadPoolExecutor(1)
+    mode = rollout_mode(cfg, gen, tok, client, memory, pool)   # single | repair | tool
     if eval_rows and step == 0:
         res = validate(eval_rows, gen, tok, client, cfg, 0, rank, world)
-        if main:
+        if is_main:
             vlog.log(res)
     # this process's share of each step's prompts: whole groups, contiguous
     lo, hi = rank * cfg.prompts_per_step // world, (rank + 1) * cfg.prompts_per_step // world
+
+    # -----------------------------------------------------------------------------------------
+    # Loop: rollouts -> rewards -> advantages -> update -> metrics, validation, checkpoint
+    # -----------------------------------------------------------------------------------------
     while step < total:
         step += 1
         t_step = time.perf_counter()
         hits_before = client.stats["cache_hits"]
         items = sampler.sample(step)
-        if cfg.rollout == "single":
-            local, timing = rollout_step(items[lo:hi], step, gen, tok, client, cfg, pool, list(range(lo, hi)))
-        else:
-            local, timing = agent_rollout_step(items[lo:hi], step, gen, tok, client, cfg, memory, list(range(lo, hi)))
+        own, timing = mode.generate(items[lo:hi], step, list(range(lo, hi)))
         if cfg.backend == "vllm":   # vLLM's log-probs are not the trainer's: recompute them
             with torch.no_grad():
-                for r in local:
-                    lp, _, _ = sequence_logprobs(model, [(r.prompt_ids, r.gen.token_ids, *([r.keep] if r.keep else []))],
-                                                 cfg.temperature, device)
+                for r in own:
+                    lp, _, _ = sequence_logprobs(model, [r.sequence()], cfg.temperature,
+                                                 procs.device)
                     r.gen.logprobs = lp[0, :len(r.gen.token_ids)].tolist()
         # every process gets every verdict (not the token ids): same cache, same metrics
-        shared = common.gather_lists([r.shareable() for r in local], world)
-        if cfg.rollout == "single":
-            rollouts = shared[:lo * cfg.group_size] + local + shared[hi * cfg.group_size:]
-        else:   # repair: a varying number of rounds per trajectory; trajectories are numbered
-            g_lo, g_hi = lo * cfg.group_size, hi * cfg.group_size
-            rollouts = [r for r in shared if r.trajectory < g_lo] + local + [r for r in shared if r.trajectory >= g_hi]
-        too_long = add_second_turns(rollouts, sampler, tok, cfg) if cfg.error_correction and cfg.rollout == "single" else 0
-        if cfg.rollout == "repair":
-            trajs = [list(g) for _, g in itertools.groupby(rollouts, key=lambda r: r.trajectory)]
-            train_on, zero_var = trajectory_advantages(trajs, cfg.group_size, cfg.repair_credit, cfg.adv_std_norm,
-                                                       cfg.skip_zero_variance)
-        else:
-            train_on, zero_var = group_advantages(rollouts, cfg)
+        gathered = common.gather_lists([r.shareable() for r in own], world)
+        rollouts = mode.merge(gathered, own, lo, hi)
+        too_long = (add_second_turns(rollouts, sampler, tok, cfg)
+                    if cfg.error_correction and mode.second_turns else 0)
+        train_on, zero_var = mode.advantages(rollouts)
         t0 = time.perf_counter()
-        upd = update(model, ref_model, optimizer, train_on, cfg, step, device, world) if train_on else {}
+        upd = (update(model, ref_model, optimizer, train_on, cfg, step, procs.device, world)
+               if train_on else {})
         t_update = time.perf_counter() - t0
         if cfg.backend == "vllm":
             push_weights(gen, model, cfg, out)
-        record = step_metrics(step, rollouts, zero_var, upd, timing, t_update, time.perf_counter() - t_step,
+        record = step_metrics(step, rollouts, zero_var, upd, timing, t_update,
+                              time.perf_counter() - t_step,
                               client.stats["cache_hits"] - hits_before, len(sampler.cache))
         record["ec_skipped_long_prompts"] = too_long
         generated += sum(r.n_tokens for r in rollouts)
         record["generated_tokens"] = generated
         if cfg.max_generated_tokens and generated >= cfg.max_generated_tokens:
             total = step   # this step is the last: validated, saved and finalised as such
-        if main:
+        if is_main:
             metrics.log(record)
             save_rollouts(out / "rollouts" / f"step_{step:06d}.parquet", step, rollouts)
         bar.update(1)
-        bar.set_postfix(reward=f"{record['reward_mean']:.2f}", pass_rate=f"{record['pass_rate']:.2f}")
+        bar.set_postfix(reward=f"{record['reward_mean']:.2f}",
+                        pass_rate=f"{record['pass_rate']:.2f}")
         if eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
             res = validate(eval_rows, gen, tok, client, cfg, step, rank, world)
-            if main:
+            if is_main:
                 vlog.log(res)
         stop_now = cfg.stop_after_steps and step >= cfg.stop_after_steps
         if (cfg.save_every and step % cfg.save_every == 0) or stop_now or step == total:
-            if main:
+            if is_main:
                 save_checkpoint(out / f"step_{step:06d}", model, tok, optimizer, sampler, step, cfg)
-            acc.wait_for_everyone()
+            procs.acc.wait_for_everyone()
         if stop_now and step < total:
             print(f"stopped after step {step} (--stop_after_steps); rerun to resume")
             pool.shutdown()
             return out
     bar.close()
     pool.shutdown()
-    if not main:
+    if not is_main:
         return out
 
     # -----------------------------------------------------------------------------------------
@@ -539,11 +520,12 @@ def train(cfg: Settings) -> Path:
     tok.save_pretrained(final / "model")
     common.save_config(cfg, final, extra={"resolved_model": model_path, "steps": step})
     plots = make_plots(out, metrics.rows, vlog.rows)
-    common.write_manifest(out, [out / "metrics.jsonl", out / "validation.jsonl", out / "config.json", *plots],
-                          extra={"stage": "03_grpo", "steps": step, "generated_tokens": generated,
-                                 "final_model": str(final / "model"),
-                                 "lean_client": dict(client.stats), "first": metrics.rows[0] if metrics.rows else {},
-                                 "last": metrics.rows[-1] if metrics.rows else {}})
+    common.write_manifest(
+        out, [out / "metrics.jsonl", out / "validation.jsonl", out / "config.json", *plots],
+        extra={"stage": "03_grpo", "steps": step, "generated_tokens": generated,
+               "final_model": str(final / "model"), "lean_client": dict(client.stats),
+               "first": metrics.rows[0] if metrics.rows else {},
+               "last": metrics.rows[-1] if metrics.rows else {}})
     print(f"wrote {final / 'model'}")
     return out
 

@@ -1,120 +1,77 @@
-"""Stage 04: evaluation. pass@k curves, error correction, repair with retrieval, tool-integrated
-proving, and tables recomputed from recorded verdicts.
+"""Stage 04: evaluation: pass@k, error correction, repair with retrieval, tool-integrated proving,
+and tables recomputed from recorded verdicts.
 
-Modes (--mode), all writing the same sample schema:
-  single      n independent samples per problem (Kimina / DeepSeek), unbiased pass@k
-  correction  single, then one Kimina second turn for every failed sample: pass rates before/after
-  repair      OProver / Goedel: `repair_width` trajectories of up to `repair_depth` rounds; round t
-              sees the statement, the top-k verified proofs retrieved (BM25) from a proof bank,
-              and (t > 1) the previous attempt with its Lean feedback; a trajectory stops at its
-              first verified proof. pass@k counts trajectories; attempts and tokens are reported
-  tool        StepFun's loop (its demo): the model writes <sketch>...</sketch>, generation stops
-              there, the sketch runs (Mathlib preloaded) and the REPL's JSON is appended inside
-              <REPL></REPL>; the budget is the whole context (--tool_budget, 20,480), checks are
-              unlimited unless --tool_max_checks is set
-  recompute   no generation: tables from a recorded verdict file (--verdicts): the InternLM
-              miniF2F proof-search outputs, or JSONL rows {"statement_id", "benchmark", "successes"}
+--mode single (n samples per problem, unbiased pass@k) | correction (then one Kimina second
+turn per failed sample) | repair (OProver/Goedel: trajectories of up to repair_depth rounds with
+proofs retrieved from a frozen proof memory) | tool (StepFun's <sketch>/<REPL> loop) | recompute
+(tables from a recorded verdict file, no generation). Samples are logged as they are verified,
+so a rerun resumes; other sample settings are an error naming them.
+Writes runs/<run>/04_eval/<tag>/<benchmark>/<mode>/<budget>/samples.{jsonl,parquet} and
+results/<run>/<tag>/ (pass@k tables with bootstrap CIs, best@k, curves), config.json and
+manifest.json (last). Prompt formats per family: formats.py, docs/FORMATS.md.
 
-Writes runs/<run>/04_eval/<tag>/<benchmark>/<mode>/<budget>/samples.jsonl (appended as each
-sample is verified; <budget> names the search budget, e.g. n32-t24576 or w8-d3-k3-t16384) with
-sample_settings.json beside it: a rerun resumes and skips finished samples, another budget gets
-its own folder and table, and other sample settings (model, temperature, top_p, backend, seed,
-memory, server kind, ...) stop with an error naming them. results/<run>/<tag>/:
-<benchmark>_<mode>_<budget>.md and .csv (pass@k with bootstrap 95% intervals and Kimina's best@k,
-over the problems with at least k samples), a pass@k curve PNG with the published anchor points
-(REFERENCE.md section 5), and for repair mode a budget plot.
-Repair mode retrieves from a proof memory built once, before any problem, from --memory
-(the shipped verified proofs, this run's SFT proofs that verify, or proof files such as an
-earlier iteration's found_proofs.parquet), never from the benchmarks scored, and frozen for the
-evaluation (proof_memory.py); it is saved as runs/<run>/04_eval/memory/memory_<key>.parquet and
-named in every table. Proofs found go to found_proofs.parquet, and every verified round (with
-its retrieved proofs, and for a fix the attempt and feedback it repaired) to repair_sft.parquet
-(the SFT schema) for 02_sft.py: OProver's round-level samples. Proofs are checked with
-`#print axioms` by default (--check_axioms).
-
-Prompt formats (--prompt_format, formats.py): kimina, deepseek_v2 (CoT) and deepseek_v2_noncot,
-goedel_v2 (with its self-correction turn and error layout), stepfun, oprover; auto picks the
-family of a known model name (tool mode: stepfun), else kimina. Kimina-style feedback is its
-recipe's layout byte for byte (goal states with --goal_states); the server's line numbering is
-probed at start-up.
-
-Departures: one sample per prompt per round in repair mode (OProver samples several); the tool
-mode's sketches run on the Kimina Lean Server with `import Mathlib` prepended (StepFun runs a
-REPL with Mathlib loaded); REPL positions are shifted back to the sketch's own lines.
-
-Commands:
-    python 04_eval.py --run_name smoke --n_samples 8 --max_new_tokens 64                 # CPU toy
-    python 04_eval.py --model AI-MO/Kimina-Prover-RL-1.7B --benchmarks minif2f_test \\
-        --n_samples 32 --backend vllm                                                      # 1 GPU
+    python 04_eval.py --run_name smoke --n_samples 8 --max_new_tokens 64           # CPU toy
+    python 04_eval.py --model AI-MO/Kimina-Prover-RL-1.7B --benchmarks minif2f_test \
+        --n_samples 32 --backend vllm                                              # one GPU
     python 04_eval.py --mode repair --repair_width 8 --repair_depth 3 --backend vllm ...
     python 04_eval.py --mode recompute --verdicts data/proofs/internlm_math_minif2f_test_proofsearch_output.zip
-Several GPUs: --vllm_tp N (tensor parallel) or one process per benchmark shard.
+Several GPUs: --vllm_tp N, or one process per benchmark shard. Departures: docs/DESIGN.md.
 """
-import concurrent.futures as cf
-import hashlib
-import json
-import os
-import sys
-from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-
-import agent_loops
 import common
-import formats
-import generation
-from lean_client import LeanClient
-from eval_tables import trajectory_successes, default_ks, pass_at_k_table, plot_pass_at_k, recompute_tables, write_tables
-from proof_memory import ProofMemory, read_proof_file, shipped_proofs
-
-# ---------------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Settings:
-    run_name: str = "default"
-    model: str = ""                     # default: this run's 03_grpo, else 02_sft final model
-    tag: str = ""                       # name in results/ (default: from the model path)
-    benchmarks: str = ""                # names of runs/<run>/01_data/eval_<name>.parquet, or paths
-    mode: str = "single"                # single | correction | repair | tool | recompute
-    n_samples: int = 32                 # Kimina: pass@32
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_new_tokens: int = 24576
-    max_prompt_tokens: int = 8192       # Kimina: a second-turn prompt over this is dropped (counted)
-    backend: str = "hf"                 # hf | vllm
-    vllm_tp: int = 1
-    gen_batch_size: int = 64
+class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
+               common.SamplingSettings, common.VerifySettings, common.RepairSettings,
+               common.ToolSettings):
+    # Kimina-Prover-RL's evaluation: pass@32 on miniF2F-test, temperature 1.0, top_p 0.95
+    mode: str = "single"                 # single | correction | repair | tool | recompute
+    n_samples: int = 32
+    top_p: float = 0.95                  # Kimina's validation sampling (03 trains at 1.0)
+    check_axioms: bool = True            # #print axioms on every verified proof: reported numbers
+    model: str = ""                      # default: this run's 03_grpo, else 02_sft final model
+    tag: str = ""                        # name in results/ (default: from the model path)
+    benchmarks: str = ""                 # names of runs/<run>/01_data/eval_<name>.parquet, or paths
+    max_problems: int = 0                # 0: all
     problems_per_chunk: int = 8
-    max_problems: int = 0               # 0: all
-    # repair (OProver)
+    vllm_tp: int = 1
+    feedback_style: str = "auto"         # kimina | goedel (auto: the prompt format's own)
+    # repair (OProver); repair_depth and retrieve_k are the shared ones
     repair_width: int = 8
-    repair_depth: int = 3
-    retrieve_k: int = 3                 # 0: no retrieval (OProver's second ablation)
-    repair_feedback: bool = True        # false: later rounds see the attempt, not Lean's diagnostics (ablation)
-    prompt_format: str = "auto"         # kimina | deepseek_v2 | deepseek_v2_noncot | goedel_v2 | stepfun | oprover
-    feedback_style: str = "auto"        # kimina | goedel (auto: the format's own)
-    memory: str = "shipped"             # what the frozen proof memory holds: shipped,sft,<proof file>...
-    online_memory: bool = False         # experiment: found proofs join the memory mid-evaluation (off)
-    memory_exclude: str = "benchmark"   # benchmark: no proof of any scored statement in the memory |
-                                        # self: only a problem's own (proving on a training bank, 05)
-    # tool-integrated (StepFun)
-    tool_max_checks: int = 0            # 0: no cap (StepFun has none); else the checks allowed
-    tool_budget: int = 20480            # StepFun: the whole context (prompt + generated + REPL) in tokens
-    # recompute
-    verdicts: str = ""
-    # metrics and verification
+    repair_feedback: bool = True         # false: later rounds see the attempt, not Lean's (ablation)
+    memory: str = "shipped"              # the frozen proof memory: shipped,sft,<proof file>...
+    online_memory: bool = False          # experiment: found proofs join the memory mid-evaluation
+    memory_exclude: str = "benchmark"    # benchmark: no proof of a scored statement | self: only a
+                                         # problem's own (proving on a training bank, 05)
+    # recompute and tables
+    verdicts: str = ""                   # recompute: a recorded verdict file
     bootstrap: int = 1000
-    lean_timeout: int = 60
-    lean_batch_size: int = 8
-    check_axioms: bool = True           # #print axioms on every proof that verifies: reported numbers
-    reject_native_decide: bool = False   # for benchmarks that forbid native_decide
-    goal_states: bool = False            # ask the server for infotrees: goal states in Kimina feedback
-    seed: int = 0
+
+    CHOICES = {"mode": ("single", "correction", "repair", "tool", "recompute"),
+               "feedback_style": ("auto", "kimina", "goedel"),
+               "memory_exclude": ("benchmark", "self")}
+
+
+# imports below the settings, so that the settings are the first screen
+import concurrent.futures as cf  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import agent_loops  # noqa: E402
+import formats  # noqa: E402
+import generation  # noqa: E402
+from eval_tables import (default_ks, pass_at_k_table, plot_pass_at_k,  # noqa: E402
+                         recompute_tables, trajectory_successes, write_tables)
+from lean_client import LeanClient  # noqa: E402
+from proof_memory import ProofMemory, read_proof_file, shipped_proofs  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +196,8 @@ def sample_settings(cfg: Settings, model_path: str, server: str, memory: str) ->
            "prompt_format": formats.format_for(model_path, cfg.prompt_format, cfg.mode),
            "mode": cfg.mode, "temperature": cfg.temperature, "top_p": cfg.top_p, "backend": cfg.backend,
            "seed": cfg.seed, "server": server, "check_axioms": cfg.check_axioms,
-           "reject_native_decide": cfg.reject_native_decide}
+           "reject_native_decide": cfg.reject_native_decide,
+           "dtype": generation.device_policy(cfg.device, cfg.dtype).dtype}
     if cfg.mode == "repair":
         out.update(memory=memory, feedback_style=cfg.feedback_style)
     if cfg.mode == "tool":
@@ -281,13 +239,17 @@ class Evaluator:
     def __init__(self, cfg: Settings, model_path: str, client: LeanClient):
         self.cfg, self.client = cfg, client
         self.tok = generation.load_tokenizer(model_path)
+        self.placement = generation.device_policy(cfg.device, cfg.dtype)
         if cfg.backend == "vllm":
-            self.gen = generation.VLLMGenerator(model_path, tensor_parallel_size=cfg.vllm_tp)
+            self.gen = generation.VLLMGenerator(model_path, tensor_parallel_size=cfg.vllm_tp,
+                                                dtype=self.placement.dtype)
         else:
-            self.gen = generation.HFGenerator(generation.load_model(model_path), self.tok, batch_size=cfg.gen_batch_size)
+            model = generation.load_model(model_path, self.placement).eval()
+            self.gen = generation.HFGenerator(model, self.tok, batch_size=cfg.gen_batch_size)
         self.tokens, self.dropped_long = 0, 0
         self.fmt = formats.format_for(model_path, cfg.prompt_format, cfg.mode)
-        self.style = formats.FEEDBACK_STYLE.get(self.fmt, "kimina") if cfg.feedback_style == "auto" else cfg.feedback_style
+        self.style = (formats.FEEDBACK_STYLE.get(self.fmt, "kimina")
+                      if cfg.feedback_style == "auto" else cfg.feedback_style)
 
     def prompt(self, row, retrieved=(), attempt="", feedback="") -> str:
         msgs = formats.prompt_messages({**row, "prev_attempt": attempt, "lean_feedback": feedback}, self.fmt, retrieved)
@@ -385,8 +347,8 @@ class Evaluator:
             return self.prompt(row, memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"]),
                                attempt, feedback)
 
-        def shown_feedback(verdict, rnd):
-            return shown(cfg, self.feedback(verdict, rnd))
+        def feedback_for_next(verdict, rnd):
+            return next_round_feedback(cfg, self.feedback(verdict, rnd))
 
         def on_round(rnd, rounds):
             records = []
@@ -411,9 +373,9 @@ class Evaluator:
             return generation.rollout_seed(cfg.seed, rnd, item[0]["statement_id"], item[1])
 
         resume = {i: (cut[r["statement_id"], k]["round"] + 1, cut[r["statement_id"], k]["completion"],
-                      shown(cfg, cut[r["statement_id"], k]["feedback"]))
+                      next_round_feedback(cfg, cut[r["statement_id"], k]["feedback"]))
                   for i, (r, k) in enumerate(todo) if (r["statement_id"], k) in cut}   # cut by a crash
-        agent_loops.repair_rounds(todo, cfg.repair_depth, prompt_of, self.sample, verify, shown_feedback,
+        agent_loops.repair_rounds(todo, cfg.repair_depth, prompt_of, self.sample, verify, feedback_for_next,
                                   seed_of, on_round, resume)
 
 
@@ -438,21 +400,20 @@ def build_memory(cfg: Settings, client: LeanClient, scored: list[dict]) -> Proof
 
 def main(argv=None):
     cfg = common.parse_settings(Settings, argv, description=__doc__)
-    if cfg.mode not in ("single", "correction", "repair", "tool", "recompute"):
-        raise SystemExit(f"--mode must be single, correction, repair, tool or recompute, got {cfg.mode!r}")
-    shown = " ".join(argv if argv is not None else sys.argv[1:]).replace(str(common.PROJECT_ROOT) + "/", "")
-    caption = f"`python 04_eval.py {shown}`, {os.cpu_count()} CPU cores"
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    command = command.replace(str(common.PROJECT_ROOT) + "/", "")
+    caption = f"`python 04_eval.py {command}`, {os.cpu_count()} CPU cores"
     if cfg.mode == "recompute":
-        if not cfg.verdicts:
-            raise SystemExit("--mode recompute needs --verdicts FILE")
-        return recompute_tables(Path(cfg.verdicts), cfg.tag, cfg.bootstrap, cfg.seed, caption)
+        return recompute(cfg, caption)
     model_path = resolve_model(cfg)
     tag = cfg.tag or model_tag(model_path)
     benches = load_benchmarks(cfg)
     out = common.stage_dir(cfg.run_name, "04_eval") / tag
     common.save_config(cfg, out, extra={"resolved_model": model_path})
-    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size, check_axioms=cfg.check_axioms,
-                        reject_native_decide=cfg.reject_native_decide, infotree="original" if cfg.goal_states else None,
+    client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size,
+                        check_axioms=cfg.check_axioms, reject_native_decide=cfg.reject_native_decide,
+                        infotree="original" if cfg.goal_states else None,
+                        max_retries=cfg.lean_retries,
                         cache_path=common.stage_dir(cfg.run_name, "04_eval") / "verdicts.sqlite")
     client.require_healthy()
     client.probe_line_numbering()   # how this server counts message lines, asked, not assumed
@@ -461,8 +422,6 @@ def main(argv=None):
     label = budget_label(cfg)
     memory, memory_note = None, ""
     if cfg.mode == "repair":   # built once, before any problem, from training-side proofs only
-        if cfg.memory_exclude not in ("benchmark", "self"):
-            raise SystemExit(f"--memory_exclude must be benchmark or self, got {cfg.memory_exclude!r}")
         memory = build_memory(cfg, client, [r for rs in benches.values() for r in rs] if cfg.memory_exclude == "benchmark" else [])
         mem_path = memory.save(common.stage_dir(cfg.run_name, "04_eval") / "memory")
         memory_note = (f"{memory.name} ({len(memory.rows)} proofs from {cfg.memory}; {memory.left_out} left out as "
@@ -485,10 +444,10 @@ def main(argv=None):
             common.write_parquet(found, folder / "found_proofs.parquet", "proof_bank")
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
         ids = {r["statement_id"] for r in rows}
-        mine = [x for x in log.rows if x["statement_id"] in ids and x["sample_idx"] < n]
-        everyone = trajectory_successes(mine, n)             # any round of the trajectory
+        scored = [x for x in log.rows if x["statement_id"] in ids and x["sample_idx"] < n]
+        everyone = trajectory_successes(scored, n)           # any round of the trajectory
         succ = {r["statement_id"]: everyone.get(r["statement_id"], [False] * n) for r in rows}
-        attempts = Counter(x["statement_id"] for x in mine)
+        attempts = Counter(x["statement_id"] for x in scored)
         table = pass_at_k_table(succ, default_ks(n), cfg.bootstrap, cfg.seed)
         overall.update({f"{bench}/{sid}": v for sid, v in succ.items()})
         extra = {"model": model_path.replace(str(common.PROJECT_ROOT) + "/", ""),
@@ -523,6 +482,23 @@ def main(argv=None):
     return written
 
 
+def recompute(cfg: Settings, caption: str) -> dict:
+    """--mode recompute: tables from a recorded verdict file, with this stage's config.json and
+    manifest in runs/<run>/04_eval/recompute/<tag>/."""
+    if not cfg.verdicts:
+        raise SystemExit("--mode recompute needs --verdicts FILE")
+    verdicts = Path(cfg.verdicts)
+    tag = cfg.tag or verdicts.stem
+    out = common.stage_dir(cfg.run_name, "04_eval") / "recompute" / tag
+    (out / "manifest.json").unlink(missing_ok=True)
+    common.save_config(cfg, out, extra={"verdicts_sha256": common.sha256_file(verdicts)
+                                        if verdicts.exists() else ""})
+    solved, written = recompute_tables(verdicts, tag, cfg.bootstrap, cfg.seed, caption)
+    common.write_manifest(out, [out / "config.json"] + written,
+                          extra={"stage": "04_eval", "mode": "recompute", "verdicts": str(verdicts)})
+    return solved
+
+
 def plot_budget(path: Path, samples: list[dict], rows: list[dict], cfg: Settings) -> Path:
     """Repair budget: pass rate with w trajectories of at most d rounds, for every (w, d)."""
     import matplotlib
@@ -545,7 +521,7 @@ def plot_budget(path: Path, samples: list[dict], rows: list[dict], cfg: Settings
     return path
 
 
-def shown(cfg: Settings, feedback: str) -> str:
+def next_round_feedback(cfg: Settings, feedback: str) -> str:
     """What the next repair round is shown after a failed one: Lean's feedback, or the ablation's
     line without diagnostics (--repair_feedback false), or the no-proof line."""
     return (feedback if cfg.repair_feedback else "The proof is not correct.") or agent_loops.NO_PROOF_FEEDBACK
@@ -567,7 +543,7 @@ def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory, c
         out.append({**{c: row.get(c, "") for c in common.STATEMENT_COLUMNS}, "split": "train",
                     "formal_proof": formats.extract_proof(x["completion"], row["formal_statement"]),
                     "completion": x["completion"], "prev_attempt": prev["completion"] if prev else None,
-                    "lean_feedback": shown(cfg, prev["feedback"]) if prev else None,
+                    "lean_feedback": next_round_feedback(cfg, prev["feedback"]) if prev else None,
                     "retrieved": json.dumps(retrieved, ensure_ascii=False)})
     return out
 

@@ -1,86 +1,34 @@
-"""Stage 05: OProver's iterative post-training (--loop repair), or StepFun's RL-SFT cycle (--loop
-tool), for N iterations from a run folder, in one command.
+"""Stage 05: OProver's iterative post-training (--loop repair) or StepFun's RL-SFT cycle (--loop
+tool), N iterations in one command.
 
-Iteration k (k = 1..N) starts from the model of iteration k-1 (iteration 1: --model, default this
-run's 02_sft final model) and runs the stage scripts as subprocesses:
-  prove   04_eval.py on the training question bank (01's rl_prompts, train split): --mode repair,
-          retrieving from memory v(k-1) (OProver's agentic proving), or --mode tool (StepFun)
-  memory  memory_v{k}.parquet = memory v(k-1) + the proofs just verified, decontaminated against
-          every eval set (proof_memory.ProofMemory); the memory grows only between iterations
-  sft     02_sft.py on the iteration's verified rounds: OProver's round-level samples (retrieved
-          proofs, and for a fix the attempt and diagnostics it repaired, exactly as deployed), or
-          StepFun's verified tool traces (the REPL's answers carry no loss)
-  rl      03_rl_grpo.py --rollout repair (GSPO, memory v{k}) or --rollout tool, on the bank
-          problems that no trajectory solved
-  eval    04_eval.py in the same mode on the held-out sets (01's eval_*.parquet), memory v{k}
-Writes runs/<run>/05_iterate/: config.json, memory_v*.parquet, <run>_itNN/ (an ordinary run folder
-per iteration: 02_sft, 03_grpo, 04_eval/{prove,eval}, data/, manifest.json written last),
-iterations.jsonl and manifest.json; results/<run>/iterations.md and iterations.png (held-out
-pass@k by iteration with the paired 95% CI of the change in pass@1, memory size, solved and
-unsolved counts), each stage's own tables under results/<run>/05_iterate/. A crash resumes at
-the stage it was in: a stage whose manifest exists is skipped, and the stage scripts resume
-themselves (02/03 checkpoints, 04 sample logs). The SFT rows of an iteration are its distinct
-verified rounds (several trajectories verifying the same answer count once; --distinct_rows false
-keeps every copy).
+Iteration k starts from iteration k-1's model and runs the stages as subprocesses: prove (04 on
+01's training bank, repair or tool mode, memory v(k-1)) -> memory v(k) (+ the proofs just
+verified, decontaminated against every eval set) -> sft (02 on the verified rounds as deployed,
+or StepFun's verified traces) -> rl (03 --rollout repair|tool on the unsolved bank problems) ->
+eval (04 on the held-out sets). Each stage's settings are built and checked (an unknown key or a
+bad value names the stage and the key) before anything starts. A crash resumes at its stage.
+Writes runs/<run>/05_iterate/: config.json, memory_v*.parquet, <run>_itNN/ (a run folder per
+iteration), iterations.jsonl, manifest.json (last); results/<run>/iterations.{md,png}.
 
-Departures: OProver samples several rollouts per round and trains 8B/32B models on a 1.76M-
-statement bank; the SFT of an iteration starts from the previous iteration's model on that
-iteration's new samples only (OProver does not publish its data mixing); the stand-in verifier
-of the CPU run is NOT Lean. The CPU toy runs with --retrieve_k 0: the smoke's 0.85M-parameter
-SFT model never saw retrieved proofs in a prompt and, shown them, wrote no proof at all on 48 of
-48 problems (README); OProver's models are trained with retrieval from the start. The memory
-still grows, versioned, between iterations.
-
-Commands:
-    python 05_iterate.py --run_name smoke_iter_epoch --data_run smoke --iterations 2 \\
-        --model runs/smoke/02_sft/final/model --prompt_format kimina --retrieve_k 0 \\
-        --bank_max_problems 512 --eval_max_problems 200 --width 4 --depth 2 --max_new_tokens 64 \\
-        --sft_lr 3e-4 --rl_steps 20 --rl_lr 3e-4 --prompts_per_step 8 --mini_batch_prompts 4 \\
-        --rl_extra "--require_tactic_blocks false --kl_coef 0.05"         # CPU toy (README)
-    python 05_iterate.py --run_name op --iterations 3 --backend vllm                 # one GPU
-Several GPUs: --launcher "accelerate launch --num_processes 8" runs 02 and 03 under it.
-recipes/oprover_iterate.sh and recipes/stepfun_tool_rl.sh hold the GPU recipes.
+    python 05_iterate.py --run_name op --iterations 3 --backend vllm               # one GPU
+    python 05_iterate.py --run_name sf --loop tool --prompt_format stepfun --backend vllm
+    python 05_iterate.py --run_name op --launcher "accelerate launch --num_processes 8"
+CPU toy: README ("Training the loops"). GPU recipes: recipes/oprover_iterate.sh,
+recipes/stepfun_tool_rl.sh. Departures from OProver and StepFun: docs/DESIGN.md.
 """
-import json
-import os
-import shlex
-import subprocess
-import sys
-from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-
 
 import common
-from eval_tables import default_ks, paired_pass1_change, pass_at_k_table, trajectory_successes
-from proof_memory import ProofMemory, read_proof_file
-
-ROOT = Path(__file__).resolve().parent
-
-# ---------------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Settings:
-    run_name: str = "default"
+class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
+               common.SamplingSettings, common.RepairSettings, common.ToolSettings):
     iterations: int = 2
     loop: str = "repair"                 # repair (OProver) | tool (StepFun's RL-SFT cycle)
-    model: str = ""                      # iteration 1's model (default: the data run's 02_sft final model)
-    data_run: str = ""                   # the run whose 01_data holds the bank and eval sets (default: run_name)
-    memory: str = ""                     # memory v0: a proof file, or empty (OProver grows it from the bank)
-    bank_max_problems: int = 0           # 0: the whole question bank
-    eval_max_problems: int = 0           # 0: every held-out problem
-    prompt_format: str = "auto"          # passed to every stage (auto: oprover / stepfun by the loop)
-    # proving and evaluation (04); OProver: 64 rollouts of up to T rounds, top-k retrieval
+    # proving and evaluation (04): OProver samples 64 trajectories of up to T rounds
     width: int = 8                       # trajectories (repair) or samples (tool) per problem
-    depth: int = 3                       # repair rounds
-    retrieve_k: int = 3
-    tool_budget: int = 20480
-    max_new_tokens: int = 24576
-    temperature: float = 1.0
-    backend: str = "hf"
+    top_p: float = 0.95                  # 04's evaluation sampling; 03 keeps its own (1.0)
     # SFT (02) and RL (03) of each iteration
     sft_steps: int = 0                   # 0: one epoch over the iteration's samples
     sft_lr: float = 1e-5
@@ -90,43 +38,137 @@ class Settings:
     prompts_per_step: int = 32
     group_size: int = 8
     mini_batch_prompts: int = 8
-    launcher: str = ""                   # e.g. "accelerate launch --num_processes 8" for 02 and 03
-    distinct_rows: bool = True           # SFT on distinct verified rounds (false: every trajectory's copy)
-    sft_extra: str = ""                  # more flags for 02 / 03 / 04, as on their command lines
+    distinct_rows: bool = True           # SFT on distinct verified rounds (false: every copy)
+    # inputs
+    model: str = ""                      # iteration 1's model (default: data run's 02_sft model)
+    data_run: str = ""                   # the run whose 01_data holds bank and eval sets
+    memory: str = ""                     # memory v0: a proof file, or empty (grown from the bank)
+    bank_max_problems: int = 0           # 0: the whole question bank
+    eval_max_problems: int = 0           # 0: every held-out problem
+    launcher: str = ""                   # e.g. "accelerate launch --num_processes 8" (02 and 03)
+    # more settings of a stage, as on its command line ("--kl_coef 0.05"); checked before start
+    sft_extra: str = ""
     rl_extra: str = ""
     eval_extra: str = ""
-    seed: int = 0
+
+    CHOICES = {"loop": ("repair", "tool")}
+
+
+# imports below the settings, so that the settings are the first screen
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from eval_tables import (default_ks, paired_pass1_change, pass_at_k_table,  # noqa: E402
+                         trajectory_successes)
+from proof_memory import ProofMemory, read_proof_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
 
 
 # ---------------------------------------------------------------------------------------------
-# Setup: paths, and the stage scripts as subprocesses
+# Setup: each stage's typed settings, and the stages as subprocesses
 # ---------------------------------------------------------------------------------------------
 
 def check(cfg: Settings) -> None:
-    if cfg.loop not in ("repair", "tool"):
-        raise SystemExit(f"--loop must be repair or tool, got {cfg.loop!r}")
+    common.check_choices(cfg)
     if cfg.iterations < 1:
         raise SystemExit("--iterations must be >= 1")
 
 
-def run_stage(script: str, args: list, runs_root: Path, launcher: str = "") -> None:
-    """One stage script in its own process (as a user runs it), its runs/ under runs_root."""
-    cmd = shlex.split(launcher) + [str(ROOT / script)] if launcher else [sys.executable, str(ROOT / script)]
-    cmd += [str(a) for a in args]
+def stage_settings_class(script: str):
+    """A stage's Settings, read from its file (a stage is a script, `import 02_sft` is not
+    Python); its main guard keeps it from running."""
+    spec = importlib.util.spec_from_file_location(f"_stage_{script[:2]}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Settings
+
+
+class StageCalls:
+    """The settings of every stage call 05 makes, built in one place from 05's settings: 04's
+    proving and evaluation, 02's SFT, 03's RL. Building one checks it (common.build_settings)."""
+
+    def __init__(self, cfg: Settings, fmt: str):
+        self.cfg, self.fmt = cfg, fmt
+        self.classes = {s: stage_settings_class(s) for s in ("02_sft.py", "03_rl_grpo.py",
+                                                              "04_eval.py")}
+        self.extra = {"02_sft.py": cfg.sft_extra, "03_rl_grpo.py": cfg.rl_extra,
+                      "04_eval.py": cfg.eval_extra}
+
+    def build(self, script: str, values: dict):
+        cfg = self.cfg
+        values = {"seed": cfg.seed, "prompt_format": self.fmt, "device": cfg.device,
+                  "dtype": cfg.dtype, **values}
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+        return common.build_settings(self.classes[script], script, values,
+                                     shlex.split(self.extra[script]))
+
+    def sampling(self) -> dict:
+        c = self.cfg
+        return {"temperature": c.temperature, "max_new_tokens": c.max_new_tokens,
+                "max_prompt_tokens": c.max_prompt_tokens, "backend": c.backend,
+                "gen_batch_size": c.gen_batch_size}
+
+    def evaluate(self, name: str, model: str, tag: str, benchmarks, memory, **more):
+        c = self.cfg
+        budget = ({"mode": "repair", "repair_width": c.width, "repair_depth": c.repair_depth,
+                   "retrieve_k": c.retrieve_k, "memory": memory} if c.loop == "repair" else
+                  {"mode": "tool", "n_samples": c.width, "tool_budget": c.tool_budget,
+                   "tool_max_checks": c.tool_max_checks})
+        return self.build("04_eval.py", {"run_name": name, "model": model, "tag": tag,
+                                         "benchmarks": benchmarks, "top_p": c.top_p, **budget,
+                                         **self.sampling(), **more})
+
+    def sft(self, name: str, model: str, data, n_rows: int):
+        c = self.cfg
+        steps = c.sft_steps or max(1, n_rows // c.sft_batch_size)
+        return self.build("02_sft.py", {"run_name": name, "model": model, "data": data,
+                                        "max_steps": steps, "lr": c.sft_lr,
+                                        "batch_size": c.sft_batch_size, "eval_every": 0})
+
+    def rl(self, name: str, model: str, data, memory, n_problems: int):
+        c = self.cfg
+        # fewer unsolved problems than a step's prompts: one mini-batch of all of them
+        prompts = min(c.prompts_per_step, n_problems)
+        mini = c.mini_batch_prompts if n_problems >= c.prompts_per_step else n_problems
+        return self.build("03_rl_grpo.py", {
+            "run_name": name, "model": model, "data": data, "rollout": c.loop,
+            "memory": memory if c.loop == "repair" else "", "max_steps": c.rl_steps,
+            "lr": c.rl_lr, "prompts_per_step": prompts, "mini_batch_prompts": mini,
+            "group_size": c.group_size, "repair_depth": c.repair_depth,
+            "retrieve_k": c.retrieve_k, "tool_budget": c.tool_budget,
+            "tool_max_checks": c.tool_max_checks, "error_correction": False, "eval_every": 0,
+            "save_every": 5, **self.sampling()})
+
+    def check_all(self) -> None:
+        """Every call once with stand-in paths, before any work: a misspelled key in an *_extra
+        stops here, naming the stage and the key, not minutes later inside a subprocess."""
+        self.evaluate("check", "model", "start", "eval.parquet", "memory.parquet",
+                      max_problems=self.cfg.eval_max_problems)
+        self.sft("check", "model", "sft.parquet", 1)
+        self.rl("check", "model", "unsolved.parquet", "memory.parquet", 1)
+
+
+def run_stage(script: str, settings, runs_root: Path, launcher: str = "") -> None:
+    """One stage script in its own process (as a user runs it), its runs/ under runs_root, its
+    command line made from its typed settings (common.settings_argv)."""
+    python = shlex.split(launcher) if launcher else [sys.executable]
+    cmd = python + [str(ROOT / script)] + common.settings_argv(settings)
     print(f"[05] {' '.join(cmd[1:] if not launcher else cmd)}", flush=True)
-    # the stages' own tables go under results/<run>/05_iterate/, as their folders under runs/<run>/05_iterate/
+    # the stages' own tables go under results/<run>/05_iterate/, their folders under
+    # runs/<run>/05_iterate/
     results_root = common.RESULTS_ROOT / runs_root.parent.name / runs_root.name
     done = subprocess.run(cmd, env={**os.environ, "PROVER_RUNS_DIR": str(runs_root),
                                     "PROVER_RESULTS_DIR": str(results_root)})
     if done.returncode:
-        raise SystemExit(f"{script} failed (exit {done.returncode}); rerun 05_iterate.py to resume at this stage")
-
-
-def rl_shape(cfg: Settings, n_problems: int) -> list:
-    """Fewer unsolved problems than a step's prompts: one mini-batch of all of them."""
-    if n_problems >= cfg.prompts_per_step:
-        return ["--prompts_per_step", cfg.prompts_per_step, "--mini_batch_prompts", cfg.mini_batch_prompts]
-    return ["--prompts_per_step", n_problems, "--mini_batch_prompts", n_problems]
+        raise SystemExit(f"{script} failed (exit {done.returncode}); rerun 05_iterate.py to "
+                         "resume at this stage")
 
 
 def finished(folder: Path) -> bool:
@@ -180,12 +222,18 @@ def distinct(rows: list[dict]) -> list[dict]:
     return out
 
 
-def stage_folder(it_dir: Path, tag: str) -> Path:
-    """04's <benchmark>/<mode>/<budget>/ folder of a tag (one benchmark per call here)."""
+def samples_dir(it_dir: Path, tag: str) -> Path:
+    """The folder of 04's samples for a tag, <benchmark>/<mode>/<budget>/ (one benchmark per
+    call here)."""
     found = sorted(p.parent for p in (it_dir / "04_eval" / tag).glob("*/*/*/samples.parquet"))
     if len(found) != 1:
         raise SystemExit(f"{it_dir / '04_eval' / tag}: expected one samples.parquet, found {len(found)}")
     return found[0]
+
+
+def write_memory(memory: ProofMemory, path: Path) -> None:
+    rows = [{c: r[c] for c in common.SCHEMAS["proof_bank"]} for r in memory.rows]
+    common.write_parquet(rows, path, "proof_bank")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,23 +275,23 @@ def write_results(cfg: Settings, records: list[dict], results: Path) -> list[Pat
 
 def iterate(cfg: Settings) -> Path:
     check(cfg)
+    fmt = cfg.prompt_format if cfg.prompt_format != "auto" else {"repair": "oprover",
+                                                                 "tool": "stepfun"}[cfg.loop]
+    calls = StageCalls(cfg, fmt)
+    calls.check_all()
     top = common.stage_dir(cfg.run_name, "05_iterate")
     top.mkdir(parents=True, exist_ok=True)
     (top / "manifest.json").unlink(missing_ok=True)
     common.save_config(cfg, top)
     bank, evals = load_sets(cfg)
     scored = [r for p in evals for r in common.read_rows(p, "statements")]
-    fmt = cfg.prompt_format if cfg.prompt_format != "auto" else {"repair": "oprover", "tool": "stepfun"}[cfg.loop]
-    mode = cfg.loop
-    model = cfg.model or str(common.stage_dir(cfg.data_run or cfg.run_name, "02_sft") / "final" / "model")
+    repair = cfg.loop == "repair"
+    data_run = cfg.data_run or cfg.run_name
+    model = cfg.model or str(common.stage_dir(data_run, "02_sft") / "final" / "model")
     memory_path = top / "memory_v0.parquet"
     if not memory_path.exists():   # decontaminated like every later version
         v0 = ProofMemory(read_proof_file(Path(cfg.memory)) if cfg.memory else [], scored)
-        common.write_parquet([{c: r[c] for c in common.SCHEMAS["proof_bank"]} for r in v0.rows], memory_path, "proof_bank")
-    budget = (["--mode", "repair", "--repair_width", cfg.width, "--repair_depth", cfg.depth, "--retrieve_k", cfg.retrieve_k]
-              if mode == "repair" else ["--mode", "tool", "--n_samples", cfg.width, "--tool_budget", cfg.tool_budget])
-    common_04 = ["--prompt_format", fmt, "--max_new_tokens", cfg.max_new_tokens, "--temperature", cfg.temperature,
-                 "--backend", cfg.backend, "--seed", cfg.seed, *shlex.split(cfg.eval_extra)]
+        write_memory(v0, memory_path)
     records, before = [], None
     for k in range(1, cfg.iterations + 1):
         name = f"{cfg.run_name}_it{k:02d}"
@@ -251,64 +299,53 @@ def iterate(cfg: Settings) -> Path:
         data = it_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         common.write_parquet(bank, data / "bank.parquet", "statements")
-        mem_args = ["--memory", memory_path] if mode == "repair" else []
         # the starting model, evaluated once: iteration 1's change is measured against it
         if k == 1 and not finished(it_dir / "04_eval" / "start"):
-            run_stage("04_eval.py", ["--run_name", name, "--model", model, "--tag", "start", "--benchmarks",
-                                     evals[0], "--max_problems", cfg.eval_max_problems, *budget, *mem_args, *common_04], top)
+            run_stage("04_eval.py", calls.evaluate(name, model, "start", evals[0], memory_path,
+                                                   max_problems=cfg.eval_max_problems), top)
         if k == 1:
-            before = successes(stage_folder(it_dir, "start"), cfg.width)
-        # prove: agentic proving on the question bank with the current model and memory v(k-1)
+            before = successes(samples_dir(it_dir, "start"), cfg.width)
+        # prove: agentic proving on the question bank with the current model and memory v(k-1);
+        # on the bank a problem never retrieves its own proof, but may retrieve its neighbours'
         if not finished(it_dir / "04_eval" / "prove"):
-            # on the bank, a problem never retrieves its own proof, but may retrieve its neighbours'
-            run_stage("04_eval.py", ["--run_name", name, "--model", model, "--tag", "prove", "--benchmarks",
-                                     data / "bank.parquet", *budget, *mem_args, *common_04]
-                      + (["--memory_exclude", "self"] if mode == "repair" else []), top)
-        proved = stage_folder(it_dir, "prove")
+            more = {"memory_exclude": "self"} if repair else {}
+            run_stage("04_eval.py", calls.evaluate(name, model, "prove", data / "bank.parquet",
+                                                   memory_path, **more), top)
+        proved = samples_dir(it_dir, "prove")
         solved = successes(proved, cfg.width)
         # memory v(k): the new verified proofs join, decontaminated against every eval set
         new_memory = top / f"memory_v{k}.parquet"
         if not new_memory.exists():
-            found = read_proof_file(proved / "found_proofs.parquet") if (proved / "found_proofs.parquet").exists() else []
-            mem = ProofMemory(read_proof_file(memory_path) + found, scored)
-            common.write_parquet([{c: r[c] for c in common.SCHEMAS["proof_bank"]} for r in mem.rows], new_memory,
-                                 "proof_bank")
+            found_file = proved / "found_proofs.parquet"
+            found = read_proof_file(found_file) if found_file.exists() else []
+            write_memory(ProofMemory(read_proof_file(memory_path) + found, scored), new_memory)
         memory_path = new_memory
-        mem_args = ["--memory", memory_path] if mode == "repair" else []
         # sft: the iteration's verified rounds (repair) or traces (tool), as deployed
-        sampled = (common.read_rows(proved / "repair_sft.parquet", "sft") if (proved / "repair_sft.parquet").exists()
-                   else []) if mode == "repair" else tool_sft_rows(proved, bank)
+        rounds_file = proved / "repair_sft.parquet"
+        sampled = ((common.read_rows(rounds_file, "sft") if rounds_file.exists() else [])
+                   if repair else tool_sft_rows(proved, bank))
         sft_rows = distinct(sampled) if cfg.distinct_rows else sampled
         if sft_rows:
             common.write_parquet(sft_rows, data / "sft.parquet", "sft")
-            (data / "config.json").write_text(json.dumps({"prompt_format": fmt}) + "\n")   # 02 checks it
+            # 02 checks the SFT targets' format against this
+            (data / "config.json").write_text(json.dumps({"prompt_format": fmt}) + "\n")
             if not finished(it_dir / "02_sft"):
-                steps = cfg.sft_steps or max(1, len(sft_rows) // cfg.sft_batch_size)
-                run_stage("02_sft.py", ["--run_name", name, "--model", model, "--data", data / "sft.parquet",
-                                        "--prompt_format", fmt, "--max_steps", steps, "--lr", cfg.sft_lr,
-                                        "--batch_size", cfg.sft_batch_size, "--seed", cfg.seed,
-                                        "--eval_every", 0, *shlex.split(cfg.sft_extra)], top, cfg.launcher)
+                run_stage("02_sft.py", calls.sft(name, model, data / "sft.parquet", len(sft_rows)),
+                          top, cfg.launcher)
             model = str(it_dir / "02_sft" / "final" / "model")
         # rl: on the bank problems no trajectory solved
         unsolved = [r for r in bank if not any(solved.get(r["statement_id"], []))]
         if unsolved and cfg.rl_steps:
             common.write_parquet(unsolved, data / "unsolved.parquet", "statements")
             if not finished(it_dir / "03_grpo"):
-                run_stage("03_rl_grpo.py", ["--run_name", name, "--model", model, "--data", data / "unsolved.parquet",
-                                            "--rollout", mode, *mem_args, "--prompt_format", fmt,
-                                            "--max_steps", cfg.rl_steps, "--lr", cfg.rl_lr,
-                                            *rl_shape(cfg, len(unsolved)),
-                                            "--group_size", cfg.group_size, "--max_new_tokens", cfg.max_new_tokens,
-                                            "--repair_depth", cfg.depth, "--retrieve_k", cfg.retrieve_k,
-                                            "--tool_budget", cfg.tool_budget, "--error_correction", "false",
-                                            "--eval_every", 0, "--save_every", 5, "--seed", cfg.seed,
-                                            "--backend", cfg.backend, *shlex.split(cfg.rl_extra)], top, cfg.launcher)
+                run_stage("03_rl_grpo.py", calls.rl(name, model, data / "unsolved.parquet",
+                                                    memory_path, len(unsolved)), top, cfg.launcher)
             model = str(it_dir / "03_grpo" / "final" / "model")
         # eval: held-out, same loop, memory v(k)
         if not finished(it_dir / "04_eval" / "eval"):
-            run_stage("04_eval.py", ["--run_name", name, "--model", model, "--tag", "eval", "--benchmarks", evals[0],
-                                     "--max_problems", cfg.eval_max_problems, *budget, *mem_args, *common_04], top)
-        held = successes(stage_folder(it_dir, "eval"), cfg.width)
+            run_stage("04_eval.py", calls.evaluate(name, model, "eval", evals[0], memory_path,
+                                                   max_problems=cfg.eval_max_problems), top)
+        held = successes(samples_dir(it_dir, "eval"), cfg.width)
         table = pass_at_k_table(held, default_ks(cfg.width), 1000, cfg.seed)
         rec = {"iteration": k, "model": model, "memory": memory_path.name,
                "memory_size": len(read_proof_file(memory_path)), "sft_rows": len(sft_rows),
@@ -319,8 +356,8 @@ def iterate(cfg: Settings) -> Path:
                **{f"pass@{row['k']}": row["pass"] for row in table},
                **{f"pass@{row['k']}_ci": [row["ci_low"], row["ci_high"]] for row in table},
                "pass@1_change": paired_pass1_change(held, before, seed=cfg.seed),
-               "eval_verdicts": verdicts_by_round(stage_folder(it_dir, "eval")),
-               **({"start_verdicts": verdicts_by_round(stage_folder(it_dir, "start"))} if k == 1 else {})}
+               "eval_verdicts": verdicts_by_round(samples_dir(it_dir, "eval")),
+               **({"start_verdicts": verdicts_by_round(samples_dir(it_dir, "start"))} if k == 1 else {})}
         before = held
         records.append(rec)
         (it_dir / "iteration.json").write_text(json.dumps(rec, indent=1) + "\n")

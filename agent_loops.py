@@ -8,7 +8,7 @@
 - tool_rollouts: StepFun's tool-integrated generation. Generation pauses at `</sketch>`, the
   sketch runs on the Lean server, the REPL's JSON answer is appended inside <REPL></REPL> and
   generation resumes. Everything is kept in token space, so the sequence trained on is exactly
-  the one sampled, and the tool's tokens carry keep = 0 (no loss, no importance ratio).
+  the one sampled, and the tool's tokens carry loss_mask 0 (no loss, no importance ratio).
 """
 import json
 from dataclasses import dataclass, field
@@ -84,7 +84,7 @@ class ToolTrace:
     text: str = ""                                       # the completion, REPL answers inside
     token_ids: list[int] = field(default_factory=list)   # generated and tool tokens, as conditioned on
     logprobs: list[float] = field(default_factory=list)  # sampling log-probs (0.0 on tool tokens)
-    keep: list[int] = field(default_factory=list)        # 1: the model's token; 0: the tool's
+    loss_mask: list[int] = field(default_factory=list)   # 1: the model's token; 0: the tool's
     generated: int = 0                                   # tokens the model generated
     checks: int = 0                                      # sketches run
     finish: str = "length"                               # eos | length | budget | no_sketch | checks
@@ -143,7 +143,7 @@ def tool_rollouts(gen, tok, client, prompts: Sequence[str], seeds: Sequence[int]
             t.text += g.text
             t.token_ids += g.token_ids
             t.logprobs += g.logprobs
-            t.keep += [1] * len(g.token_ids)
+            t.loss_mask += [1] * len(g.token_ids)
             t.generated += len(g.token_ids)
             if ctx(i) >= budget:
                 t.finish = "budget"
@@ -169,7 +169,7 @@ def tool_rollouts(gen, tok, client, prompts: Sequence[str], seeds: Sequence[int]
                 t.text += answer
                 t.token_ids += ids
                 t.logprobs += [0.0] * len(ids)
-                t.keep += [0] * len(ids)
+                t.loss_mask += [0] * len(ids)
                 t.checks += 1
                 if ctx(i) >= budget:
                     t.finish = "budget"  # a long REPL answer can fill the context

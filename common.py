@@ -54,8 +54,96 @@ def best_at_n_bootstrap(successes: Sequence[bool], n: int, resamples: int = 1000
 
 
 # ---------------------------------------------------------------------------------------------
-# Settings: one dataclass per stage, checked command-line overrides, config.json
+# Settings: one dataclass per stage, built from the shared groups below; checked command-line
+# overrides; config.json
 # ---------------------------------------------------------------------------------------------
+
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+@dataclasses.dataclass
+class RunSettings:
+    run_name: str = "default"            # runs/<run_name>/<stage>/
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class DeviceSettings:
+    # generation.device_policy decides both for every model a stage loads (docs/DESIGN.md)
+    device: str = "auto"                 # auto (CUDA when there is one, else CPU) | cpu | cuda | cuda:N
+    dtype: str = "auto"                  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16
+
+
+@dataclasses.dataclass
+class FormatSettings:
+    # formats.FORMATS; auto: 02 takes 01's SFT format, 03/04 the model name's family, else kimina
+    prompt_format: str = "auto"
+
+
+@dataclasses.dataclass
+class SamplingSettings:
+    temperature: float = 1.0             # Kimina: 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24576          # Kimina: 32768 max length - 8192 prompt
+    max_prompt_tokens: int = 8192        # Kimina: a longer (second-turn) prompt is dropped, counted
+    backend: str = "hf"                  # hf (transformers) | vllm
+    gen_batch_size: int = 64             # hf backend: sequences per generate call
+
+
+@dataclasses.dataclass
+class VerifySettings:
+    lean_timeout: int = 60               # seconds per snippet
+    lean_batch_size: int = 8             # snippets per request
+    lean_retries: int = 4                # per batch, exponential backoff
+    check_axioms: bool = False           # #print axioms on every proof that verifies
+    reject_native_decide: bool = False   # for benchmarks that forbid native_decide
+    goal_states: bool = False            # ask for infotrees: goal states in Kimina's feedback
+
+
+@dataclasses.dataclass
+class RepairSettings:
+    repair_depth: int = 3                # OProver: rounds per trajectory, stop at the first verified
+    retrieve_k: int = 3                  # proofs retrieved from the proof memory (0: none)
+
+
+@dataclasses.dataclass
+class ToolSettings:
+    tool_budget: int = 20480             # StepFun: the whole context (prompt, generated, REPL)
+    tool_max_checks: int = 0             # sketches allowed (0: no cap, as StepFun)
+
+
+@dataclasses.dataclass
+class LoraSettings:
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: str = LORA_TARGETS
+
+
+# The allowed values of every choice-valued setting, whatever stage declares it; a stage adds its
+# own in a class attribute CHOICES. Checked at parse time and by check_choices.
+CHOICES = {
+    "backend": ("hf", "vllm"),
+    "dtype": ("auto", "float32", "bfloat16"),
+}
+
+
+def check_choices(cfg, where: str = "") -> None:
+    """Raise SystemExit naming the setting and its allowed values when a value is not one of them
+    (device: auto, cpu, cuda or cuda:N)."""
+    allowed = {**CHOICES, **getattr(type(cfg), "CHOICES", {})}
+    names = {f.name for f in dataclasses.fields(cfg)}
+    prefix = f"{where}: " if where else ""
+    for key, values in allowed.items():
+        if key in names and getattr(cfg, key) not in values:
+            raise SystemExit(f"{prefix}--{key} must be one of {', '.join(map(str, values))}; "
+                             f"got {getattr(cfg, key)!r}")
+    device = getattr(cfg, "device", "auto")
+    if "device" in names and not (device in ("auto", "cpu", "cuda") or
+                                  (device.startswith("cuda:") and device[5:].isdigit())):
+        raise SystemExit(f"{prefix}--device must be auto, cpu, cuda or cuda:N; got {device!r}")
+
 
 def _parse_bool(text: str) -> bool:
     low = text.strip().lower()
@@ -66,20 +154,76 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def parse_settings(settings_cls, argv: Sequence[str] | None = None, *, description: str = ""):
-    """Build the stage's settings from its dataclass defaults and `--key value` overrides.
-    An unknown key or a badly typed value is an error (argparse exits with the message)."""
+def _field_type(f):
+    if not isinstance(f.type, str):
+        return f.type
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str)
+
+
+def settings_parser(settings_cls, description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(settings_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        typ = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str,
-                                                          "bool": bool}.get(f.type, str)
-        conv = _parse_bool if typ is bool else typ
-        parser.add_argument(f"--{f.name}", type=conv, default=default, metavar=typ.__name__.upper(),
+        typ = _field_type(f)
+        parser.add_argument(f"--{f.name}", type=_parse_bool if typ is bool else typ,
+                            default=default, metavar=typ.__name__.upper(),
                             help=f"default: {default!r}")
+    return parser
+
+
+def parse_settings(settings_cls, argv: Sequence[str] | None = None, *, description: str = ""):
+    """Build the stage's settings from its dataclass defaults and `--key value` overrides.
+    An unknown key, a badly typed value or a value outside a setting's choices is an error
+    (argparse exits with the message)."""
+    parser = settings_parser(settings_cls, description)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    return settings_cls(**vars(args))
+    cfg = settings_cls(**vars(args))
+    check_choices(cfg)
+    return cfg
+
+
+def build_settings(settings_cls, stage: str, values: dict, argv: Sequence[str] = ()):
+    """A stage's typed settings from keyword values plus `--key value` text, checked as the stage
+    checks its command line; an unknown key or a bad value is a SystemExit naming the stage and
+    the key. 05 builds every stage's settings this way before it starts anything."""
+    names = {f.name: f for f in dataclasses.fields(settings_cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise SystemExit(f"{stage}: unknown setting --{unknown[0]} "
+                         f"(its settings: {', '.join(sorted(names))})")
+    parser = settings_parser(settings_cls)
+    parser.exit_on_error = False
+    try:
+        extra, rest = parser.parse_known_args(list(argv))
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise SystemExit(f"{stage}: {exc}") from None
+    if rest:
+        raise SystemExit(f"{stage}: unknown setting {rest[0]} in {' '.join(argv)!r}")
+    given = {k: v for k, v in vars(extra).items() if any(a == f"--{k}" or a.startswith(f"--{k}=")
+                                                         for a in argv)}
+    for key, value in values.items():
+        typ = _field_type(names[key])
+        if typ is bool and not isinstance(value, bool):
+            raise SystemExit(f"{stage}: --{key} must be true or false, got {value!r}")
+        if typ in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SystemExit(f"{stage}: --{key} must be a number, got {value!r}")
+    cfg = settings_cls(**{**values, **given})
+    check_choices(cfg, stage)
+    return cfg
+
+
+def settings_argv(cfg) -> list[str]:
+    """The command line that rebuilds `cfg` in its stage: `--key value` for every setting that
+    differs from the stage's default (one helper, so 05's subprocess calls and what it prints
+    are the same thing)."""
+    default = type(cfg)()
+    argv: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value != getattr(default, f.name):
+            argv += [f"--{f.name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
 
 
 def save_config(settings: Any, folder: Path, extra: dict | None = None) -> Path:

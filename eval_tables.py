@@ -1,7 +1,7 @@
 """pass@k tables as 04_eval.py reports them: the unbiased estimator per problem (Chen et al.),
 averaged over the problems with at least k samples, a bootstrap 95% interval over problems,
 Kimina's best@k beside it; Markdown and CSV tables with the command in the caption; pass@k
-plots with the published miniF2F anchors (REFERENCE.md section 5).
+plots with the published miniF2F anchors (docs/RECIPES.md).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 import common
 
-ANCHORS_MINIF2F = {  # REFERENCE.md section 5: (k, pass rate %) published on miniF2F-test
+ANCHORS_MINIF2F = {  # docs/RECIPES.md: (k, pass rate %) published on miniF2F-test
     "Kimina-Prover-RL-1.7B": (32, 76.63), "Kimina-Prover-RL-0.6B": (32, 71.30),
     "DeepSeek-Prover-V2-7B": (32, 75.6), "Goedel-Prover-V2-8B": (32, 84.6), "OProver-32B": (32, 93.3)}
 
@@ -146,11 +146,13 @@ def recorded_successes(path: Path) -> dict[str, dict[str, list[bool]]]:
     return out
 
 
-def recompute_tables(verdicts: Path, tag: str, n_boot: int, seed: int, caption: str) -> dict:
-    """04 --mode recompute: one table per benchmark (or model) of a recorded verdict file."""
+def recompute_tables(verdicts: Path, tag: str, n_boot: int, seed: int, caption: str
+                     ) -> tuple[dict, list[Path]]:
+    """04 --mode recompute: one table per benchmark (or model) of a recorded verdict file; returns
+    the problems solved per name and the files written."""
     tag = tag or verdicts.stem
     results = common.RESULTS_ROOT / tag
-    curves, summary = {}, {}
+    curves, summary, written = {}, {}, []
     for name, succ in sorted(recorded_successes(verdicts).items()):
         empty = sorted(i for i, s in succ.items() if not s)
         sizes = [len(s) for s in succ.values() if s]
@@ -163,8 +165,9 @@ def recompute_tables(verdicts: Path, tag: str, n_boot: int, seed: int, caption: 
                  else f"{min(sizes)} to {max(sizes)}: pass@k counts the problems with at least k"}
         if empty:
             extra["problems with no recorded sample (left out)"] = f"{len(empty)}: {', '.join(empty[:5])}"
-        write_tables(results, name, name, "recompute", table, extra, caption)
+        written += write_tables(results, name, name, "recompute", table, extra, caption)
         curves[name], summary[name] = table, table[0]["solved"]
-    plot_pass_at_k(results / "pass_at_k.png", curves, f"recomputed from {verdicts.name}", anchors=False)
+    written.append(plot_pass_at_k(results / "pass_at_k.png", curves,
+                                  f"recomputed from {verdicts.name}", anchors=False))
     print(json.dumps({"solved": summary}, indent=1))
-    return summary
+    return summary, written

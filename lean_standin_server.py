@@ -2,7 +2,7 @@
 
 It exists because no Lean toolchain can be installed on the machines where this project's
 tests and CPU smoke run execute. It speaks the Kimina Lean Server's HTTP protocol exactly
-(REFERENCE.md section 1: POST /api/check, the older POST /verify, GET /health, Bearer auth,
+(docs/PROTOCOL.md: POST /api/check, the older POST /verify, GET /health, Bearer auth,
 the same response schema, HTTP 422/401/429/500 behaviour) and decides the toy fragment
 defined in toy_task.py (closed ℕ statements; which tactic closes which relation). Every
 statement outside that fragment, a real miniF2F theorem for example, gets an error saying so:

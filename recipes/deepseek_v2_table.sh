@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A DeepSeek-Prover-V2 style table: pass@k with 95% intervals on miniF2F-test, ProofNet-test,
 # PutnamBench and MathOlympiadBench side by side, DeepSeek-Prover-V2's prompt (CoT).
-# Expected (REFERENCE.md section 5): DeepSeek-Prover-V2-7B 75.6 pass@32 on miniF2F-test.
+# Expected (docs/RECIPES.md): DeepSeek-Prover-V2-7B 75.6 pass@32 on miniF2F-test.
 # GPUs: one with vLLM (--vllm_tp N for more).   CPU=1: the same commands on the toy task.
 set -euo pipefail
 cd "$(dirname "$0")/.."

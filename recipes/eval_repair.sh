@@ -3,7 +3,7 @@
 # (BM25 over a frozen memory of the shipped proofs, never the scored benchmark), Lean feedback in
 # every round. Reports multi-round pass@k over trajectories with the attempt/token budget, a
 # width x depth budget plot, and repair_sft.parquet (fixes in the SFT schema) for 02_sft.py.
-# For reference (REFERENCE.md section 5): OProver-32B 93.3, Goedel-Prover-V2-32B with
+# For reference (docs/RECIPES.md): OProver-32B 93.3, Goedel-Prover-V2-32B with
 # self-correction 90.4 pass@32 on miniF2F-test; small models land far lower.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kimina's row: pass@32 of a released Kimina-Prover-RL model on AI-MO/minif2f_test (Kimina's
 # corrected miniF2F-test), Kimina's prompt, temperature 1.0, top_p 0.95, 24,576 new tokens.
-# Expected (REFERENCE.md section 5): 1.7B 76.63, 0.6B 71.30 pass@32. One GPU with vLLM and a
+# Expected (docs/RECIPES.md): 1.7B 76.63, 0.6B 71.30 pass@32. One GPU with vLLM and a
 # Kimina Lean Server on LEAN_SERVER_API_URL.   CPU=1: the same commands on the toy task.
 set -euo pipefail
 cd "$(dirname "$0")/.."

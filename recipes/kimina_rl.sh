@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kimina-Prover-RL (REFERENCE.md section 2): GRPO from Kimina-Prover-Distill-$SIZE on
+# Kimina-Prover-RL (docs/RECIPES.md): GRPO from Kimina-Prover-Distill-$SIZE on
 # AI-MO/Kimina-Prover-Promptset, validated on AI-MO/minif2f_test (Kimina's corrected miniF2F-test). Needs a GPU machine, the Hub, and a
 # Kimina Lean Server (docker run -d -p 80:8000 projectnumina/kimina-lean-server:2.0.0).
 # Expected: mean response length grows, format errors fall, best@8 on miniF2F rises before and

@@ -3,7 +3,7 @@
 # width x depth splits, with a frozen proof memory (shipped proofs; add an iteration's
 # found_proofs.parquet via MEMORY), and the ablations without Lean feedback and without
 # retrieval. One run of the largest width and depth; every split is read from it (unbiased
-# pass@width over trajectories cut at each depth). Reference (REFERENCE.md section 5): OProver-32B
+# pass@width over trajectories cut at each depth). Reference (docs/RECIPES.md): OProver-32B
 # 93.3 pass@32 on miniF2F-test; small models land far lower.   CPU=1: small, on the toy task.
 set -euo pipefail
 cd "$(dirname "$0")/.."

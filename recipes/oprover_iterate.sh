@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# OProver-style iterative post-training (arXiv 2605.17283; REFERENCE.md sections 1 and 4) on a
+# OProver-style iterative post-training (arXiv 2605.17283; docs/PROTOCOL.md and docs/RECIPES.md) on a
 # small released prover, on one GPU machine with the Hub and a Kimina Lean Server
 # (docker run -d -p 80:8000 projectnumina/kimina-lean-server:2.0.0). NOT run here (no GPU):
 # the same code runs on CPU in tests/test_iterate.py and in the README's toy loop.
@@ -27,7 +27,7 @@ if [ -n "${CPT_CORPUS:-}" ]; then
   MODEL=runs/$RUN/02_cpt/final/model
 fi
 python 05_iterate.py --run_name "$RUN" --model "$MODEL" --iterations "${ITERATIONS:-2}" --loop repair \
-    --prompt_format oprover --width 64 --depth 3 --retrieve_k 3 --max_new_tokens 16384 --backend vllm \
+    --prompt_format oprover --width 64 --repair_depth 3 --retrieve_k 3 --max_new_tokens 16384 --backend vllm \
     --sft_lr 1e-5 --sft_batch_size 8 --rl_steps 200 --rl_lr 2e-6 --prompts_per_step 64 --group_size 8 \
     --mini_batch_prompts 16 --launcher "accelerate launch --num_processes $NGPUS" \
     --rl_extra "--vllm_gpu_memory 0.4 --clip_low 0.2 --clip_high 0.3"

@@ -2,7 +2,7 @@
 # StepFun-Prover's Table 2: pass@1 (mean of 32 samples) on miniF2F-test against the maximum
 # generation length (the whole context: 4096 ... 20480 tokens) and against the maximum number of
 # REPL interactions. StepFun's sampling: temperature 0.999, top_p 0.95, 16,384 new tokens per
-# call. Expected (REFERENCE.md section 5): StepFun-Prover-Preview-7B 66.0, 32B 70.0 pass@1 at
+# call. Expected (docs/RECIPES.md): StepFun-Prover-Preview-7B 66.0, 32B 70.0 pass@1 at
 # 20,480.   CPU=1: the same sweep, small, on the toy task.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # StepFun-Prover-style tool-integrated RL alternating with SFT (arXiv 2507.20199, Figure 2: the
-# "iterative RL-SFT cycle"; REFERENCE.md section 4), on one GPU machine with the Hub and a Kimina
+# "iterative RL-SFT cycle"; docs/RECIPES.md), on one GPU machine with the Hub and a Kimina
 # Lean Server. NOT run here (no GPU); tests/test_agentic_rl.py runs --rollout tool on CPU.
 # Rollouts (agent_loops.tool_rollouts, the loop 04 --mode tool evaluates with): StepFun's system
 # prompt, generation pauses at </sketch>, the sketch runs (Mathlib preloaded), the REPL's JSON is

@@ -9,6 +9,7 @@ import torch
 from conftest import ROOT
 import generation
 import rl_objective
+import rollouts
 from lean_client import LeanClient
 
 spec = importlib.util.spec_from_file_location("grpo", ROOT / "03_rl_grpo.py")
@@ -101,7 +102,7 @@ def test_repair_rollouts_feed_back_stop_at_the_fix_and_share_the_trajectory_adva
     gen = Scripted(tok, model)
     c = cfg(rollout="repair", repair_depth=3)
     client = LeanClient(standin)
-    out, timings = grpo.agent_rollout_step(items, 1, gen, tok, client, c, None, [0, 1])
+    out, timings = rollouts.agent_rollout_step(items, 1, gen, tok, client, c, None, [0, 1])
     # t0's two trajectories: round 1 fails, round 2 is the fix; t1's: three failed rounds each
     assert [(r.item.row["statement_id"], r.item.turn, r.status) for r in out] == \
         [("toy/0", 1, "lean_error"), ("toy/0", 2, "valid")] * 2 + \
@@ -133,19 +134,19 @@ def test_tool_rollouts_keep_the_repl_out_of_the_loss_and_update(tiny, standin):
         return f"<sketch>\nimport Mathlib\n{stmt}\n  omega\n</sketch>", "stop"
     gen = Scripted(tok, scripted)
     c = cfg(rollout="tool", group_size=2, prompts_per_step=1, mini_batch_prompts=1)
-    out, _ = grpo.agent_rollout_step(items, 1, gen, tok, LeanClient(standin), c, None, [0])
+    out, _ = rollouts.agent_rollout_step(items, 1, gen, tok, LeanClient(standin), c, None, [0])
     assert [r.status for r in out] == ["valid", "valid"] and [r.reward for r in out] == [1.0, 1.0]
     r = out[0]
-    assert len(r.keep) == len(r.gen.token_ids) == len(r.gen.logprobs)
-    tool = tok.decode([t for t, k in zip(r.gen.token_ids, r.keep) if k == 0])
+    assert len(r.loss_mask) == len(r.gen.token_ids) == len(r.gen.logprobs)
+    tool = tok.decode([t for t, k in zip(r.gen.token_ids, r.loss_mask) if k == 0])
     assert tool.startswith("\n<REPL>\n") and tool.endswith("</REPL>") and "omega could not prove" in tool
-    assert "<REPL>" not in tok.decode([t for t, k in zip(r.gen.token_ids, r.keep) if k == 1])
-    assert r.n_tokens == sum(r.keep) < len(r.keep)                  # tokens the model wrote
+    assert "<REPL>" not in tok.decode([t for t, k in zip(r.gen.token_ids, r.loss_mask) if k == 1])
+    assert r.n_tokens == sum(r.loss_mask) < len(r.loss_mask)                  # tokens the model wrote
     assert r.gen.text.count("\n<REPL>\n") == 1
     # an update: the REPL's tokens get no gradient and do not enter the ratio (rl_objective,
     # tests/test_tool_token_mask.py); here, that update() passes the mask through
     r.reward, out[1].reward = 1.0, 0.0
-    grpo.group_advantages(out, c)
+    rl_objective.group_advantages(out, c)
     seen = []
     real = grpo.sequence_logprobs
 
@@ -157,7 +158,7 @@ def test_tool_rollouts_keep_the_repl_out_of_the_loss_and_update(tiny, standin):
         stats = grpo.update(model, None, torch.optim.SGD(model.parameters(), lr=0.0), out, c, 1, "cpu")
     finally:
         grpo.sequence_logprobs = real
-    assert [len(b) for b in seen] == [3, 3] and seen[0][2] == r.keep
+    assert [len(b) for b in seen] == [3, 3] and seen[0][2] == r.loss_mask
     assert stats["updates"] == 1
 
 

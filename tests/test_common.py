@@ -161,3 +161,40 @@ def test_write_parquet_is_byte_deterministic(tmp_path):
     a = common.write_parquet(rows, tmp_path / "a.parquet", "statements").read_bytes()
     b = common.write_parquet(rows, tmp_path / "b.parquet", "statements").read_bytes()
     assert a == b
+
+
+def test_choice_settings_are_checked_at_parse_time(capsys):
+    @dataclasses.dataclass
+    class T(common.DeviceSettings, common.SamplingSettings):
+        mode: str = "a"
+        CHOICES = {"mode": ("a", "b")}
+    assert common.parse_settings(T, ["--mode", "b", "--device", "cuda:1"]).mode == "b"
+    for argv, named in ((["--mode", "c"], "--mode must be one of a, b"),
+                        (["--backend", "vlm"], "--backend must be one of hf, vllm"),
+                        (["--dtype", "bf61"], "--dtype must be one of auto, float32, bfloat16"),
+                        (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N")):
+        with pytest.raises(SystemExit, match=named):
+            common.parse_settings(T, argv)
+
+
+def test_shared_settings_have_one_default_in_every_stage():
+    # a shared setting's default is declared once (common.py); a stage that departs says so in
+    # its own class, and these are the only departures
+    import importlib.util
+    from conftest import ROOT
+    stages = {}
+    for script in ("02_sft.py", "03_rl_grpo.py", "04_eval.py", "05_iterate.py"):
+        spec = importlib.util.spec_from_file_location(f"s{script[:2]}", ROOT / script)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        stages[script] = mod.Settings()
+    groups = (common.RunSettings, common.DeviceSettings, common.FormatSettings,
+              common.SamplingSettings, common.VerifySettings, common.RepairSettings,
+              common.ToolSettings, common.LoraSettings)
+    departures = {("04_eval.py", "top_p"), ("04_eval.py", "check_axioms"), ("05_iterate.py", "top_p")}
+    for group in groups:
+        for f in dataclasses.fields(group):
+            for script, cfg in stages.items():
+                if hasattr(cfg, f.name) and (script, f.name) not in departures:
+                    assert getattr(cfg, f.name) == f.default, (script, f.name)
+    assert {s: c.prompt_format for s, c in stages.items()} == dict.fromkeys(stages, "auto")

@@ -26,8 +26,14 @@ INTERNLM = ROOT / "data/proofs/internlm_math_minif2f_test_proofsearch_output.zip
 def test_recompute_internlm_verdicts(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)   # results/ go to tmp
     monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
+    monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
     solved = ev.main(["--mode", "recompute", "--verdicts", str(INTERNLM), "--bootstrap", "100"])
     assert solved == {"internLM2-7b": 74, "internLM2-20b": 72, "internLM2-plus-7b": 106, "internLM2-plus-20b": 102}
+    # like every stage: its settings and a manifest (written last) naming every table it wrote
+    out = tmp_path / "runs/default/04_eval/recompute/internlm_math_minif2f_test_proofsearch_output"
+    assert json.loads((out / "config.json").read_text())["mode"] == "recompute"
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert "internLM2-7b_recompute.md" in listed and "pass_at_k.png" in listed
     table = (tmp_path / "results/internlm_math_minif2f_test_proofsearch_output/internLM2-7b_recompute.md").read_text()
     assert "| 1 | 30.33 |" in table and "74 / 244" in table      # 74 / 244 = 30.33%
 
@@ -261,10 +267,10 @@ def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
     calls = generated // 5
     assert calls >= 2 and text.count("\n<REPL>\n") in (calls - 1, calls)   # the last call may cross it
     assert n_final >= e.cfg.tool_budget and trace.finish == "budget"    # it ran until the context was full
-    last_start = len(trace.keep) - trace.keep[::-1].index(1 - trace.keep[-1])   # where the last segment began
+    last_start = len(trace.loss_mask) - trace.loss_mask[::-1].index(1 - trace.loss_mask[-1])   # where the last segment began
     assert n_prompt + last_start < e.cfg.tool_budget                     # ... and not a segment longer
     assert all(c <= e.cfg.tool_budget - n_prompt for c in e.gen.caps)  # no call may pass the budget
-    assert sum(trace.keep) == generated and trace.logprobs.count(0.0) >= len(trace.keep) - sum(trace.keep)
+    assert sum(trace.loss_mask) == generated and trace.logprobs.count(0.0) >= len(trace.loss_mask) - sum(trace.loss_mask)
     e.cfg.tool_max_checks = 1                                          # the cap, as a setting
     (text, _), = e.tool_generate([prompt], [0])
     assert text.count("\n<REPL>\n") == 1

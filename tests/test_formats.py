@@ -69,7 +69,7 @@ def test_stepfun_matches_its_demo():
 
 
 def test_kimina_matches_the_recipe_template():
-    # REFERENCE.md section 2 (kimina-prover-rl prepare_data / prompt)
+    # docs/RECIPES.md (kimina-prover-rl prepare_data / prompt)
     row = {"header": "import Mathlib\n\n", "formal_statement": "theorem t : 1 = 1 := by", "informal_problem": "Show 1 = 1."}
     assert formats.first_turn(row, "kimina") == [
         {"role": "system", "content": "You are an expert in mathematics and proving theorems in Lean 4."},
@@ -131,8 +131,16 @@ def test_sft_targets_take_the_formats_answer_shape(tmp_path):
         assert formats.extract_proof(r["completion"], r["formal_statement"]) == r["formal_proof"]
         assert formats.format_errors(r["completion"], r["formal_statement"], fmt="deepseek_v2") == []
     proc = subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "f", "--preset", "tiny",
-                           "--max_steps", "1"], capture_output=True, text=True, env=env)
+                           "--max_steps", "1", "--prompt_format", "kimina"], capture_output=True, text=True,
+                          env=env)
     assert proc.returncode != 0 and "SFT targets for prompt format 'deepseek_v2'" in proc.stderr
+    # auto (the default) trains in the format 01 wrote the targets in, and says so in config.json
+    proc = subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "f", "--preset", "tiny",
+                           "--max_steps", "1", "--save_every", "0", "--eval_every", "0"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+    assert json.loads((tmp_path / "runs/f/02_sft/config.json").read_text())["prompt_format"] == "deepseek_v2"
 
 
 def test_decision_index_is_the_proofs_first_token():

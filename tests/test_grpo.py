@@ -14,6 +14,7 @@ import torch
 from conftest import ROOT
 import common
 import generation
+import rl_objective
 
 spec = importlib.util.spec_from_file_location("grpo", ROOT / "03_rl_grpo.py")
 grpo = importlib.util.module_from_spec(spec)
@@ -36,17 +37,17 @@ def fake_rollouts(rewards, group_size):
 
 def test_group_advantages_by_hand():
     rs = fake_rollouts([1, 0, 0, 1, 0, 0, 0, 0], 4)
-    kept, zero = grpo.group_advantages(rs, cfg())
+    kept, zero = rl_objective.group_advantages(rs, cfg())
     assert [r.advantage for r in rs] == [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]
     assert zero == 1 and len(kept) == 8
     rs = fake_rollouts([1, 0, 0, 0, 1, 1, 1, 1], 4)
-    kept, zero = grpo.group_advantages(rs, cfg(adv_std_norm=True, skip_zero_variance=True))
+    kept, zero = rl_objective.group_advantages(rs, cfg(adv_std_norm=True, skip_zero_variance=True))
     std = math.sqrt(0.75 / 3)      # unbiased std of [1, 0, 0, 0], as verl's GRPO estimator
     assert rs[0].advantage == pytest.approx(0.75 / (std + 1e-6))
     assert rs[1].advantage == pytest.approx(-0.25 / (std + 1e-6))
     assert zero == 1 and len(kept) == 4 and kept == rs[:4]
     one = fake_rollouts([1.0], 1)                  # a group of one: mean 0, std 1 (verl), not 0
-    grpo.group_advantages(one, cfg(group_size=1, adv_std_norm=True))
+    rl_objective.group_advantages(one, cfg(group_size=1, adv_std_norm=True))
     assert one[0].advantage == pytest.approx(1.0 / (1 + 1e-6))
 
 
@@ -128,7 +129,7 @@ def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
     rollouts = [grpo.Rollout(item, prompt, generation.Generation("", c, before[i, :len(c)].tolist(), "eos"),
                              reward=float(i == 0)) for i, c in enumerate([good, bad])]
     c = cfg(group_size=2, mini_batch_prompts=1, prompts_per_step=1, lr=1e-2)
-    grpo.group_advantages(rollouts, c)
+    rl_objective.group_advantages(rollouts, c)
     assert [r.advantage for r in rollouts] == [0.5, -0.5]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     stats = grpo.update(model, None, opt, rollouts, c, 1, "cpu")
@@ -153,7 +154,7 @@ def test_zero_advantage_rollouts_skip_the_backward_and_leave_the_update_unchange
     rollouts = [grpo.Rollout(item, prompt, generation.Generation("", c, before[i, :len(c)].tolist(), "eos"),
                              reward=r, n_tokens=len(c)) for i, (c, r) in enumerate(zip(comps, [1.0, 0.0, 1.0, 1.0]))]
     c = cfg(group_size=2, mini_batch_prompts=2, prompts_per_step=2, micro_batch_size=1, grad_clip=0.0)
-    grpo.group_advantages(rollouts, c)
+    rl_objective.group_advantages(rollouts, c)
     assert [r.advantage for r in rollouts] == [0.5, -0.5, 0.0, 0.0]
     # the reference: the loss of all four rollouts, one backward
     ref = copy.deepcopy(model)
@@ -437,7 +438,7 @@ def two_prompt_run(tmp_path, flip_sign=False, mask_prompt=False, steps=60):
             item = grpo.PromptItem({"statement_id": p, "formal_statement": "theorem x : 1 = 1 := by", "header": ""})
             rollouts.append(grpo.Rollout(item, seen[p], g, reward=float(g.text.startswith(RULE[p])),
                                          n_tokens=len(g.token_ids)))
-        kept, _ = grpo.group_advantages(rollouts, c)
+        kept, _ = rl_objective.group_advantages(rollouts, c)
         if flip_sign:
             for r in kept:
                 r.advantage = -r.advantage

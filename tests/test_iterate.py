@@ -56,12 +56,13 @@ def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatc
     seed.write_text("".join(json.dumps({"statement_id": r["statement_id"], "formal_statement": r["formal_statement"],
                                         "proof": "\n  decide", "header": r["header"]}) + "\n" for r in (held_out, bank_row)))
     args = ["--run_name", "it", "--model", model, "--memory", seed, "--iterations", 2, "--bank_max_problems", 4,
-            "--eval_max_problems", 4, "--width", 2, "--depth", 2, "--retrieve_k", 1, "--max_new_tokens", 12,
+            "--eval_max_problems", 4, "--width", 2, "--repair_depth", 2, "--retrieve_k", 1, "--max_new_tokens", 12,
             "--prompt_format", "kimina", "--sft_steps", 1, "--rl_steps", 1, "--prompts_per_step", 2,
             "--mini_batch_prompts", 2, "--group_size", 2, "--rl_lr", 1e-3]
     args = [str(a) for a in args]
+    crash = ["--rl_extra", "--resume /no/such/checkpoint"]   # a valid key that fails at run time
     with pytest.raises(SystemExit, match="03_rl_grpo.py failed"):   # a crash in iteration 1's RL stage
-        iterate.iterate(common.parse_settings(iterate.Settings, args + ["--rl_extra", "--no_such_flag 1"]))
+        iterate.iterate(common.parse_settings(iterate.Settings, args + crash))
     top = runs / "it" / "05_iterate"
     it1 = top / "it_it01"
     prove_log = it1 / "04_eval/prove/bank/repair/w2-d2-k1-t12/samples.jsonl"
@@ -95,3 +96,40 @@ def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatc
     assert (tmp_path / "results/it/iterations.png").exists() and (top / "manifest.json").exists()
     # the stages' own tables sit beside it, under results/it/05_iterate/<iteration>/<tag>/
     assert list((tmp_path / "results/it/05_iterate/it_it02/eval").glob("*.md"))
+
+
+# ---------------------------------------------------------------- 05 builds every stage's settings
+
+def calls(**over):
+    cfg = iterate.Settings(**{"run_name": "it", "prompt_format": "kimina", **over})
+    return iterate.StageCalls(cfg, "kimina")
+
+
+def test_a_misspelled_stage_key_stops_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
+    for extra, stage, key in (("rl_extra", "03_rl_grpo.py", "--kl_coeff"),
+                              ("sft_extra", "02_sft.py", "--learning_rate"),
+                              ("eval_extra", "04_eval.py", "--n_sample")):
+        cfg = iterate.Settings(run_name="it", **{extra: f"{key} 0.05"})
+        with pytest.raises(SystemExit, match=f"{stage}: unknown setting {key}"):
+            iterate.iterate(cfg)
+        assert not (tmp_path / "runs").exists()   # nothing started, nothing written
+    with pytest.raises(SystemExit, match="03_rl_grpo.py: .*--loss_agg must be one of"):
+        calls(rl_extra="--loss_agg token_sum").check_all()
+    with pytest.raises(SystemExit, match="04_eval.py: .*--top_p"):
+        calls(eval_extra="--top_p high").check_all()
+
+
+def test_stage_command_lines_come_from_typed_settings():
+    c = calls(rl_extra="--kl_coef 0.05 --require_tactic_blocks false", width=4, repair_depth=2)
+    rl = c.rl("it_it01", "m", "u.parquet", "mem.parquet", n_problems=3)
+    assert (rl.kl_coef, rl.require_tactic_blocks, rl.prompts_per_step, rl.mini_batch_prompts) == \
+        (0.05, False, 3, 3)                      # fewer problems than a step: one mini-batch of all
+    assert rl.top_p == 1.0 and rl.error_correction is False and rl.ratio_level == "sequence"
+    ev = c.evaluate("it_it01", "m", "eval", "e.parquet", "mem.parquet")
+    assert (ev.mode, ev.repair_width, ev.repair_depth, ev.top_p) == ("repair", 4, 2, 0.95)
+    # the helper's argv rebuilds exactly these settings in the stage's own parser
+    for script, built in (("03_rl_grpo.py", rl), ("04_eval.py", ev)):
+        argv = common.settings_argv(built)
+        assert common.parse_settings(c.classes[script], argv) == built
+        assert "--seed" not in argv              # a default is not repeated on the command line

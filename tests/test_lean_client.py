@@ -47,7 +47,7 @@ def test_stand_in_auth(make_standin):
 
 
 REAL_SHAPES = [
-    # REFERENCE.md section 1: #check Nat
+    # docs/PROTOCOL.md: #check Nat
     ({"id": "x", "time": 0.01, "response": {"messages": [{"severity": "info", "pos": {"line": 1, "column": 0},
       "endPos": {"line": 1, "column": 6}, "data": "Nat : Type"}], "env": 0}}, "valid"),
     ({"id": "x", "time": 3.0, "error": "Lean REPL command timed out in 3.0 seconds",
@@ -477,7 +477,7 @@ def test_kimina_feedback_marks_the_offending_line(standin):
                        "007 >|   rfl\n```\n")
 
 
-# A response in the Kimina Lean Server's shape (REFERENCE.md section 1) with an infotree, as the
+# A response in the Kimina Lean Server's shape (docs/PROTOCOL.md) with an infotree, as the
 # REPL returns one when asked ("infotree": "original"); positions count from the whole snippet.
 INFOTREE_CODE = "import Mathlib\n\ntheorem t (x : ℕ) (h : x = 2) : x + x = 5 := by\n  subst h\n  norm_num"
 INFOTREE_RESULT = {"id": "0", "time": 0.4, "response": {"env": 0, "messages": [

@@ -197,7 +197,7 @@ def test_training_proofs_that_collide_with_an_eval_set_are_rejected(tmp_path):
     (["--rl_sources", "no_such_source"], "unknown source 'no_such_source'"),
     (["--rl_sources", "leanworkbook_6k=/nonexistent/x.jsonl"], "no such file /nonexistent/x.jsonl"),
     (["--rl_sources", "lean_workbook=/nonexistent/lean_workbook.json"], "wkbk_1009.parquet not found"),
-    (["--task", "chess"], "--task must be 'lean' or 'toy'"),
+    (["--task", "chess"], "--task must be one of lean, toy; got 'chess'"),
     (["--rl_sources", "", "--sft_sources", "leanworkbook_6k"], "has no proofs; it cannot be an SFT source"),
     (["--learning_rate", "3"], "unrecognized arguments: --learning_rate"),
 ])
@@ -221,7 +221,7 @@ def test_wrong_columns_and_empty_result(tmp_path):
 
 
 # ---------------------------------------------------------------- the Hub sources, in their real layouts
-# Mirrors built from the facts in shared/HUB_DATASETS.md (file names, columns, types, row shapes),
+# Mirrors built from the facts in docs/DATASETS.md (file names, columns, types, row shapes),
 # each with the shapes that broke the guessed mirror: a multi-paragraph `/- -/` problem comment
 # between header and theorem, `:=\nsorry` endings, deliberate duplicates, disproved statements,
 # whole-file proofs with and without helper lemmas.
@@ -324,7 +324,7 @@ def build_hub_mirror(root):
 
 
 def test_lean_workbook_default_load_is_the_proof_steps_not_the_problems(tmp_path):
-    # the trap HUB_DATASETS.md describes, reproduced with datasets itself on the real layout
+    # the trap docs/DATASETS.md describes, reproduced with datasets itself on the real layout
     from datasets import load_dataset
     wb = build_hub_mirror(tmp_path / "mirror") / "internlm/Lean-Workbook"
     default = load_dataset(str(wb), split="train")

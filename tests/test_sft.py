@@ -40,8 +40,9 @@ def runs(tmp_path, monkeypatch):
 
 
 def settings(data, **kw):
+    # prompt_format as train() resolves "auto" for 01's Kimina-format toy rows
     base = dict(data=str(data), preset="tiny", batch_size=4, max_steps=6, lr=3e-3, warmup_steps=2,
-                eval_every=3, save_every=3, max_seq_len=512, run_name="t")
+                eval_every=3, save_every=3, max_seq_len=512, run_name="t", prompt_format="kimina")
     return sft.Settings(**{**base, **kw})
 
 

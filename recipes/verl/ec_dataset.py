@@ -1,6 +1,6 @@
 """verl dataset class with Kimina-Prover-RL's error-correction turns (data.custom_cls).
 
-Kimina's own dataset class (its verl fork, REFERENCE.md section 7) keeps up to 5,000 second-turn
+Kimina's own dataset class (its verl fork, docs/RECIPES.md) keeps up to 5,000 second-turn
 prompts built from failed attempts with Lean feedback and serves one with probability 0.5 in
 place of a fresh prompt. Here the reward workers (recipes/verl/reward_fn.py) append failed first
 turns to a cache file (KIMINA_EC_CACHE, shared on one node; on several nodes put it on a shared
