@@ -81,8 +81,10 @@ DEEPSEEK_HEADER = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400
                    "open BigOperators Real Nat Topology Rat\n\n")
 ID_COLUMNS = ("statement_id", "uuid", "id", "problem_id", "name")
 INFORMAL_COLUMNS = ("informal_problem", "natural_language", "problem", "informal_statement",
-                    "natural_language_statement", "informal_prefix", "informal_stmt", "nl_statement")
-BATCH_ROWS = 4096   # rows per read batch and per Parquet row group: sources are streamed, never listed
+                    "natural_language_statement", "informal_prefix", "informal_stmt",
+                    "nl_statement")
+BATCH_ROWS = 4096   # rows per read batch and per Parquet row group: sources are streamed, never
+                    # listed
 
 
 @dataclass(frozen=True)
@@ -91,19 +93,24 @@ class Source:
     path: str = ""                 # bundled file under data/
     split: str = ""                # keep rows whose 'split' column equals this
     hub_split: str = "train"
-    hub_files: str = ""            # read this file of the repository explicitly (not the default pick)
-    status_file: str = ""          # Lean-Workbook: the file that says which statements were disproved
+    hub_files: str = ""            # read this file of the repository explicitly (not the default
+                                   # pick)
+    status_file: str = ""          # Lean-Workbook: the file that says which statements were
+                                   # disproved
     proof_columns: tuple = ()      # verified-proof columns, first non-empty wins (SFT sources)
     header_column: str = ""
     statement_column: str = "formal_statement"
     multiplicity_is_weight: bool = False   # duplicates were made on purpose: count them, keep one
-    raw_informal: bool = False     # keep the informal text as the source writes it (Kimina's miniF2F)
-    answer_format: str = "kimina"  # the prompt format whose answer shape SFT targets take (--prompt_format)
+    raw_informal: bool = False     # keep the informal text as the source writes it (Kimina's
+                                   # miniF2F)
+    answer_format: str = "kimina"  # the prompt format whose answer shape SFT targets take
+                                   # (--prompt_format)
 
 
 SOURCES = {
     # online, by name (need the Hub, or --hf_mirror / NAME=PATH); layouts in docs/DATASETS.md
-    "numina_lean": Source(hub="AI-MO/NuminaMath-LEAN", proof_columns=("formal_proof", "formal_ground_truth")),
+    "numina_lean": Source(hub="AI-MO/NuminaMath-LEAN",
+                          proof_columns=("formal_proof", "formal_ground_truth")),
     "kimina_promptset": Source(hub="AI-MO/Kimina-Prover-Promptset", multiplicity_is_weight=True),
     # load_dataset("internlm/Lean-Workbook") reads wkbk_1009.parquet (proof steps), not the problems
     "lean_workbook": Source(hub="internlm/Lean-Workbook", hub_files="lean_workbook.json",
@@ -111,13 +118,20 @@ SOURCES = {
     "goedel_pset": Source(hub="Goedel-LM/Goedel-Pset-v1"),
     "minif2f_test_kimina": Source(hub="AI-MO/minif2f_test", hub_split="train", raw_informal=True),
     # bundled with this repository (data/README.md gives origins and licenses)
-    "minif2f_test": Source(path="minif2f/deepseek_v15_minif2f.jsonl", split="test", header_column="header"),
-    "minif2f_valid": Source(path="minif2f/deepseek_v15_minif2f.jsonl", split="valid", header_column="header"),
-    "minif2f_v424_test": Source(path="minif2f/yangky11_minif2f_lean4_v4.24.jsonl", split="test", header_column="header"),
-    "minif2f_v424_valid": Source(path="minif2f/yangky11_minif2f_lean4_v4.24.jsonl", split="valid", header_column="header"),
-    "proofnet_valid": Source(path="proofnet/deepseek_v15_proofnet.jsonl", split="valid", header_column="header"),
-    "proofnet_test": Source(path="proofnet/deepseek_v15_proofnet.jsonl", split="test", header_column="header"),
-    "putnambench": Source(path="putnambench/putnambench_lean4_v4.27.jsonl", header_column="preamble"),
+    "minif2f_test": Source(path="minif2f/deepseek_v15_minif2f.jsonl", split="test",
+                           header_column="header"),
+    "minif2f_valid": Source(path="minif2f/deepseek_v15_minif2f.jsonl", split="valid",
+                            header_column="header"),
+    "minif2f_v424_test": Source(path="minif2f/yangky11_minif2f_lean4_v4.24.jsonl", split="test",
+                                header_column="header"),
+    "minif2f_v424_valid": Source(path="minif2f/yangky11_minif2f_lean4_v4.24.jsonl", split="valid",
+                                 header_column="header"),
+    "proofnet_valid": Source(path="proofnet/deepseek_v15_proofnet.jsonl", split="valid",
+                             header_column="header"),
+    "proofnet_test": Source(path="proofnet/deepseek_v15_proofnet.jsonl", split="test",
+                            header_column="header"),
+    "putnambench": Source(path="putnambench/putnambench_lean4_v4.27.jsonl",
+                          header_column="preamble"),
     "mobench": Source(path="matholympiadbench/goedel_v2_MOBench.jsonl", header_column="header"),
     "leanworkbook_6k": Source(path="training/leanworkbook_statements_6k.jsonl"),
     "minif2f_valid_proofs": Source(path="proofs/deepseek_v15_minif2f_valid_few_shot.jsonl",
@@ -137,7 +151,8 @@ def parse_spec(spec: str) -> tuple[str, Source, str]:
             raise SystemExit(f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))}")
         return name, SOURCES[name], path
     if Path(spec).suffix in (".jsonl", ".json", ".parquet"):
-        return Path(spec).stem, Source(proof_columns=("formal_proof",), header_column="header"), spec
+        return Path(spec).stem, Source(proof_columns=("formal_proof",),
+                                       header_column="header"), spec
     raise SystemExit(f"unknown source {spec!r}: not a known name ({', '.join(sorted(SOURCES))}) "
                      "nor a .jsonl/.json/.parquet path")
 
@@ -173,7 +188,8 @@ def read_local(path: Path, rejects, name: str) -> Iterator[dict]:
                 rejects.add(f"{path.name}:{lineno}", name, "load",
                             f"non-UTF-8 bytes at line {lineno} ({exc.reason})", raw[:500])
             except json.JSONDecodeError as exc:
-                rejects.add(f"{path.name}:{lineno}", name, "load", f"line {lineno} is not JSON ({exc.msg})", raw[:500])
+                rejects.add(f"{path.name}:{lineno}", name, "load",
+                            f"line {lineno} is not JSON ({exc.msg})", raw[:500])
 
 
 def read_hub(src: Source, name: str, cfg: Settings, data_file: str = ""):
@@ -231,12 +247,15 @@ def load_source(spec: str, cfg: Settings, rejects) -> Loaded:
     elif src.path:
         rows, origin = read_local(DATA / src.path, rejects, name), f"data/{src.path}"
     else:
-        rows, origin = read_hub(src, name, cfg, src.hub_files), src.hub + (f"/{src.hub_files}" if src.hub_files else "")
+        rows, origin = read_hub(src, name, cfg,
+                                src.hub_files), src.hub + (f"/{src.hub_files}" if src.hub_files
+                                                           else "")
     if src.split:
         rows = (r for r in rows if r.get("split") == src.split)
     if name == "numina_lean":
         rows = (r for r in rows
-                if cfg.min_win_rate <= float(((r.get("rl_data") or {}).get("win_rate")) or 0.0) <= cfg.max_win_rate)
+                if cfg.min_win_rate <= float(((r.get("rl_data") or {}).get("win_rate"))
+                                             or 0.0) <= cfg.max_win_rate)
     if cfg.limit_per_source:
         rows = itertools.islice(rows, cfg.limit_per_source)
     disproved = disproved_statements(src, name, cfg, path) if src.status_file else {}
@@ -336,8 +355,10 @@ def to_record(name: str, src: Source, row: dict, idx: int) -> dict:
               "theorem_name": name_in_lean}
     if src.proof_columns:
         record["formal_proof"] = proof_body(row, src, statement)
-        record["completion"] = target_completion(src.answer_format, header, statement, record["formal_proof"],
-                                                 thinking_from_proof(informal, record["formal_proof"]))
+        record["completion"] = target_completion(src.answer_format, header, statement,
+                                                 record["formal_proof"],
+                                                 thinking_from_proof(informal,
+                                                                     record["formal_proof"]))
     return record
 
 
@@ -366,11 +387,13 @@ def _digest(text: str) -> bytes:
 class Cleaner:
     """Runs the cleaning steps in order, row by row, and counts what each step keeps, per source."""
 
-    STEPS = ("loaded", "parsed", "true", "deduplicated", "decontaminated", "length_filtered", "final")
+    STEPS = ("loaded", "parsed", "true", "deduplicated", "decontaminated", "length_filtered",
+             "final")
 
     def __init__(self, cfg: Settings, eval_records: dict[str, list[dict]], rejects: Rejects):
         self.cfg, self.rejects = cfg, rejects
-        self.counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(self.STEPS, 0))
+        self.counts: dict[tuple[str, str],
+                          dict[str, int]] = defaultdict(lambda: dict.fromkeys(self.STEPS, 0))
         self.multiplicity: dict[str, dict[str, int]] = {}
         self.overlap: Counter = Counter()
         self.eval_names: dict[str, str] = {}
@@ -424,7 +447,8 @@ class Cleaner:
                     continue
                 if key in seen and not (src.multiplicity_is_weight and self.cfg.keep_duplicates):
                     self.rejects.add(rec["statement_id"], ld.name, "dedup", "duplicate statement "
-                                     "(same up to name, whitespace, comments and bound variables)", row)
+                                     "(same up to name, whitespace, comments and bound variables)",
+                                     row)
                     continue
                 seen.add(key)
                 c["deduplicated"] += 1
@@ -435,7 +459,8 @@ class Cleaner:
                     self.rejects.add(rec["statement_id"], ld.name, "decontaminate", why, row)
                     continue
                 c["decontaminated"] += 1
-                self.overlap[pool] += bool(ngrams(statement_conclusion(rec["formal_statement"]), self.cfg.ngram)
+                self.overlap[pool] += bool(ngrams(statement_conclusion(rec["formal_statement"]),
+                                                  self.cfg.ngram)
                                            & self.eval_ngrams)
                 if self.tokenizer is not None:
                     n_tok = prompt_tokens(self.tokenizer, rec)
@@ -453,7 +478,8 @@ class Cleaner:
                     yield ids(rec)
             if weighted:
                 weights = [r["weight"] for r in weighted.values()]
-                self.multiplicity[ld.name] = {"rows": sum(weights), "unique": len(weights), "max_weight": max(weights)}
+                self.multiplicity[ld.name] = {"rows": sum(weights), "unique": len(weights),
+                                              "max_weight": max(weights)}
                 for rec in weighted.values():
                     yield ids(rec)
 
@@ -522,7 +548,8 @@ POOL_COLUMNS = {"theorem_name": "string", "weight": "int64"}   # beside the cont
 
 def main(argv=None):
     cfg = common.parse_settings(Settings, argv, description=__doc__)
-    if cfg.prompt_format not in formats.FORMATS or (cfg.task == "toy" and cfg.prompt_format not in ("kimina", "stepfun")):
+    if cfg.prompt_format not in formats.FORMATS or (cfg.task == "toy"
+                                                    and cfg.prompt_format not in ("kimina", "stepfun")):
         raise SystemExit(f"--prompt_format must be one of {formats.FORMATS} (the toy task: kimina, or stepfun "
                          f"for tool traces), got {cfg.prompt_format!r}")
     if cfg.task == "toy" and cfg.prompt_format == "stepfun" and cfg.toy_sft_repair:
@@ -532,7 +559,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)   # the manifest marks a finished stage
     rejects = Rejects(out / "rejects.parquet")
-    extra = {**POOL_COLUMNS, "toy_tactic": "string"} if cfg.task == "toy" else POOL_COLUMNS   # the toy's class
+    # the toy's class
+    extra = {**POOL_COLUMNS, "toy_tactic": "string"} if cfg.task == "toy" else POOL_COLUMNS
     writers = {"rl": common.ParquetAppender(out / "rl_prompts.parquet", "statements", extra),
                "sft": common.ParquetAppender(out / "sft.parquet", "sft", extra)}
     multiplicity, overlap = {}, {"rl": 0, "sft": 0}
@@ -572,8 +600,10 @@ def main(argv=None):
         "rows": rows, "schema": schema, "stage": "01_data",
         "counts": {f"{pool}/{name}": c for (pool, name), c in sorted(counts.items())},
         "rejects_by_step": dict(sorted(rejects.by_step.items())),
-        "multiplicity": multiplicity,   # deliberate duplicates kept as `weight` (Kimina's Promptset)
-        "eval_sources": {name: recs[0].get("eval_source", "toy_task.py") if recs else "" for name, recs in evals.items()},
+        "multiplicity": multiplicity,   # deliberate duplicates kept as `weight` (Kimina's
+                                        # Promptset)
+        "eval_sources": {name: recs[0].get("eval_source", "toy_task.py") if recs else ""
+                         for name, recs in evals.items()},
         "conclusion_ngram_overlap": overlap,
     })
     print(table)

@@ -84,7 +84,8 @@ def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator, placeme
     if cfg.preset == "tiny":
         base = out / "base_tiny"
         if not (base / "config.json").exists() and accelerator.is_main_process:
-            texts = [r["text"] if "text" in r else formats.render_prompt_text(r, cfg.prompt_format) + r["completion"]
+            texts = [r["text"] if "text" in r
+                     else formats.render_prompt_text(r, cfg.prompt_format) + r["completion"]
                      for r in rows]
             generation.build_tiny_model(texts, base, seed=cfg.seed)
         accelerator.wait_for_everyone()
@@ -105,7 +106,8 @@ def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator, placeme
         from peft import LoraConfig, get_peft_model
         targets = [t for t in cfg.lora_targets.split(",") if t]
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                                 lora_dropout=cfg.lora_dropout,
+                                                 target_modules=targets,
                                                  task_type="CAUSAL_LM"))
     return name, tok, model
 
@@ -123,7 +125,8 @@ def tokenize_rows(rows: list[dict], tok, cfg: Settings) -> tuple[list[dict], int
         # a repair row from 04/the iteration loop carries the proofs retrieved for it (JSON), so the
         # prompt trained on is the prompt deployed (OProver's round-level repair samples)
         retrieved = json.loads(row.get("retrieved") or "[]")
-        prompt = formats.render(tok, formats.prompt_messages(row, cfg.prompt_format, retrieved), cfg.prompt_format)
+        prompt = formats.render(tok, formats.prompt_messages(row, cfg.prompt_format, retrieved),
+                                cfg.prompt_format)
         p_ids = tok(prompt, add_special_tokens=False).input_ids
         c_ids, c_labels = completion_tokens(tok, row["completion"])
         if len(p_ids) + len(c_ids) > cfg.max_seq_len:
@@ -160,7 +163,8 @@ def read_corpus(path: Path) -> list[str]:
         raise SystemExit(f"--corpus {path}: no such file")
     if path.suffix in (".parquet", ".jsonl"):
         from proof_memory import read_proof_file
-        docs = [f"{r['header'] or ''}{r['formal_statement']}{r['proof']}" for r in read_proof_file(path)]
+        docs = [f"{r['header'] or ''}{r['formal_statement']}{r['proof']}"
+                for r in read_proof_file(path)]
     elif path.suffix in (".lean", ".txt"):
         docs = [path.read_text()]
     else:
@@ -175,11 +179,13 @@ def cpt_examples(docs: list[str], tok, cfg: Settings) -> tuple[list[dict], list[
     """Continued pretraining (OProver's first stage): the documents, each ended by EOS, as one
     token stream cut into max_seq_len windows (packed; attention may cross documents, as usual
     in pretraining), the loss on every token. Every 20th window is held out (when there are 2+)."""
-    stream = [t for d in docs for t in tok(d, add_special_tokens=False).input_ids + [tok.eos_token_id]]
+    stream = [t for d in docs
+              for t in tok(d, add_special_tokens=False).input_ids + [tok.eos_token_id]]
     windows = [stream[k:k + cfg.max_seq_len] for k in range(0, len(stream), cfg.max_seq_len)]
     examples = [{"input_ids": w, "labels": list(w)} for w in windows if len(w) > 1]
     held = set(range(19, len(examples), 20)) if len(examples) > 1 else set()
-    return [e for k, e in enumerate(examples) if k not in held], [e for k, e in enumerate(examples) if k in held]
+    return [e for k, e in enumerate(examples) if k not in held], [e for k, e in enumerate(examples)
+                                                                  if k in held]
 
 
 def epoch_units(examples: list[dict], epoch: int, cfg: Settings) -> list[list[int]]:
@@ -302,9 +308,11 @@ def train(cfg: Settings) -> Path:
             raise SystemExit("--objective cpt needs --corpus FILE")
         data_path = Path(cfg.corpus)
         docs = read_corpus(data_path)
-        rows = [{"statement_id": f"doc{k}", "split": "train", "completion": d, "text": d} for k, d in enumerate(docs)]
+        rows = [{"statement_id": f"doc{k}", "split": "train", "completion": d, "text": d}
+                for k, d in enumerate(docs)]
     else:
-        data_path = Path(cfg.data) if cfg.data else common.stage_dir(cfg.run_name, "01_data") / "sft.parquet"
+        data_path = Path(cfg.data) if cfg.data else common.stage_dir(cfg.run_name,
+                                                                     "01_data") / "sft.parquet"
         rows = common.read_rows(data_path, "sft")
     built = sft_format(data_path) if cfg.objective == "sft" else ""
     if cfg.prompt_format == "auto":   # the format 01 wrote the targets in, else the model's family
@@ -357,7 +365,8 @@ def train(cfg: Settings) -> Path:
     model.train()
     metrics = None   # files are written by the main process only (two writers race on the rename)
     if accelerator.is_main_process:
-        common.save_config(cfg, out, extra={"resolved_model": model_name, "total_steps": total_steps})
+        common.save_config(cfg, out,
+                           extra={"resolved_model": model_name, "total_steps": total_steps})
         metrics = common.MetricsLog(out / "metrics.jsonl", resume_step=step, wandb=cfg.wandb,
                                     run_name=cfg.run_name, config=dataclasses.asdict(cfg))
     units = epoch_units(train_ex, epoch, cfg)
@@ -370,9 +379,11 @@ def train(cfg: Settings) -> Path:
             if cursor + cfg.batch_size * world > len(units):    # epoch boundary: next order
                 epoch, cursor = epoch + 1, 0
                 units = epoch_units(train_ex, epoch, cfg)
-            mine = units[cursor + rank * cfg.batch_size: cursor + (rank + 1) * cfg.batch_size]
-            micro.append({k: v.to(accelerator.device) for k, v in collate(train_ex, mine, tok.pad_token_id).items()})
-            n_tokens += sum(len(train_ex[i]["input_ids"]) for unit in mine for i in unit)   # no padding
+            rank_units = units[cursor + rank * cfg.batch_size: cursor + (rank + 1) * cfg.batch_size]
+            micro.append({k: v.to(accelerator.device)
+                          for k, v in collate(train_ex, rank_units, tok.pad_token_id).items()})
+            # no padding
+            n_tokens += sum(len(train_ex[i]["input_ids"]) for unit in rank_units for i in unit)
             cursor += cfg.batch_size * world
         n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         n_target = int(accelerator.reduce(torch.tensor(n_target, device=accelerator.device), "sum"))
@@ -384,7 +395,8 @@ def train(cfg: Settings) -> Path:
                 # token mean over the whole step, all processes; DDP averages gradients over ranks
                 accelerator.backward(s * world / n_target)
                 total += float(s.detach())
-        grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip else 0.0
+        grad_norm = float(accelerator.clip_grad_norm_(params,
+                                                      cfg.grad_clip)) if cfg.grad_clip else 0.0
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -394,7 +406,8 @@ def train(cfg: Settings) -> Path:
                   "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "sec_per_step": dt,
                   "tokens_per_sec": n_tokens / dt}
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == total_steps):
-            record["heldout_loss"] = heldout_loss(model, valid_ex, cfg, tok.pad_token_id, accelerator.device)
+            record["heldout_loss"] = heldout_loss(model, valid_ex, cfg, tok.pad_token_id,
+                                                  accelerator.device)
         if accelerator.is_main_process:
             metrics.log(record)
         bar.update(1)

@@ -22,7 +22,8 @@ import common
 
 @dataclass
 class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
-               common.SamplingSettings, common.VerifySettings, common.LoraSettings, common.RepairSettings,
+               common.SamplingSettings, common.VerifySettings, common.LoraSettings,
+               common.RepairSettings,
                common.ToolSettings):
     # Kimina-Prover-RL 1.7B (docs/RECIPES.md): 256 prompts x 8, mini-batches of 32 prompts,
     # lr 2e-6 constant, clip 0.2/0.3, no KL, advantage not divided by std, 15 epochs
@@ -267,7 +268,8 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
             optimizer.step()
             stats["updates"] += 1
     totals = Counter()
-    for part in common.gather_lists([dict(stats)], world):   # loss and token counts of all processes
+    for part in common.gather_lists([dict(stats)], world):   # loss and token counts of all
+                                                             # processes
         totals.update({k: v for k, v in part.items() if k not in ("updates", "grad_norm")})
     tokens = max(1.0, totals["tokens"])
     out = {"loss": totals["loss"] / max(1, stats["updates"]),
@@ -298,7 +300,8 @@ def add_second_turns(rollouts: list[Rollout], sampler: PromptSampler, tok, cfg: 
         if (r.item.turn == 1 and r.reward == 0 and r.status in ("lean_error", "timeout")
                 and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars):
             item = PromptItem(r.item.row, 2, r.gen.text, r.feedback)
-            if len(tok(formats.render(tok, item.messages(cfg.prompt_format), cfg.prompt_format), add_special_tokens=False).input_ids) \
+            if len(tok(formats.render(tok, item.messages(cfg.prompt_format), cfg.prompt_format),
+                       add_special_tokens=False).input_ids) \
                     > cfg.max_prompt_tokens:
                 too_long += 1
                 continue
@@ -319,23 +322,29 @@ def validate(rows, gen, tok, client, cfg, step, rank: int = 0, world: int = 1) -
     with cf.ThreadPoolExecutor(1) as pool:
         first, _ = rollout_step(items, step, gen, tok, client, vcfg, pool, list(range(lo, hi)))
         failed = [k for k, r in enumerate(first)
-                  if r.status != "valid" and r.feedback and len(r.feedback) <= cfg.ec_max_feedback_chars]
+                  if r.status != "valid" and r.feedback
+                  and len(r.feedback) <= cfg.ec_max_feedback_chars]
         fixed: set[int] = set()
         if failed and cfg.error_correction:
-            seconds = [PromptItem(first[k].item.row, 2, first[k].gen.text, first[k].feedback) for k in failed]
-            second, _ = rollout_step(seconds, step, gen, tok, client, dataclasses.replace(vcfg, group_size=1),
-                                     pool, [f"ec{lo * n + k}" for k in failed])   # seeded by attempt
+            seconds = [PromptItem(first[k].item.row, 2, first[k].gen.text, first[k].feedback)
+                       for k in failed]
+            second, _ = rollout_step(seconds, step, gen, tok, client,
+                                     dataclasses.replace(vcfg, group_size=1),
+                                     # seeded by attempt
+                                     pool, [f"ec{lo * n + k}" for k in failed])
             fixed = {k for k, r in zip(failed, second) if r.status == "valid"}
     # per problem: (proved before, proved after error correction, proved with the format right)
     per_problem = [([first[k].status == "valid" for k in range(g, g + n)],
              [first[k].status == "valid" or k in fixed for k in range(g, g + n)],
              [first[k].reward > 0 for k in range(g, g + n)],
-             [bool(first[k].format_errors) for k in range(g, g + n)]) for g in range(0, len(first), n)]
+             [bool(first[k].format_errors) for k in range(g, g + n)])
+                   for g in range(0, len(first), n)]
     results = common.gather_lists(per_problem, world)
     res = {"step": step, "problems": len(rows)}
     for j, tag in ((0, ""), (1, "_after_ec")):
         res[f"pass@1{tag}"] = float(np.mean([np.mean(r[j]) for r in results]))
-        res[f"best@{n}{tag}"] = float(np.mean([common.best_at_n_bootstrap(r[j], n, seed=step) for r in results]))
+        res[f"best@{n}{tag}"] = float(np.mean([common.best_at_n_bootstrap(r[j], n, seed=step)
+                                               for r in results]))
     res["pass@1_with_format"] = float(np.mean([np.mean(r[2]) for r in results]))
     res["format_error_rate"] = float(np.mean([np.mean(r[3]) for r in results]))
     return res
@@ -408,7 +417,8 @@ def train(cfg: Settings) -> Path:
                                   weight_decay=0.0)
     cache = out / ("verdicts.sqlite" if is_main else f"verdicts.rank{rank}.sqlite")
     client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size,
-                        check_axioms=cfg.check_axioms, reject_native_decide=cfg.reject_native_decide,
+                        check_axioms=cfg.check_axioms,
+                        reject_native_decide=cfg.reject_native_decide,
                         infotree="original" if cfg.goal_states else None,
                         max_retries=cfg.lean_retries, cache_path=cache)
     client.require_healthy()
@@ -532,11 +542,14 @@ def train(cfg: Settings) -> Path:
 
 def generated_so_far(out: Path, step: int) -> int:
     """Tokens the model generated in steps 1..step, from the rollout files (a resumed run counts on)."""
-    files = [f for f in (out / "rollouts").glob("step_*.parquet") if int(f.stem.split("_")[1]) <= step]
-    return int(sum(pq.read_table(f, columns=["n_tokens"]).column("n_tokens").to_numpy().sum() for f in files))
+    files = [f for f in (out / "rollouts").glob("step_*.parquet")
+             if int(f.stem.split("_")[1]) <= step]
+    return int(sum(pq.read_table(f, columns=["n_tokens"]).column("n_tokens").to_numpy().sum()
+                   for f in files))
 
 
-def step_metrics(step, rollouts, zero_var, upd, timing, t_update, t_step, cache_hits, ec_cache) -> dict:
+def step_metrics(step, rollouts, zero_var, upd, timing, t_update, t_step, cache_hits,
+                 ec_cache) -> dict:
     n = len(rollouts)
     fmt = Counter(e for r in rollouts for e in r.format_errors)
     status = Counter(r.status for r in rollouts)
@@ -547,16 +560,19 @@ def step_metrics(step, rollouts, zero_var, upd, timing, t_update, t_step, cache_
            "second_turn_fraction": sum(r.item.turn == 2 for r in rollouts) / n,
            "zero_variance_groups": zero_var, "cache_hits": cache_hits, "ec_cache": ec_cache,
            "time_update": t_update, "time_step": t_step, **timing, **upd}
-    for turn in range(1, max(r.item.turn for r in rollouts) + 1):   # each turn's (round's) own rates
+    # each turn's (round's) own rates
+    for turn in range(1, max(r.item.turn for r in rollouts) + 1):
         of_turn = [r for r in rollouts if r.item.turn == turn]
         if of_turn:
             rec[f"pass_rate_turn{turn}"] = sum(r.status == "valid" for r in of_turn) / len(of_turn)
-            rec[f"format_error_rate_turn{turn}"] = sum(bool(r.format_errors) for r in of_turn) / len(of_turn)
+            rec[f"format_error_rate_turn{turn}"] = sum(bool(r.format_errors)
+                                                       for r in of_turn) / len(of_turn)
             for k, v in sorted(Counter(e for r in of_turn for e in r.format_errors).items()):
                 rec[f"format_turn{turn}/{k}"] = v / len(of_turn)
     if rollouts[0].trajectory >= 0:   # repair/tool: solved trajectories, REPL checks
         trajs = Counter(r.trajectory for r in rollouts)
-        rec["pass_rate_trajectory"] = len({r.trajectory for r in rollouts if r.status == "valid"}) / len(trajs)
+        rec["pass_rate_trajectory"] = len({r.trajectory for r in rollouts
+                                           if r.status == "valid"}) / len(trajs)
         rec["rounds_per_trajectory"] = n / len(trajs)
         rec["tool_checks"] = float(np.mean([r.gen.text.count("\n<REPL>\n") for r in rollouts]))
     rec["verify_wait_share"] = timing["time_verify_wait"] / t_step
@@ -574,11 +590,15 @@ def save_rollouts(path: Path, step: int, rollouts: list[Rollout]) -> None:
 
 
 def make_plots(out: Path, rows: list[dict], vrows: list[dict]) -> list[Path]:
-    plots = [common.plot_curves(rows, out / "reward.png", ["reward_mean", "pass_rate", "pass_rate_turn1",
-                                                           "pass_rate_turn2"], "GRPO reward and pass rate", smooth=10),
+    plots = [common.plot_curves(rows, out / "reward.png",
+                                ["reward_mean", "pass_rate", "pass_rate_turn1",
+                                                           "pass_rate_turn2"],
+                                "GRPO reward and pass rate", smooth=10),
              common.plot_curves(rows, out / "format_errors.png", ["format_error_rate"] +
-                                sorted({k for r in rows for k in r if k.startswith("format/")}), "format errors"),
-             common.plot_curves(rows, out / "response_length.png", ["response_length"], "mean response length (tokens)")]
+                                sorted({k for r in rows for k in r if k.startswith("format/")}),
+                                "format errors"),
+             common.plot_curves(rows, out / "response_length.png", ["response_length"],
+                                "mean response length (tokens)")]
     if vrows:
         keys = [k for k in vrows[-1] if k.startswith(("pass@1", "best@"))]
         plots.append(common.plot_curves(vrows, out / "validation.png", keys, "validation"))
@@ -591,7 +611,8 @@ def make_plots(out: Path, rows: list[dict], vrows: list[dict]) -> list[Path]:
 
 def save_checkpoint(folder: Path, model, tok, optimizer, sampler, step: int, cfg: Settings) -> None:
     common.save_checkpoint(folder, model, tok, {"optimizer": optimizer.state_dict(), "step": step,
-                                                "sampler": sampler.state()}, cfg, cfg.keep_checkpoints)
+                                                "sampler": sampler.state()}, cfg,
+                           cfg.keep_checkpoints)
 
 
 def load_checkpoint(ckpt: Path, model, optimizer, sampler, cfg) -> int:

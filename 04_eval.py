@@ -40,7 +40,8 @@ class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
     feedback_style: str = "auto"         # kimina | goedel (auto: the prompt format's own)
     # repair (OProver); repair_depth and retrieve_k are the shared ones
     repair_width: int = 8
-    repair_feedback: bool = True         # false: later rounds see the attempt, not Lean's (ablation)
+    repair_feedback: bool = True         # false: later rounds see the attempt, not Lean's
+                                         # (ablation)
     memory: str = "shipped"              # the frozen proof memory: shipped,sft,<proof file>...
     online_memory: bool = False          # experiment: found proofs join the memory mid-evaluation
     memory_exclude: str = "benchmark"    # benchmark: no proof of a scored statement | self: only a
@@ -159,10 +160,12 @@ class SampleLog:
         return {key: r for key, r in last.items() if not r["ok"] and r["round"] < depth}
 
 
-BUDGET_KEYS = {"single": ("n_samples", "max_new_tokens"), "correction": ("n_samples", "max_new_tokens"),
+BUDGET_KEYS = {"single": ("n_samples", "max_new_tokens"),
+               "correction": ("n_samples", "max_new_tokens"),
                "repair": ("repair_width", "repair_depth", "retrieve_k", "max_new_tokens"),
                "tool": ("n_samples", "tool_budget", "tool_max_checks", "max_new_tokens")}
-SHORT = {"n_samples": "n", "max_new_tokens": "t", "repair_width": "w", "repair_depth": "d", "retrieve_k": "k",
+SHORT = {"n_samples": "n", "max_new_tokens": "t", "repair_width": "w", "repair_depth": "d",
+         "retrieve_k": "k",
          "tool_budget": "b", "tool_max_checks": "c"}
 
 
@@ -194,7 +197,8 @@ def sample_settings(cfg: Settings, model_path: str, server: str, memory: str) ->
     label old samples with a new command."""
     out = {"model": model_path, "model_files": model_fingerprint(model_path),
            "prompt_format": formats.format_for(model_path, cfg.prompt_format, cfg.mode),
-           "mode": cfg.mode, "temperature": cfg.temperature, "top_p": cfg.top_p, "backend": cfg.backend,
+           "mode": cfg.mode, "temperature": cfg.temperature, "top_p": cfg.top_p,
+           "backend": cfg.backend,
            "seed": cfg.seed, "server": server, "check_axioms": cfg.check_axioms,
            "reject_native_decide": cfg.reject_native_decide,
            "dtype": generation.device_policy(cfg.device, cfg.dtype).dtype}
@@ -220,11 +224,13 @@ def open_samples(folder: Path, settings: dict) -> "SampleLog":
     return SampleLog(folder)
 
 
-def sample_row(bench, mode, row, k, rnd, prompt, text, verdict_or_none, n_tokens, feedback="") -> dict:
+def sample_row(bench, mode, row, k, rnd, prompt, text, verdict_or_none, n_tokens,
+               feedback="") -> dict:
     v = verdict_or_none
     return {"statement_id": row["statement_id"], "benchmark": bench, "mode": mode, "sample_idx": k,
             "round": rnd, "prompt": prompt, "completion": text, "lean_code": v.code if v else "",
-            "status": v.status if v else "no_proof", "ok": bool(v and v.ok), "feedback": feedback, "n_tokens": n_tokens}
+            "status": v.status if v else "no_proof", "ok": bool(v and v.ok), "feedback": feedback,
+            "n_tokens": n_tokens}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,14 +258,17 @@ class Evaluator:
                       if cfg.feedback_style == "auto" else cfg.feedback_style)
 
     def prompt(self, row, retrieved=(), attempt="", feedback="") -> str:
-        msgs = formats.prompt_messages({**row, "prev_attempt": attempt, "lean_feedback": feedback}, self.fmt, retrieved)
+        msgs = formats.prompt_messages({**row, "prev_attempt": attempt, "lean_feedback": feedback},
+                                       self.fmt, retrieved)
         return formats.render(self.tok, msgs, self.fmt)
 
     def feedback(self, verdict, rnd: int = 1) -> str:
-        return formats.lean_feedback(verdict, self.style, round_idx=rnd) if verdict is not None and not verdict.ok else ""
+        return formats.lean_feedback(verdict, self.style,
+                                     round_idx=rnd) if verdict is not None and not verdict.ok else ""
 
     def sample(self, prompts: list[str], seeds: list[int], stop=()) -> list[generation.Generation]:
-        gens = self.gen.generate(prompts, seeds, self.cfg.max_new_tokens, self.cfg.temperature, self.cfg.top_p, stop)
+        gens = self.gen.generate(prompts, seeds, self.cfg.max_new_tokens, self.cfg.temperature,
+                                 self.cfg.top_p, stop)
         self.tokens += sum(len(g.token_ids) for g in gens)
         return gens
 
@@ -273,8 +282,10 @@ class Evaluator:
         Returns (text, generated tokens) per sample."""
         cfg = self.cfg
         traces = agent_loops.tool_rollouts(self.gen, self.tok, self.client, prompts, seeds,
-                                           max_new_tokens=cfg.max_new_tokens, budget=cfg.tool_budget,
-                                           max_checks=cfg.tool_max_checks, temperature=cfg.temperature, top_p=cfg.top_p)
+                                           max_new_tokens=cfg.max_new_tokens,
+                                           budget=cfg.tool_budget,
+                                           max_checks=cfg.tool_max_checks,
+                                           temperature=cfg.temperature, top_p=cfg.top_p)
         self.tokens += sum(t.generated for t in traces)
         return [(t.text, t.generated) for t in traces]
 
@@ -289,7 +300,8 @@ class Evaluator:
             cut = log.open_trajectories(cfg.repair_depth) if cfg.mode == "repair" else {}
             for c in range(0, len(rows), cfg.problems_per_chunk):
                 chunk = rows[c:c + cfg.problems_per_chunk]
-                todo = [(r, k) for r in chunk for k in range(width) if (r["statement_id"], k, 1) not in log.done
+                todo = [(r, k) for r in chunk for k in range(width)
+                        if (r["statement_id"], k, 1) not in log.done
                         or (r["statement_id"], k) in cut]
                 if not todo:
                     bar.update(len(chunk))
@@ -301,7 +313,8 @@ class Evaluator:
                 else:
                     prompts = [self.prompt(r) for r, _ in todo]
                     # a sample's seed depends on (problem, index) only: a resumed run draws the same
-                    seeds = [generation.rollout_seed(cfg.seed, r["statement_id"], k) for r, k in todo]
+                    seeds = [generation.rollout_seed(cfg.seed, r["statement_id"], k)
+                             for r, k in todo]
                     if cfg.mode == "tool":
                         outs = self.tool_generate(prompts, seeds)
                     else:
@@ -324,19 +337,27 @@ class Evaluator:
         if self.cfg.mode == "correction":
             failed = [i for i, rec in enumerate(records) if not rec["ok"] and rec["feedback"]
                       and len(rec["feedback"]) <= 3000]
-            p2 = [self.prompt(rows[i], attempt=records[i]["completion"], feedback=records[i]["feedback"])
+            p2 = [self.prompt(rows[i], attempt=records[i]["completion"],
+                              feedback=records[i]["feedback"])
                   for i in failed]
-            fits = [len(self.tok(p, add_special_tokens=False).input_ids) <= self.cfg.max_prompt_tokens for p in p2]
+            fits = [len(self.tok(p,
+                                 add_special_tokens=False).input_ids) <= self.cfg.max_prompt_tokens
+                    for p in p2]
             self.dropped_long += fits.count(False)
-            failed, p2 = [i for i, ok in zip(failed, fits) if ok], [p for p, ok in zip(p2, fits) if ok]
-            gens = self.sample(p2, [generation.rollout_seed(self.cfg.seed, 2, rows[i]["statement_id"], todo[i][1])
+            failed, p2 = [i for i, ok in zip(failed, fits) if ok], [p for p, ok in zip(p2, fits)
+                                                                    if ok]
+            gens = self.sample(p2,
+                               [generation.rollout_seed(self.cfg.seed, 2, rows[i]["statement_id"],
+                                                        todo[i][1])
                                     for i in failed])
             v2 = self.verify([rows[i] for i in failed], [g.text for g in gens])
-            records += [sample_row(bench, "correction", rows[i], todo[i][1], 2, p, g.text, v, len(g.token_ids),
+            records += [sample_row(bench, "correction", rows[i], todo[i][1], 2, p, g.text, v,
+                                   len(g.token_ids),
                                    self.feedback(v, 2)) for i, p, g, v in zip(failed, p2, gens, v2)]
         log.append(records)
 
-    def repair(self, bench, todo, log: SampleLog, memory: ProofMemory, found: list[dict], cut: dict) -> None:
+    def repair(self, bench, todo, log: SampleLog, memory: ProofMemory, found: list[dict],
+               cut: dict) -> None:
         """Trajectories (row, k) of agent_loops.repair_rounds (the loop 03 --rollout repair trains
         with): round t sees retrieved proofs, the last attempt and its feedback. Each round is
         logged when verified; verified proofs go to `found`, not into the memory (unless online)."""
@@ -344,7 +365,9 @@ class Evaluator:
 
         def prompt_of(item, attempt, feedback, rnd):
             row = item[0]
-            return self.prompt(row, memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"]),
+            return self.prompt(row,
+                               memory.retrieve(row["formal_statement"], cfg.retrieve_k,
+                                               row["statement_id"]),
                                attempt, feedback)
 
         def feedback_for_next(verdict, rnd):
@@ -354,13 +377,16 @@ class Evaluator:
             records = []
             for i, r in rounds:
                 row, k = todo[i]
-                records.append(sample_row(bench, "repair", row, k, rnd, r.prompt, r.gen.text, r.verdict,
+                records.append(sample_row(bench, "repair", row, k, rnd, r.prompt, r.gen.text,
+                                          r.verdict,
                                           len(r.gen.token_ids), self.feedback(r.verdict, rnd)))
                 if not r.ok:
                     continue
                 proof = formats.extract_proof(r.gen.text, row["formal_statement"])
-                proved = {"statement_id": row["statement_id"], "formal_statement": row["formal_statement"],
-                          "header": row["header"], "proof": proof, "source": bench, "run": cfg.run_name}
+                proved = {"statement_id": row["statement_id"],
+                          "formal_statement": row["formal_statement"],
+                          "header": row["header"], "proof": proof, "source": bench,
+                          "run": cfg.run_name}
                 found.append(proved)
                 if memory.online:
                     memory.add_found(proved)
@@ -372,10 +398,13 @@ class Evaluator:
         def seed_of(item, rnd):   # (round, problem, trajectory): a resumed run draws the same
             return generation.rollout_seed(cfg.seed, rnd, item[0]["statement_id"], item[1])
 
-        resume = {i: (cut[r["statement_id"], k]["round"] + 1, cut[r["statement_id"], k]["completion"],
+        resume = {i: (cut[r["statement_id"], k]["round"] + 1,
+                      cut[r["statement_id"], k]["completion"],
                       next_round_feedback(cfg, cut[r["statement_id"], k]["feedback"]))
-                  for i, (r, k) in enumerate(todo) if (r["statement_id"], k) in cut}   # cut by a crash
-        agent_loops.repair_rounds(todo, cfg.repair_depth, prompt_of, self.sample, verify, feedback_for_next,
+                  # cut by a crash
+                  for i, (r, k) in enumerate(todo) if (r["statement_id"], k) in cut}
+        agent_loops.repair_rounds(todo, cfg.repair_depth, prompt_of, self.sample, verify,
+                                  feedback_for_next,
                                   seed_of, on_round, resume)
 
 
@@ -411,7 +440,8 @@ def main(argv=None):
     out = common.stage_dir(cfg.run_name, "04_eval") / tag
     common.save_config(cfg, out, extra={"resolved_model": model_path})
     client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size,
-                        check_axioms=cfg.check_axioms, reject_native_decide=cfg.reject_native_decide,
+                        check_axioms=cfg.check_axioms,
+                        reject_native_decide=cfg.reject_native_decide,
                         infotree="original" if cfg.goal_states else None,
                         max_retries=cfg.lean_retries,
                         cache_path=common.stage_dir(cfg.run_name, "04_eval") / "verdicts.sqlite")
@@ -422,25 +452,30 @@ def main(argv=None):
     label = budget_label(cfg)
     memory, memory_note = None, ""
     if cfg.mode == "repair":   # built once, before any problem, from training-side proofs only
-        memory = build_memory(cfg, client, [r for rs in benches.values() for r in rs] if cfg.memory_exclude == "benchmark" else [])
+        memory = build_memory(cfg, client, [r for rs in benches.values() for r in rs]
+                              if cfg.memory_exclude == "benchmark" else [])
         mem_path = memory.save(common.stage_dir(cfg.run_name, "04_eval") / "memory")
         memory_note = (f"{memory.name} ({len(memory.rows)} proofs from {cfg.memory}; {memory.left_out} left out as "
                        f"scored problems; {mem_path.relative_to(common.RUNS_ROOT)})" +
                        ("; ONLINE: found proofs joined it during this evaluation, results depend on problem order"
                         if memory.online else "; frozen during this evaluation"))
-    server = json.dumps({k: v for b in client.health().values() if b for k, v in b.items() if k != "status"},
+    server = json.dumps({k: v for b in client.health().values() if b for k, v in b.items()
+                         if k != "status"},
                         sort_keys=True) or "{}"
     written, curves, overall = [], {}, {}
     for bench, rows in benches.items():
         folder = out / bench / cfg.mode / label
-        log = open_samples(folder, sample_settings(cfg, model_path, server, memory.name if memory else ""))
+        log = open_samples(folder,
+                           sample_settings(cfg, model_path, server, memory.name if memory else ""))
         repair_rows, found = [], []
         ev.run_problems(bench, rows, log, memory, repair_rows, found)
         common.write_parquet(log.rows, folder / "samples.parquet", "samples")
         if repair_rows:
             common.write_parquet(repair_rows, folder / "repair_sft.parquet", "sft")
-        if cfg.mode == "repair":   # this evaluation's new proofs: training data for the next iteration
-            found += [p for p in found_in_log(log.rows, rows, cfg.run_name, bench) if p not in found]
+        if cfg.mode == "repair":   # this evaluation's new proofs: training data for the next
+                                   # iteration
+            found += [p for p in found_in_log(log.rows, rows, cfg.run_name, bench)
+                      if p not in found]
             common.write_parquet(found, folder / "found_proofs.parquet", "proof_bank")
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
         ids = {r["statement_id"] for r in rows}
@@ -453,28 +488,36 @@ def main(argv=None):
         extra = {"model": model_path.replace(str(common.PROJECT_ROOT) + "/", ""),
                  "benchmark source": rows[0].get("eval_source") or "(not recorded by 01)",
                  "samples (trajectories) per problem": n,
-                 "attempts": sum(attempts.values()), "generated tokens": sum(x["n_tokens"] for x in log.rows),
-                 "verifier": "stand-in server (NOT Lean)" if "standin" in (client.identity or "") else "Lean server",
+                 "attempts": sum(attempts.values()),
+                 "generated tokens": sum(x["n_tokens"] for x in log.rows),
+                 "verifier": "stand-in server (NOT Lean)" if "standin" in (client.identity or "")
+                 else "Lean server",
                  "search budget": label}
         if memory_note:
             extra["proof memory"] = memory_note
         if cfg.mode == "correction":
             extra["second turns dropped as longer than max_prompt_tokens"] = ev.dropped_long
-            first = {sid: [any(x["ok"] for x in log.rows if x["statement_id"] == sid and x["sample_idx"] == k and x["round"] == 1)
+            first = {sid: [any(x["ok"] for x in log.rows if x["statement_id"] == sid
+                               and x["sample_idx"] == k and x["round"] == 1)
                            for k in range(n)] for sid in succ}
             extra["pass@1 before correction"] = f"{100 * pass_at_k_table(first, [1], 0, 0)[0]['pass']:.2f}%"
             extra["pass@1 after correction"] = f"{100 * table[0]['pass']:.2f}%"
-        written += write_tables(results, tag, f"{bench}", f"{cfg.mode}_{label}", table, extra, caption)
+        written += write_tables(results, tag, f"{bench}", f"{cfg.mode}_{label}", table, extra,
+                                caption)
         curves[f"{tag} {bench} ({cfg.mode})"] = table
         if cfg.mode == "repair":
-            written.append(plot_budget(results / f"{bench}_repair_{label}_budget.png", log.rows, rows, cfg))
+            written.append(plot_budget(results / f"{bench}_repair_{label}_budget.png", log.rows,
+                                       rows, cfg))
     if len(benches) > 1:   # every problem of every benchmark, one pool
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
-        written += write_tables(results, tag, "overall", f"{cfg.mode}_{label}", pass_at_k_table(overall, default_ks(n), cfg.bootstrap,
+        written += write_tables(results, tag, "overall", f"{cfg.mode}_{label}",
+                                pass_at_k_table(overall, default_ks(n), cfg.bootstrap,
                                 cfg.seed), {"benchmarks": ", ".join(benches)}, caption)
-    written.append(plot_pass_at_k(results / f"pass_at_k_{cfg.mode}_{label}.png", curves, f"{tag}: pass@k ({cfg.mode}, {label})",
+    written.append(plot_pass_at_k(results / f"pass_at_k_{cfg.mode}_{label}.png", curves,
+                                  f"{tag}: pass@k ({cfg.mode}, {label})",
                                   anchors=any("minif2f" in b for b in benches)))
-    common.write_manifest(out, [out / "config.json"] + written, extra={"stage": "04_eval", "mode": cfg.mode,
+    common.write_manifest(out, [out / "config.json"] + written,
+                          extra={"stage": "04_eval", "mode": cfg.mode,
                           "lean_client": dict(client.stats), "generated_tokens": ev.tokens})
     for p in written:
         if p.suffix == ".md":
@@ -495,7 +538,8 @@ def recompute(cfg: Settings, caption: str) -> dict:
                                         if verdicts.exists() else ""})
     solved, written = recompute_tables(verdicts, tag, cfg.bootstrap, cfg.seed, caption)
     common.write_manifest(out, [out / "config.json"] + written,
-                          extra={"stage": "04_eval", "mode": "recompute", "verdicts": str(verdicts)})
+                          extra={"stage": "04_eval", "mode": "recompute",
+                                 "verdicts": str(verdicts)})
     return solved
 
 
@@ -507,10 +551,12 @@ def plot_budget(path: Path, samples: list[dict], rows: list[dict], cfg: Settings
     grid = np.zeros((cfg.repair_width, cfg.repair_depth))
     for w in range(1, cfg.repair_width + 1):
         for d in range(1, cfg.repair_depth + 1):
-            solved = {x["statement_id"] for x in samples if x["ok"] and x["sample_idx"] < w and x["round"] <= d}
+            solved = {x["statement_id"] for x in samples if x["ok"] and x["sample_idx"] < w
+                      and x["round"] <= d}
             grid[w - 1, d - 1] = 100 * len(solved) / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
-    im = ax.imshow(grid, origin="lower", aspect="auto", extent=(0.5, cfg.repair_depth + 0.5, 0.5, cfg.repair_width + 0.5))
+    im = ax.imshow(grid, origin="lower", aspect="auto",
+                   extent=(0.5, cfg.repair_depth + 0.5, 0.5, cfg.repair_width + 0.5))
     fig.colorbar(im, label="solved (%)")
     ax.set_xlabel("depth (rounds per trajectory)")
     ax.set_ylabel("width (trajectories)")
@@ -524,10 +570,12 @@ def plot_budget(path: Path, samples: list[dict], rows: list[dict], cfg: Settings
 def next_round_feedback(cfg: Settings, feedback: str) -> str:
     """What the next repair round is shown after a failed one: Lean's feedback, or the ablation's
     line without diagnostics (--repair_feedback false), or the no-proof line."""
-    return (feedback if cfg.repair_feedback else "The proof is not correct.") or agent_loops.NO_PROOF_FEEDBACK
+    return (feedback if cfg.repair_feedback
+            else "The proof is not correct.") or agent_loops.NO_PROOF_FEEDBACK
 
 
-def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory, cfg: Settings) -> list[dict]:
+def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory,
+                   cfg: Settings) -> list[dict]:
     """Round-level samples (OProver) from a sample log, so a resumed run loses none: every
     verified round with the proofs retrieved for it (JSON; the memory is frozen, so the same)
     and, for a fix (round t > 1), the attempt and feedback of round t - 1, in the SFT schema:
@@ -536,13 +584,15 @@ def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory, c
     by_round = {(x["statement_id"], x["sample_idx"], x["round"]): x for x in samples}
     out = []
     for x in samples:
-        row, prev = by_id.get(x["statement_id"]), by_round.get((x["statement_id"], x["sample_idx"], x["round"] - 1))
+        row, prev = by_id.get(x["statement_id"]), by_round.get((x["statement_id"], x["sample_idx"],
+                                                                x["round"] - 1))
         if not (x["ok"] and row and (x["round"] == 1 or prev)):
             continue
         retrieved = memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
         out.append({**{c: row.get(c, "") for c in common.STATEMENT_COLUMNS}, "split": "train",
                     "formal_proof": formats.extract_proof(x["completion"], row["formal_statement"]),
-                    "completion": x["completion"], "prev_attempt": prev["completion"] if prev else None,
+                    "completion": x["completion"], "prev_attempt": prev["completion"] if prev
+                    else None,
                     "lean_feedback": next_round_feedback(cfg, prev["feedback"]) if prev else None,
                     "retrieved": json.dumps(retrieved, ensure_ascii=False)})
     return out
@@ -556,7 +606,8 @@ def found_in_log(samples: list[dict], rows: list[dict], run: str, bench: str) ->
         row = by_id.get(x["statement_id"])
         if x["ok"] and row:
             proof = formats.extract_proof(x["completion"], row["formal_statement"])
-            out.append({"statement_id": row["statement_id"], "formal_statement": row["formal_statement"],
+            out.append({"statement_id": row["statement_id"],
+                        "formal_statement": row["formal_statement"],
                         "header": row["header"], "proof": proof, "source": bench, "run": run})
     return out
 
@@ -565,10 +616,13 @@ def sft_proofs_that_verify(cfg: Settings, client: LeanClient) -> list[dict]:
     path = common.stage_dir(cfg.run_name, "01_data") / "sft.parquet"
     rows = common.read_rows(path, "sft")
     verdicts = client.verify([{"id": r["statement_id"], "statement": r["formal_statement"],
-                               "code": formats.build_lean_code(r["header"], r["formal_statement"], r["formal_proof"])}
+                               "code": formats.build_lean_code(r["header"], r["formal_statement"],
+                                                               r["formal_proof"])}
                               for r in rows])
-    return [{"statement_id": r["statement_id"], "formal_statement": r["formal_statement"], "header": r["header"],
-             "proof": r["formal_proof"], "source": "sft", "run": cfg.run_name} for r, v in zip(rows, verdicts) if v.ok]
+    return [{"statement_id": r["statement_id"], "formal_statement": r["formal_statement"],
+             "header": r["header"],
+             "proof": r["formal_proof"], "source": "sft", "run": cfg.run_name}
+            for r, v in zip(rows, verdicts) if v.ok]
 
 
 if __name__ == "__main__":

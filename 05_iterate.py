@@ -181,7 +181,8 @@ def finished(folder: Path) -> bool:
 
 def load_sets(cfg: Settings) -> tuple[list[dict], list[Path]]:
     data = common.stage_dir(cfg.data_run or cfg.run_name, "01_data")
-    bank = [r for r in common.read_rows(data / "rl_prompts.parquet", "statements") if r["split"] != "valid"]
+    bank = [r for r in common.read_rows(data / "rl_prompts.parquet", "statements")
+            if r["split"] != "valid"]
     evals = sorted(data.glob("eval_*.parquet"))
     if not evals:
         raise SystemExit(f"{data}: no eval_*.parquet: the loop evaluates every iteration on held-out sets")
@@ -198,14 +199,17 @@ def tool_sft_rows(folder: Path, bank: list[dict]) -> list[dict]:
     sample, REPL answers inside (02 masks them)."""
     by_id = {r["statement_id"]: r for r in bank}
     return [{**{c: by_id[x["statement_id"]][c] for c in common.STATEMENT_COLUMNS}, "split": "train",
-             "formal_proof": "", "completion": x["completion"], "prev_attempt": None, "lean_feedback": None}
-            for x in common.read_rows(folder / "samples.parquet", "samples") if x["ok"] and x["statement_id"] in by_id]
+             "formal_proof": "", "completion": x["completion"], "prev_attempt": None,
+             "lean_feedback": None}
+            for x in common.read_rows(folder / "samples.parquet", "samples") if x["ok"]
+            and x["statement_id"] in by_id]
 
 
 def verdicts_by_round(folder: Path) -> dict[str, int]:
     """How an evaluation's attempts ended, per round: what failed (a Lean error, no proof) says
     what the next iteration can still learn."""
-    counts = Counter(f"round {x['round']} {x['status']}" for x in common.read_rows(folder / "samples.parquet", "samples"))
+    counts = Counter(f"round {x['round']} {x['status']}"
+                     for x in common.read_rows(folder / "samples.parquet", "samples"))
     return dict(sorted(counts.items()))
 
 
@@ -214,7 +218,8 @@ def distinct(rows: list[dict]) -> list[dict]:
     that verified the same answer add weight, not information (on a short proof they often do)."""
     seen, out = set(), []
     for r in rows:
-        key = (r["statement_id"], r.get("retrieved") or "", r.get("prev_attempt") or "", r.get("lean_feedback") or "",
+        key = (r["statement_id"], r.get("retrieved") or "", r.get("prev_attempt") or "",
+               r.get("lean_feedback") or "",
                r["completion"])
         if key not in seen:
             seen.add(key)
@@ -242,29 +247,38 @@ def write_memory(memory: ProofMemory, path: Path) -> None:
 
 def write_results(cfg: Settings, records: list[dict], results: Path) -> list[Path]:
     results.mkdir(parents=True, exist_ok=True)
-    ks = sorted({int(k.split("@")[1]) for r in records for k in r if k.startswith("pass@") and k.split("@")[1].isdigit()})
+    ks = sorted({int(k.split("@")[1]) for r in records for k in r if k.startswith("pass@")
+                 and k.split("@")[1].isdigit()})
     lines = [f"# Iterations of `{cfg.run_name}` (--loop {cfg.loop})", "",
              "Held-out pass@k counts trajectories (any round verified); the change is pass@1 against the "
-             "previous iteration (iteration 1: against its starting model), paired over problems.", "",
-             "| iteration | " + " | ".join(f"pass@{k}" for k in ks) + " | change in pass@1 (95% CI) | memory | "
+             "previous iteration (iteration 1: against its starting model), paired over problems.",
+             "",
+             "| iteration | " + " | ".join(f"pass@{k}"
+                                           for k in ks) + " | change in pass@1 (95% CI) | memory | "
              "bank solved | bank unsolved | SFT rows |",
              "|" + "---|" * (len(ks) + 6)]
     for r in records:
         ch = r.get("pass@1_change")
-        lines.append(f"| {r['iteration']} | " + " | ".join(f"{100 * r[f'pass@{k}']:.1f}" for k in ks) +
+        lines.append(f"| {r['iteration']} | " + " | ".join(f"{100 * r[f'pass@{k}']:.1f}"
+                                                           for k in ks) +
                      (f" | {ch[0]:+.1f} ({ch[1]:+.1f} to {ch[2]:+.1f})" if ch else " | ") +
                      f" | {r['memory_size']} | {r['bank_solved']} | {r['bank_unsolved']} | {r['sft_rows']} |")
-    rows = ([("start", records[0]["start_verdicts"])] if records and "start_verdicts" in records[0] else []) + \
+    rows = ([("start", records[0]["start_verdicts"])] if records and "start_verdicts" in records[0]
+            else []) + \
         [(str(r["iteration"]), r["eval_verdicts"]) for r in records]
     keys = sorted({key for _, v in rows for key in v})
-    lines += ["", "Held-out attempts by round and verdict (no_proof: no lean4 block with the unchanged statement):", "",
+    lines += ["",
+              "Held-out attempts by round and verdict (no_proof: no lean4 block with the unchanged statement):", "",
               "| iteration | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-    lines += [f"| {name} | " + " | ".join(str(v.get(key, 0)) for key in keys) + " |" for name, v in rows]
-    lines += ["", f"Verifier: {os.environ.get('LEAN_SERVER_API_URL', '?')}. CPU runs use lean_standin_server.py, "
+    lines += [f"| {name} | " + " | ".join(str(v.get(key, 0)) for key in keys) + " |"
+              for name, v in rows]
+    lines += ["",
+              f"Verifier: {os.environ.get('LEAN_SERVER_API_URL', '?')}. CPU runs use lean_standin_server.py, "
               "which is NOT Lean: no figure from it is a Lean result."]
     md = results / "iterations.md"
     md.write_text("\n".join(lines) + "\n")
-    plot = common.plot_curves(records, results / "iterations.png", [f"pass@{k}" for k in ks] + ["bank_solved_share"],
+    plot = common.plot_curves(records, results / "iterations.png",
+                              [f"pass@{k}" for k in ks] + ["bank_solved_share"],
                               f"held-out pass@k by iteration ({cfg.run_name})", x="iteration")
     return [md, plot]
 
@@ -357,11 +371,13 @@ def iterate(cfg: Settings) -> Path:
                **{f"pass@{row['k']}_ci": [row["ci_low"], row["ci_high"]] for row in table},
                "pass@1_change": paired_pass1_change(held, before, seed=cfg.seed),
                "eval_verdicts": verdicts_by_round(samples_dir(it_dir, "eval")),
-               **({"start_verdicts": verdicts_by_round(samples_dir(it_dir, "start"))} if k == 1 else {})}
+               **({"start_verdicts": verdicts_by_round(samples_dir(it_dir, "start"))} if k == 1
+                  else {})}
         before = held
         records.append(rec)
         (it_dir / "iteration.json").write_text(json.dumps(rec, indent=1) + "\n")
-        common.write_manifest(it_dir, [it_dir / "iteration.json", data / "bank.parquet", memory_path],
+        common.write_manifest(it_dir,
+                              [it_dir / "iteration.json", data / "bank.parquet", memory_path],
                               extra={"stage": "05_iterate", "iteration": k})
 
     # -----------------------------------------------------------------------------------------
@@ -371,7 +387,8 @@ def iterate(cfg: Settings) -> Path:
     written = write_results(cfg, records, common.RESULTS_ROOT / cfg.run_name)
     common.write_manifest(top, [top / "iterations.jsonl", top / "config.json", *written,
                                 *sorted(top.glob("memory_v*.parquet"))],
-                          extra={"stage": "05_iterate", "iterations": cfg.iterations, "loop": cfg.loop})
+                          extra={"stage": "05_iterate", "iterations": cfg.iterations,
+                                 "loop": cfg.loop})
     print(f"wrote {written[0]}")
     return top
 

@@ -39,7 +39,8 @@ class Round:
         return bool(self.verdict is not None and self.verdict.ok)
 
 
-def repair_rounds(items: Sequence, depth: int, prompt_of: Callable, sample: Callable, verify: Callable,
+def repair_rounds(items: Sequence, depth: int, prompt_of: Callable, sample: Callable,
+                  verify: Callable,
                   feedback_of: Callable, seed_of: Callable, on_round: Callable | None = None,
                   resume: dict | None = None) -> list[list[Round]]:
     """Run a trajectory per item for up to `depth` rounds, all active trajectories batched per
@@ -50,7 +51,8 @@ def repair_rounds(items: Sequence, depth: int, prompt_of: Callable, sample: Call
     attempt, its feedback) continues a trajectory cut by a crash. Returns each item's new rounds."""
     trajectories: list[list[Round]] = [[] for _ in items]
     resume = resume or {}
-    state = {i: resume[i][1:] if i in resume else ("", "") for i in range(len(items))}   # (attempt, feedback)
+    # (attempt, feedback)
+    state = {i: resume[i][1:] if i in resume else ("", "") for i in range(len(items))}
     start = {i: resume[i][0] if i in resume else 1 for i in range(len(items))}
     active: list[int] = []
     for rnd in range(1, depth + 1):
@@ -82,12 +84,14 @@ def repair_rounds(items: Sequence, depth: int, prompt_of: Callable, sample: Call
 @dataclass
 class ToolTrace:
     text: str = ""                                       # the completion, REPL answers inside
-    token_ids: list[int] = field(default_factory=list)   # generated and tool tokens, as conditioned on
+    token_ids: list[int] = field(default_factory=list)   # generated and tool tokens, as conditioned
+                                                         # on
     logprobs: list[float] = field(default_factory=list)  # sampling log-probs (0.0 on tool tokens)
     loss_mask: list[int] = field(default_factory=list)   # 1: the model's token; 0: the tool's
     generated: int = 0                                   # tokens the model generated
     checks: int = 0                                      # sketches run
-    finish: str = "length"                               # eos | length | budget | no_sketch | checks
+    finish: str = "length"                               # eos | length | budget | no_sketch |
+                                                         # checks
 
     def as_generation(self) -> generation.Generation:
         return generation.Generation(self.text, self.token_ids, self.logprobs, self.finish)
@@ -96,7 +100,8 @@ class ToolTrace:
 def repl_text(v, line_numbering: str) -> str:
     """What StepFun's REPL would print for a sketch: its JSON, positions counted in the sketch
     (we sent `import Mathlib` before it), or the demo's line when no answer came."""
-    if v.status in ("timeout", "server_error") or not isinstance((v.raw or {}).get("response"), dict):
+    if v.status in ("timeout", "server_error") or not isinstance((v.raw or {}).get("response"),
+                                                                 dict):
         return f"repl cannot return status in {v.time} seconds!"
     shift = 1 - (1 if line_numbering == "after_imports" else 0)
     out = json.loads(json.dumps(v.raw["response"]))
@@ -117,8 +122,10 @@ def sketch_of(text: str) -> str | None:
     return text[start + len("<sketch>"):end].replace("import Mathlib", "").strip()
 
 
-def tool_rollouts(gen, tok, client, prompts: Sequence[str], seeds: Sequence[int], *, max_new_tokens: int,
-                  budget: int, max_checks: int = 0, temperature: float = 1.0, top_p: float = 1.0) -> list[ToolTrace]:
+def tool_rollouts(gen, tok, client, prompts: Sequence[str], seeds: Sequence[int], *,
+                  max_new_tokens: int,
+                  budget: int, max_checks: int = 0, temperature: float = 1.0,
+                  top_p: float = 1.0) -> list[ToolTrace]:
     """StepFun's loop (demo/interact_with_lean4repl.py): generate until end of sequence or
     </sketch>; the sketch runs, `\\n<REPL>\\n{json}\\n</REPL>` is appended, generation goes on. A
     trace ends at end of sequence, when a call stops at its own token limit, when a stop holds no
@@ -135,7 +142,8 @@ def tool_rollouts(gen, tok, client, prompts: Sequence[str], seeds: Sequence[int]
         own = {i: min(max_new_tokens, budget - ctx(i)) for i in active}
         cap = min(own.values())      # one call for all: no trace may pass its own limit
         gens = gen.generate([prompt_ids[i] + traces[i].token_ids for i in active],
-                            [generation.rollout_seed(seeds[i], traces[i].checks, traces[i].generated) for i in active],
+                            [generation.rollout_seed(seeds[i], traces[i].checks,
+                                                     traces[i].generated) for i in active],
                             cap, temperature, top_p, stop=("</sketch>",))
         nxt, sketches = [], []
         for i, g in zip(active, gens):
@@ -161,7 +169,8 @@ def tool_rollouts(gen, tok, client, prompts: Sequence[str], seeds: Sequence[int]
             else:
                 sketches.append((i, code))
         if sketches:
-            verdicts = client.verify([{"id": str(i), "code": "import Mathlib\n" + s} for i, s in sketches])
+            verdicts = client.verify([{"id": str(i), "code": "import Mathlib\n" + s}
+                                      for i, s in sketches])
             for (i, _), v in zip(sketches, verdicts):
                 t = traces[i]
                 answer = f"\n<REPL>\n{repl_text(v, client.line_numbering)}\n</REPL>"

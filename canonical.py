@@ -36,7 +36,8 @@ def canonical_statement(statement: str) -> str:
     if names:
         mapping = {n: f"v{i}" for i, n in enumerate(names)}
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-        text = re.sub(rf"(?<![\w'.])({alternatives})(?![\w'!?₀-₉])", lambda m: mapping[m.group(1)], text)
+        text = re.sub(rf"(?<![\w'.])({alternatives})(?![\w'!?₀-₉])", lambda m: mapping[m.group(1)],
+                      text)
     return collapse_ws(text)
 
 

@@ -18,7 +18,8 @@ import formats
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+    return [json.loads(l) for l in path.read_text().splitlines()
+            if l.strip()] if path.exists() else []
 
 
 def toy_tactic_table(rollouts: Path, steps: range) -> list[str]:
@@ -27,7 +28,8 @@ def toy_tactic_table(rollouts: Path, steps: range) -> list[str]:
     import re
     import pandas as pd
     from toy_task import TACTIC_RULES
-    frames = [pd.read_parquet(f) for s in steps if (f := rollouts / f"step_{s:06d}.parquet").exists()]
+    frames = [pd.read_parquet(f) for s in steps
+              if (f := rollouts / f"step_{s:06d}.parquet").exists()]
     if not frames:
         return []
     df = pd.concat(frames)
@@ -37,9 +39,11 @@ def toy_tactic_table(rollouts: Path, steps: range) -> list[str]:
     table = pd.crosstab(rel, tac, normalize="index")
     right = {r: t for t, rels in TACTIC_RULES.items() for r in rels}
     cols = sorted(TACTIC_RULES)
-    lines = [f"| relation (right tactic) | " + " | ".join(cols) + " | attempts |", "|---|" + "---:|" * (len(cols) + 1)]
+    lines = [f"| relation (right tactic) | " + " | ".join(cols) + " | attempts |",
+             "|---|" + "---:|" * (len(cols) + 1)]
     for r in table.index:
-        shares = [f"**{table.loc[r].get(c, 0):.2f}**" if right.get(r) == c else f"{table.loc[r].get(c, 0):.2f}"
+        shares = [f"**{table.loc[r].get(c, 0):.2f}**" if right.get(r) == c
+                  else f"{table.loc[r].get(c, 0):.2f}"
                   for c in cols]
         lines.append(f"| `{r}` ({right.get(r, '?')}) | " + " | ".join(shares) + f" | {int((rel == r).sum())} |")
     return lines
@@ -59,15 +63,19 @@ def toy_class_stats(run: Path) -> dict[str, dict]:
     import re
     from toy_task import TACTIC_RULES, relation_of
     right = {r: t for t, rels in TACTIC_RULES.items() for r in rels}
-    stmts = {r["statement_id"]: r["formal_statement"] for r in common.read_rows(run / "01_data/eval_toy.parquet", "statements")}
+    stmts = {r["statement_id"]: r["formal_statement"]
+             for r in common.read_rows(run / "01_data/eval_toy.parquet", "statements")}
     stats: dict[str, dict] = {}
     for tag in ("sft", "grpo"):
         for s in _eval_samples(run, tag):
             cls = right[relation_of(stmts[s["statement_id"]])]
-            per = stats.setdefault(tag, {}).setdefault(cls, {"ok": {}, "right_tactic": [], "copied": []})
+            per = stats.setdefault(tag, {}).setdefault(cls,
+                                                       {"ok": {}, "right_tactic": [], "copied": []})
             per["ok"].setdefault(s["statement_id"], []).append(bool(s["ok"]))
-            per["copied"].append(formats.extract_proof(s["completion"], stmts[s["statement_id"]]) is not None)
-            per["right_tactic"].append((re.findall(r":= by\s+(\w+)", s["completion"]) or ["?"])[-1] == cls)
+            per["copied"].append(formats.extract_proof(s["completion"],
+                                                       stmts[s["statement_id"]]) is not None)
+            per["right_tactic"].append((re.findall(r":= by\s+(\w+)", s["completion"])
+                                        or ["?"])[-1] == cls)
     return stats
 
 
@@ -85,30 +93,39 @@ def toy_criteria(run: Path, n_boot: int = 2000, seed: int = 0) -> dict:
     stats = toy_class_stats(run)
     if set(stats) != {"sft", "grpo"}:
         return {}
-    merged = {tag: {pid: v for c in stats[tag].values() for pid, v in c["ok"].items()} for tag in stats}
+    merged = {tag: {pid: v for c in stats[tag].values() for pid, v in c["ok"].items()}
+              for tag in stats}
     ids = sorted(set(merged["sft"]) & set(merged["grpo"]))
     delta, lo, hi = eval_tables.paired_pass1_change(merged["grpo"], merged["sft"], n_boot, seed)
-    out = {"problems": len(ids), "pass@1_sft": _pass_at(merged["sft"], 1), "pass@1_grpo": _pass_at(merged["grpo"], 1),
+    out = {"problems": len(ids), "pass@1_sft": _pass_at(merged["sft"], 1),
+           "pass@1_grpo": _pass_at(merged["grpo"], 1),
            "pass@1_delta": delta, "pass@1_delta_ci": [lo, hi],
-           "pass@8_sft": _pass_at(merged["sft"], 8), "pass@8_grpo": _pass_at(merged["grpo"], 8), "classes": {}}
+           "pass@8_sft": _pass_at(merged["sft"], 8), "pass@8_grpo": _pass_at(merged["grpo"], 8),
+           "classes": {}}
     for cls in sorted(stats["sft"]):
-        a, b = stats["sft"][cls], stats["grpo"].get(cls, {"ok": {}, "right_tactic": [], "copied": []})
+        a, b = stats["sft"][cls], stats["grpo"].get(cls,
+                                                    {"ok": {}, "right_tactic": [], "copied": []})
         out["classes"][cls] = {"problems": len(a["ok"]),
                                "pass@1": [_pass_at(a["ok"], 1), _pass_at(b["ok"], 1)],
                                "pass@8": [_pass_at(a["ok"], 8), _pass_at(b["ok"], 8)],
                                "right_tactic": [100 * float(np.mean(a["right_tactic"])),
-                                                100 * float(np.mean(b["right_tactic"])) if b["right_tactic"] else float("nan")],
+                                                100 * float(np.mean(b["right_tactic"]))
+                                                if b["right_tactic"] else float("nan")],
                                "statement_copied": [100 * float(np.mean(a["copied"])),
-                                                    100 * float(np.mean(b["copied"])) if b["copied"] else float("nan")]}
+                                                    100 * float(np.mean(b["copied"])) if b["copied"]
+                                                    else float("nan")]}
     rl = read_jsonl(run / "03_grpo/metrics.jsonl")
-    turn2 = [r["pass_rate_turn2"] for r in rl if r.get("second_turn_fraction", 0) > 0 and "pass_rate_turn2" in r]
+    turn2 = [r["pass_rate_turn2"] for r in rl if r.get("second_turn_fraction", 0) > 0
+             and "pass_rate_turn2" in r]
     out["second_turn_pass_rate"] = float(np.mean(turn2)) if turn2 else 0.0
     cls = out["classes"].values()
     out["criteria"] = {
         "pass@1 rises, paired 95% CI above 0": bool(lo > 0),
         "pass@8 falls by <= 3 points": bool(out["pass@8_grpo"] - out["pass@8_sft"] >= -3),
-        "no class's pass@8 falls by > 10 points": all(c["pass@8"][1] - c["pass@8"][0] >= -10 for c in cls),
-        "right-tactic share rises in every class": all(c["right_tactic"][1] > c["right_tactic"][0] for c in cls),
+        "no class's pass@8 falls by > 10 points": all(c["pass@8"][1] - c["pass@8"][0] >= -10
+                                                      for c in cls),
+        "right-tactic share rises in every class": all(c["right_tactic"][1] > c["right_tactic"][0]
+                                                       for c in cls),
         "second-turn pass rate > 0 (RL)": out["second_turn_pass_rate"] > 0}
     out["all_met"] = all(out["criteria"].values())
     return out
@@ -119,9 +136,11 @@ def toy_criteria_lines(crit: dict) -> list[str]:
              "| statement copied (% of samples) SFT -> GRPO |", "|---|---:|---:|---:|---:|---:|"]
     for cls, c in crit["classes"].items():
         lines.append(f"| {cls} | {c['problems']} | " + " | ".join(
-            f"{c[k][0]:.1f} -> {c[k][1]:.1f}" for k in ("pass@1", "pass@8", "right_tactic", "statement_copied")) + " |")
+            f"{c[k][0]:.1f} -> {c[k][1]:.1f}" for k in ("pass@1", "pass@8", "right_tactic",
+                                                        "statement_copied")) + " |")
     lo, hi = crit["pass@1_delta_ci"]
-    lines += ["", f"All {crit['problems']} problems: pass@1 {crit['pass@1_sft']:.1f} -> {crit['pass@1_grpo']:.1f} "
+    lines += ["",
+              f"All {crit['problems']} problems: pass@1 {crit['pass@1_sft']:.1f} -> {crit['pass@1_grpo']:.1f} "
               f"(paired difference {crit['pass@1_delta']:+.1f} points, 95% CI {lo:+.1f} to {hi:+.1f}); pass@8 "
               f"{crit['pass@8_sft']:.1f} -> {crit['pass@8_grpo']:.1f}; second-turn pass rate in RL "
               f"{crit['second_turn_pass_rate']:.3f}.", "", "Issue #16's criteria:", ""]
@@ -141,7 +160,8 @@ def sweep_summary(out: Path) -> str:
              f"the balanced toy's first {'/'.join(sorted({str(c['problems']) for _, _, c in rows}))} held-out "
              "problems x 8 samples. Stand-in verifier, NOT Lean.", "",
              "| setting | seed | pass@1 SFT -> GRPO | paired diff (95% CI) | pass@8 SFT -> GRPO | worst class pass@8 change "
-             "| smallest right-tactic rise | turn-2 pass rate (RL) | criteria met |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| smallest right-tactic rise | turn-2 pass rate (RL) | criteria met |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, seed, c in rows:
         cls = c["classes"].values()
         worst = min(x["pass@8"][1] - x["pass@8"][0] for x in cls)
@@ -162,7 +182,8 @@ def sweep_summary(out: Path) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--run_name")
-    p.add_argument("--results_dir", default="results", help="results/<run_name>/ goes under this folder")
+    p.add_argument("--results_dir", default="results",
+                   help="results/<run_name>/ goes under this folder")
     p.add_argument("--sweep", help="a recipes/smoke_sweep.sh folder: write its sweep.md instead")
     args = p.parse_args(argv)
     if args.sweep:
@@ -174,7 +195,8 @@ def main(argv=None):
     res = Path(args.results_dir) / args.run_name
     res = res if res.is_absolute() else common.PROJECT_ROOT / res
     res.mkdir(parents=True, exist_ok=True)
-    for src, dst in [("02_sft/loss.png", "sft_loss.png"), ("03_grpo/reward.png", "rl_reward_pass_rate.png"),
+    for src, dst in [("02_sft/loss.png", "sft_loss.png"),
+                     ("03_grpo/reward.png", "rl_reward_pass_rate.png"),
                      ("03_grpo/format_errors.png", "rl_format_errors.png"),
                      ("03_grpo/response_length.png", "rl_response_length.png"),
                      ("03_grpo/validation.png", "rl_validation.png")]:
@@ -191,13 +213,15 @@ def main(argv=None):
         for t in curves.values():
             for r in t:
                 r["k"] = int(r["k"])
-        eval_tables.plot_pass_at_k(res / "pass_at_k_before_after_rl.png", curves, f"{args.run_name}: pass@k, SFT vs GRPO",
+        eval_tables.plot_pass_at_k(res / "pass_at_k_before_after_rl.png", curves,
+                                   f"{args.run_name}: pass@k, SFT vs GRPO",
                           anchors=any("minif2f" in k for k in curves))
     sft = json.loads((run / "02_sft/manifest.json").read_text()) if (run / "02_sft/manifest.json").exists() else {}
     rl = read_jsonl(run / "03_grpo/metrics.jsonl")
     val = read_jsonl(run / "03_grpo/validation.jsonl")
     eval_cfg = json.loads((run / "04_eval/grpo/manifest.json").read_text()) if (run / "04_eval/grpo/manifest.json").exists() else {}
-    standin = "standin" in json.dumps(eval_cfg.get("lean_client", {})) or os.environ.get("LEAN_SERVER_API_URL", "") == ""
+    standin = "standin" in json.dumps(eval_cfg.get("lean_client",
+                                                   {})) or os.environ.get("LEAN_SERVER_API_URL", "") == ""
     lines = [f"# Results of run `{args.run_name}`", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}.",
              "Produced by `bash smoke.sh` (then `python collect_results.py --run_name " + args.run_name + "`).", ""]
@@ -206,7 +230,8 @@ def main(argv=None):
         lines += ["## 01 data", "", "| file | rows |", "|---|---:|"] + [
             f"| {k} | {v} |" for k, v in sorted(data["rows"].items())] + [""]
     if sft:
-        lines += ["## 02 SFT", "", f"- steps: {sft['steps']}, final train loss {sft['final_loss']:.4f}, "
+        lines += ["## 02 SFT", "",
+                  f"- steps: {sft['steps']}, final train loss {sft['final_loss']:.4f}, "
                   f"held-out loss {sft['final_heldout_loss']:.4f} (`sft_loss.png`)", ""]
     if rl:
         first, last = rl[:10], rl[-10:]
@@ -223,7 +248,8 @@ def main(argv=None):
                   f"waiting on the verifier {mean(rl, 'time_verify_wait'):.3f}, update {mean(rl, 'time_update'):.2f})", ""]
     if rl and (run / "03_grpo/rollouts/step_000001.parquet").exists():
         n = len(rl)
-        for name, steps in (("first", range(1, min(n, 10) + 1)), ("last", range(max(1, n - 9), n + 1))):
+        for name, steps in (("first", range(1, min(n, 10) + 1)),
+                            ("last", range(max(1, n - 9), n + 1))):
             table = toy_tactic_table(run / "03_grpo/rollouts", steps)
             if table:
                 lines += [f"Tactic written per relation, first turns with a proof, {name} 10 steps "
@@ -238,7 +264,8 @@ def main(argv=None):
         keys = [k for k in val[0] if k.startswith(("pass@1", "best@"))]
         lines += ["Validation (held-out eval set, 8 samples per problem; best@8 is Kimina's bootstrap):", "",
                   "| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
-        lines += [f"| {v['step']} | " + " | ".join(f"{100 * v[k]:.1f}" for k in keys) + " |" for v in val] + [""]
+        lines += [f"| {v['step']} | " + " | ".join(f"{100 * v[k]:.1f}" for k in keys) + " |"
+                  for v in val] + [""]
     for tag in ("sft", "grpo"):
         for f in sorted((res / tag).glob("*.md")):
             lines += [f"## 04 eval: {tag} ({f.stem})", "", f.read_text(), ""]

@@ -23,7 +23,8 @@ from typing import Any, Iterable, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 RUNS_ROOT = Path(os.environ.get("PROVER_RUNS_DIR", PROJECT_ROOT / "runs"))
-RESULTS_ROOT = Path(os.environ.get("PROVER_RESULTS_DIR", PROJECT_ROOT / "results"))   # tables and plots
+# tables and plots
+RESULTS_ROOT = Path(os.environ.get("PROVER_RESULTS_DIR", PROJECT_ROOT / "results"))
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
@@ -43,7 +44,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def best_at_n_bootstrap(successes: Sequence[bool], n: int, resamples: int = 1000, seed: int = 0) -> float:
+def best_at_n_bootstrap(successes: Sequence[bool], n: int, resamples: int = 1000,
+                        seed: int = 0) -> float:
     """Kimina's best@N: draw N of the recorded samples with replacement, take the max, average
     over resamples (its expectation is 1 - (1 - c/len)^N). It sits below plain pass@N."""
     if not len(successes):
@@ -70,8 +72,10 @@ class RunSettings:
 @dataclasses.dataclass
 class DeviceSettings:
     # generation.device_policy decides both for every model a stage loads (docs/DESIGN.md)
-    device: str = "auto"                 # auto (CUDA when there is one, else CPU) | cpu | cuda | cuda:N
-    dtype: str = "auto"                  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16
+    device: str = "auto"                 # auto (CUDA when there is one, else CPU) | cpu | cuda |
+                                         # cuda:N
+    dtype: str = "auto"                  # auto (bfloat16 on CUDA, float32 on CPU) | float32 |
+                                         # bfloat16
 
 
 @dataclasses.dataclass
@@ -102,7 +106,8 @@ class VerifySettings:
 
 @dataclasses.dataclass
 class RepairSettings:
-    repair_depth: int = 3                # OProver: rounds per trajectory, stop at the first verified
+    repair_depth: int = 3                # OProver: rounds per trajectory, stop at the first
+                                         # verified
     retrieve_k: int = 3                  # proofs retrieved from the proof memory (0: none)
 
 
@@ -373,7 +378,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
                 "ok": "bool", "feedback": "string", "n_tokens": "int64"},
     "rollouts": {"step": "int64", "prompt_id": "string", "turn": "int64", "prompt": "string",
                  "completion": "string", "status": "string", "format_errors": "string",
-                 "reward": "float64", "advantage": "float64", "n_tokens": "int64", "finish": "string"},
+                 "reward": "float64", "advantage": "float64", "n_tokens": "int64",
+                 "finish": "string"},
     "proof_bank": {"statement_id": "string", "formal_statement": "string", "header": "string",
                    "proof": "string", "source": "string", "run": "string"},
 }
@@ -429,11 +435,13 @@ class ParquetAppender:
     a list; the file appears under its name only on close(). `extra`: column -> type beside the
     contract's columns."""
 
-    def __init__(self, path: Path, kind: str, extra: dict[str, str] | None = None, batch_rows: int = 4096):
+    def __init__(self, path: Path, kind: str, extra: dict[str, str] | None = None,
+                 batch_rows: int = 4096):
         import pyarrow as pa
         import pyarrow.parquet as pq
         self.path, self.kind, self.batch_rows, self.rows = Path(path), kind, batch_rows, 0
-        fields = list(arrow_schema(kind)) + [pa.field(c, _arrow_type(t)) for c, t in (extra or {}).items()]
+        fields = list(arrow_schema(kind)) + [pa.field(c, _arrow_type(t))
+                                             for c, t in (extra or {}).items()]
         self.schema = pa.schema(fields)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_suffix(self.path.suffix + ".tmp")

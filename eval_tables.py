@@ -17,11 +17,13 @@ import common
 
 ANCHORS_MINIF2F = {  # docs/RECIPES.md: (k, pass rate %) published on miniF2F-test
     "Kimina-Prover-RL-1.7B": (32, 76.63), "Kimina-Prover-RL-0.6B": (32, 71.30),
-    "DeepSeek-Prover-V2-7B": (32, 75.6), "Goedel-Prover-V2-8B": (32, 84.6), "OProver-32B": (32, 93.3)}
+    "DeepSeek-Prover-V2-7B": (32, 75.6), "Goedel-Prover-V2-8B": (32, 84.6),
+                   "OProver-32B": (32, 93.3)}
 
 
 
-def pass_at_k_table(successes: dict[str, list[bool]], ks: list[int], n_boot: int, seed: int) -> list[dict]:
+def pass_at_k_table(successes: dict[str, list[bool]], ks: list[int], n_boot: int,
+                    seed: int) -> list[dict]:
     """Per k: mean unbiased pass@k over the problems with at least k samples (their count is in
     `problems`), a bootstrap 95% interval (problems resampled; none when n_boot is 0), and Kimina's
     best@k (per problem, the max over k samples drawn with replacement, 1000 resamples)."""
@@ -37,7 +39,8 @@ def pass_at_k_table(successes: dict[str, list[bool]], ks: list[int], n_boot: int
         out.append({"k": k, "pass": float(per.mean()),
                     "ci_low": float(np.percentile(boots, 2.5)) if n_boot else float("nan"),
                     "ci_high": float(np.percentile(boots, 97.5)) if n_boot else float("nan"),
-                    "best": float(best), "problems": len(ids), "solved": int(sum(any(successes[i]) for i in ids))})
+                    "best": float(best), "problems": len(ids),
+                    "solved": int(sum(any(successes[i]) for i in ids))})
     return out
 
 
@@ -49,7 +52,8 @@ def trajectory_successes(samples: list[dict], width: int) -> dict[str, list[bool
     return out
 
 
-def paired_pass1_change(now: dict[str, list[bool]], before: dict[str, list[bool]], n_boot: int = 2000,
+def paired_pass1_change(now: dict[str, list[bool]], before: dict[str, list[bool]],
+                        n_boot: int = 2000,
                         seed: int = 0) -> tuple[float, float, float]:
     """Mean per-problem change in pass@1 (share of samples verified), in points, with a paired
     bootstrap 95% interval over the problems both hold (models compared on the same problems)."""
@@ -94,11 +98,13 @@ def plot_pass_at_k(path: Path, curves: dict[str, list[dict]], title: str, anchor
     for label, table in curves.items():
         ks = [r["k"] for r in table]
         ax.plot(ks, [100 * r["pass"] for r in table], marker="o", label=label)
-        ax.fill_between(ks, [100 * r["ci_low"] for r in table], [100 * r["ci_high"] for r in table], alpha=0.15)
+        ax.fill_between(ks, [100 * r["ci_low"] for r in table], [100 * r["ci_high"] for r in table],
+                        alpha=0.15)
     if anchors:
         for name, (k, v) in ANCHORS_MINIF2F.items():
             ax.scatter([k], [v], marker="x", color="gray")
-            ax.annotate(name, (k, v), fontsize=6, color="gray", xytext=(3, 0), textcoords="offset points")
+            ax.annotate(name, (k, v), fontsize=6, color="gray", xytext=(3, 0),
+                        textcoords="offset points")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("pass@k (%)")
@@ -120,13 +126,15 @@ def recorded_successes(path: Path) -> dict[str, dict[str, list[bool]]]:
     problem: a second row for the same (benchmark, statement_id) is refused, naming both lines."""
     out: dict[str, dict[str, list[bool]]] = {}
     if path.suffix == ".zip":   # InternLM-Math miniF2F proof search: output/<model>/results__*.json
-        with zipfile.ZipFile(path) as zf:   # one result per proof-search attempt: samples of a problem
+        with zipfile.ZipFile(path) as zf:   # one result per proof-search attempt: samples of a
+                                            # problem
             for name in zf.namelist():
                 if not name.endswith(".json"):
                     continue
                 model = name.split("/")[1].removesuffix("_minif2f_test")
                 for r in json.loads(zf.read(name))["results"]:
-                    out.setdefault(model, {}).setdefault(r["example"]["full_name"], []).append(bool(r["success"]))
+                    out.setdefault(model, {}).setdefault(r["example"]["full_name"],
+                                                         []).append(bool(r["success"]))
         return out
     where: dict[tuple[str, str], int] = {}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
@@ -156,12 +164,14 @@ def recompute_tables(verdicts: Path, tag: str, n_boot: int, seed: int, caption: 
     for name, succ in sorted(recorded_successes(verdicts).items()):
         empty = sorted(i for i, s in succ.items() if not s)
         sizes = [len(s) for s in succ.values() if s]
-        table = pass_at_k_table({i: s for i, s in succ.items() if s}, default_ks(max(sizes, default=0)),
+        table = pass_at_k_table({i: s for i, s in succ.items() if s},
+                                default_ks(max(sizes, default=0)),
                                 n_boot, seed)
         if not table:
             raise SystemExit(f"{verdicts}: {name} has no samples at all")
         extra = {"benchmark": name, "verdicts": verdicts.name,
-                 "search budget (recorded samples per problem)": f"{min(sizes)}" if min(sizes) == max(sizes)
+                 "search budget (recorded samples per problem)": f"{min(sizes)}"
+                 if min(sizes) == max(sizes)
                  else f"{min(sizes)} to {max(sizes)}: pass@k counts the problems with at least k"}
         if empty:
             extra["problems with no recorded sample (left out)"] = f"{len(empty)}: {', '.join(empty[:5])}"

@@ -21,7 +21,8 @@ KIMINA_USER = ("Think about and solve the following problems step by step in Lea
 def kimina_messages(formal_statement: str, informal: str = "", header: str = "") -> list[dict]:
     formal = (header + formal_statement).strip("\n")
     return [{"role": "system", "content": KIMINA_SYSTEM},
-            {"role": "user", "content": KIMINA_USER.format(informal=informal.strip(), formal=formal)}]
+            {"role": "user",
+             "content": KIMINA_USER.format(informal=informal.strip(), formal=formal)}]
 
 
 def kimina_completion(header: str, statement: str, proof: str, thinking: str) -> str:
@@ -89,7 +90,8 @@ def decision_index(tok, text: str, token_ids: list[int], statement: str) -> int 
     if at < 0 or not token_ids:
         return None
     target = at + len(stmt) + (len(text[at + len(stmt):]) - len(text[at + len(stmt):].lstrip()))
-    lo, hi = 0, len(token_ids)              # smallest i with decode(ids[:i + 1]) reaching past target
+    lo, hi = 0, len(token_ids)              # smallest i with decode(ids[:i + 1]) reaching past
+                                            # target
     while lo < hi:
         mid = (lo + hi) // 2
         if len(tok.decode(token_ids[:mid + 1])) > target:
@@ -112,7 +114,8 @@ def verify_completions(client, rows: list[dict], texts: list[str]) -> list:
     for k, (row, text) in enumerate(zip(rows, texts)):
         proof = extract_proof(text, row["formal_statement"])
         if proof is not None:
-            items.append({"id": str(k), "statement": row["formal_statement"], "header": row.get("header") or "",
+            items.append({"id": str(k), "statement": row["formal_statement"],
+                          "header": row.get("header") or "",
                           "code": build_lean_code(row["header"], row["formal_statement"], proof)})
             where.append(k)
     verdicts = [None] * len(texts)
@@ -133,7 +136,8 @@ def format_errors(completion: str, statement: str, *, require_tactic_blocks: boo
     if fmt != "kimina":
         blocks = list(_LEAN_BLOCK.finditer(completion))
         found = blocks and normalize_statement(statement) in blocks[-1].group(1)
-        return [] if found else ["no_final_lean_block" if not blocks else "forbidden_or_changed_statement"]
+        return [] if found else ["no_final_lean_block" if not blocks
+                                 else "forbidden_or_changed_statement"]
     errors: list[str] = []
     n_open, n_close = completion.count("<think>"), completion.count("</think>")
     if n_open != 1 or n_close != 1 or completion.find("<think>") > completion.find("</think>"):
@@ -179,7 +183,8 @@ def format_errors(completion: str, statement: str, *, require_tactic_blocks: boo
 # proofs, the last attempt, its diagnostics), one user turn per round.
 FORMATS = ("kimina", "deepseek_v2", "deepseek_v2_noncot", "goedel_v2", "stepfun", "oprover")
 MODEL_FORMATS = (("kimina-prover", "kimina"), ("deepseek-prover-v2", "deepseek_v2"),
-                 ("goedel-prover-v2", "goedel_v2"), ("stepfun-prover", "stepfun"), ("oprover", "oprover"))
+                 ("goedel-prover-v2", "goedel_v2"), ("stepfun-prover", "stepfun"),
+                 ("oprover", "oprover"))
 FEEDBACK_STYLE = {"deepseek_v2": "goedel", "deepseek_v2_noncot": "goedel", "goedel_v2": "goedel"}
 DSV2_PLAN = ("Before producing the Lean 4 code to formally prove the given theorem, provide a detailed proof plan "
              "outlining the main proof steps and strategies.\nThe plan should highlight key ideas, intermediate "
@@ -214,11 +219,13 @@ def lean_file(row: dict, docstring: bool = True) -> str:
 
 def first_turn(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
     if fmt == "kimina":
-        msgs = kimina_messages(row["formal_statement"], row.get("informal_problem") or "", row.get("header") or "")
+        msgs = kimina_messages(row["formal_statement"], row.get("informal_problem") or "",
+                               row.get("header") or "")
     elif fmt == "deepseek_v2":       # the README's example: `:= by` then `  sorry` on its own line
         msgs = [{"role": "user", "content": "Complete the following Lean 4 code:\n\n```lean4\n"
                  f"{(lean_file(row) + chr(10) + '  sorry').strip()}\n```\n\n{DSV2_PLAN}"}]
-    elif fmt == "goedel_v2":         # Goedel's handler: `:= by sorry`, the fence closed right after it
+    elif fmt == "goedel_v2":         # Goedel's handler: `:= by sorry`, the fence closed right after
+                                     # it
         msgs = [{"role": "user", "content": "Complete the following Lean 4 code:\n\n```lean4\n"
                  f"{lean_file(row).split(':= by')[0]}:= by sorry```\n\n{DSV2_PLAN}"}]
     elif fmt == "deepseek_v2_noncot":   # a raw completion prompt, no chat template
@@ -226,14 +233,17 @@ def first_turn(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
                  f"{lean_file(row).split(':= by')[0]}:= by"}]
     elif fmt == "stepfun":
         msgs = [{"role": "system", "content": STEPFUN_SYSTEM},
-                {"role": "user", "content": f"```lean4\n{lean_file(row, docstring=False).strip()}\n```"}]
+                {"role": "user",
+                 "content": f"```lean4\n{lean_file(row, docstring=False).strip()}\n```"}]
     elif fmt == "oprover":
         return [{"role": "user", "content": oprover_state(row, retrieved, "", "")}]
     else:
         raise ValueError(f"unknown prompt format {fmt!r}; known: {', '.join(FORMATS)}")
     if retrieved:   # repair mode's retrieved proofs, after the problem
-        msgs[-1] = {**msgs[-1], "content": msgs[-1]["content"] + "\n# Verified proofs of similar statements:\n"
-                    + "\n\n".join(f"```lean4\n{r['formal_statement']}{r['proof']}\n```" for r in retrieved) + "\n"}
+        msgs[-1] = {**msgs[-1],
+                    "content": msgs[-1]["content"] + "\n# Verified proofs of similar statements:\n"
+                    + "\n\n".join(f"```lean4\n{r['formal_statement']}{r['proof']}\n```"
+                                  for r in retrieved) + "\n"}
     return msgs
 
 
@@ -244,7 +254,8 @@ def oprover_state(row: dict, retrieved, attempt: str, feedback: str) -> str:
             f"```lean4\n{r['formal_statement']}{r['proof']}\n```" for r in retrieved))
     if attempt:
         code = extract_last_block(attempt)
-        parts.append(f"# Previous attempt:\n```lean4\n{code}\n```" if code else f"# Previous attempt:\n{attempt}")
+        parts.append(f"# Previous attempt:\n```lean4\n{code}\n```" if code
+                     else f"# Previous attempt:\n{attempt}")
         parts.append(f"# Lean diagnostics:\n{feedback.strip()}")
     parts.append("Write the complete Lean 4 code of a proof in one ```lean4 block.")
     return "\n\n".join(parts) + "\n"
@@ -261,14 +272,17 @@ def prompt_messages(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
     OProver repair data): the attempt as the assistant turn and the feedback (already in the
     format's feedback style) as the next user turn; OProver's round is one compact user turn."""
     attempt, feedback = row.get("prev_attempt"), row.get("lean_feedback")
-    repair = isinstance(attempt, str) and attempt.strip() and isinstance(feedback, str) and feedback.strip()
+    repair = isinstance(attempt,
+                        str) and attempt.strip() and isinstance(feedback, str) and feedback.strip()
     if fmt == "oprover":
         return [{"role": "user", "content": oprover_state(row, retrieved, attempt if repair else "",
                                                           feedback if repair else "")}]
     msgs = first_turn(row, fmt, retrieved)
-    if repair and fmt == "deepseek_v2_noncot":   # Goedel's non-CoT correction: the errors as comments
+    if repair and fmt == "deepseek_v2_noncot":   # Goedel's non-CoT correction: the errors as
+                                                 # comments
         comments = "\n".join(f"-- {line}" for line in feedback.splitlines() if line.strip())
-        return [{"role": "user", "content": "-- The previous proof attempt resulted in compilation errors:\n"
+        return [{"role": "user",
+                 "content": "-- The previous proof attempt resulted in compilation errors:\n"
                  f"{comments}\n-- Please provide a corrected version. Wrap the proof in ```lean4 and ```."}]
     if repair:
         msgs += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback}]
@@ -337,7 +351,8 @@ def goedel_error_str(code: str, errors: list[LeanMessage], limit: int = 8) -> st
     lines, out = code.split("\n"), ""
     for i, e in enumerate(errors[:limit], 1):
         s_line, s_col = e.line - 1, e.column
-        e_line, e_col = (s_line, len(lines[s_line])) if e.end_line is None else (e.end_line - 1, e.end_column)
+        e_line, e_col = (s_line,
+                         len(lines[s_line])) if e.end_line is None else (e.end_line - 1, e.end_column)
         shown = "".join(lines[s_line + d] + "\n" for d in range(-4, 0) if s_line + d >= 0)
         if s_line == e_line:
             first = lines[s_line]
@@ -363,11 +378,13 @@ def kimina_feedback(verdict: Verdict) -> str:
         text = (verdict.error or verdict.status).strip()
         return f"# System Error:\nError message: \n{text}\n\n" if text else ""
     response = (verdict.raw or {}).get("response") or {}
-    raw_errors = [m for m in response.get("messages") or [] if isinstance(m, dict) and m.get("severity") == "error"]
+    raw_errors = [m for m in response.get("messages") or [] if isinstance(m, dict)
+                  and m.get("severity") == "error"]
     code = verdict.code.strip()
     lead = verdict.code[:len(verdict.code) - len(verdict.code.lstrip())].count("\n")
     lines = code.split("\n")
-    n_imports = next((i for i, line in enumerate(lines) if not line.startswith("import")), len(lines))
+    n_imports = next((i for i, line in enumerate(lines) if not line.startswith("import")),
+                     len(lines))
     context = lines[n_imports:]
     out = ""
     for i, (msg, raw) in enumerate(zip(verdict.errors[:3], raw_errors[:3] + [{}] * 3), 1):
@@ -397,7 +414,8 @@ def _goals_before(infotree, start: dict | None, end: dict | None) -> list | None
     best, stack = None, list(infotree)
     while stack:
         tree = stack.pop()
-        rng = ((tree.get("node") or {}).get("stx") or {}).get("range") if isinstance(tree, dict) else None
+        rng = ((tree.get("node") or {}).get("stx")
+               or {}).get("range") if isinstance(tree, dict) else None
         if isinstance(rng, dict) and key(rng.get("start")) and key(rng.get("finish")):
             if key(rng["start"]) >= key(start) and key(end) >= key(rng["finish"]):
                 d = dist(rng["start"], start) + dist(rng["finish"], end)

@@ -22,7 +22,8 @@ MODELS_ROOT = Path(os.environ.get("PROVER_MODELS_DIR", PROJECT_ROOT / "models"))
 CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
                    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
                    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                  num_attention_heads=4,
                   num_key_value_heads=2, head_dim=32)
 
 
@@ -38,7 +39,8 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", unk_token=None)
@@ -53,7 +55,8 @@ def build_tiny_model(texts: Iterable[str], out_dir: Path, seed: int = 0, vocab_s
     from transformers import Qwen3Config, Qwen3ForCausalLM
     tok = train_tiny_tokenizer(texts, vocab_size)
     cfg = Qwen3Config(vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=True,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      bos_token_id=None,
                       **{**TINY_SHAPE, **shape})
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
@@ -169,7 +172,8 @@ def load_model(name_or_path: str, placement: Placement | None = None):
 
 
 def _not_found(name_or_path: str, exc: Exception) -> str:
-    where = ("no such local folder" if name_or_path.startswith((".", "/")) or Path(name_or_path).exists()
+    where = ("no such local folder" if name_or_path.startswith((".", "/"))
+             or Path(name_or_path).exists()
              or not Path(name_or_path).parent.exists() else "")
     return (f"cannot load model/tokenizer {name_or_path!r}: {type(exc).__name__}: {str(exc)[:300]}\n"
             f"Give a local model folder, or a Hugging Face name on a machine that reaches the Hub"
@@ -184,7 +188,8 @@ def _not_found(name_or_path: str, exc: Exception) -> str:
 class Generation:
     text: str
     token_ids: list[int]
-    logprobs: list[float]      # of each sampled token under the sampling policy (temperature-scaled)
+    logprobs: list[float]      # of each sampled token under the sampling policy
+                               # (temperature-scaled)
     finish: str                # eos | stop | length
 
 
@@ -216,7 +221,8 @@ class HFGenerator:
         tok, model = self.tok, self.model
         device = next(model.parameters()).device
         # a prompt is text, or token ids (the tool loop continues from the exact ids it sampled)
-        enc = [list(p) if isinstance(p, (list, tuple)) else tok(p, add_special_tokens=False).input_ids for p in prompts]
+        enc = [list(p) if isinstance(p, (list, tuple))
+               else tok(p, add_special_tokens=False).input_ids for p in prompts]
         width = max(map(len, enc))
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
@@ -243,7 +249,8 @@ class HFGenerator:
         last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
         with torch.no_grad():
             for t in range(max_new):
-                o = model(input_ids=step_ids, attention_mask=mask, position_ids=pos[:, -step_ids.shape[1]:],
+                o = model(input_ids=step_ids, attention_mask=mask,
+                          position_ids=pos[:, -step_ids.shape[1]:],
                           past_key_values=past, use_cache=True, **last_only)
                 past = o.past_key_values
                 logits = o.logits[:, -1].float()
@@ -258,8 +265,10 @@ class HFGenerator:
                         probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
                     cdf = probs.cumsum(-1)
                     target = uniforms[:, t:t + 1] * cdf[:, -1:]
-                    nxt_t = torch.searchsorted(cdf, target).squeeze(1).clamp(max=probs.shape[-1] - 1)
-                chosen_lp = logp_all.gather(1, nxt_t[:, None]).squeeze(1).tolist()  # one sync per step
+                    nxt_t = torch.searchsorted(cdf,
+                                               target).squeeze(1).clamp(max=probs.shape[-1] - 1)
+                # one sync per step
+                chosen_lp = logp_all.gather(1, nxt_t[:, None]).squeeze(1).tolist()
                 nxt = [int(x) if not d else pad for x, d in zip(nxt_t.tolist(), done)]
                 for b in range(n):
                     if done[b]:
@@ -298,13 +307,15 @@ class VLLMGenerator:
 
     def __init__(self, model_path: str, *, lora: bool = False, max_lora_rank: int = 16,
                  gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,
-                 dtype: str = "auto", max_model_len: int | None = None, external_launcher: bool = False):
+                 dtype: str = "auto", max_model_len: int | None = None,
+                 external_launcher: bool = False):
         from vllm import LLM   # optional install: requirements-gpu.txt
         self.lora, self._lora_req, self._lora_id = lora, None, 0
         kwargs = dict(model=model_path, gpu_memory_utilization=gpu_memory_utilization,
                       tensor_parallel_size=tensor_parallel_size, dtype=dtype, enable_lora=lora,
                       max_lora_rank=max_lora_rank, enforce_eager=True, seed=0)
-        if external_launcher:   # one engine per torchrun process, each on its own GPU (TRL colocate)
+        if external_launcher:   # one engine per torchrun process, each on its own GPU (TRL
+                                # colocate)
             kwargs["distributed_executor_backend"] = "external_launcher"
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
@@ -313,10 +324,13 @@ class VLLMGenerator:
     def generate(self, prompts, seeds, max_new_tokens, temperature=1.0, top_p=1.0, stop=(),
                  greedy=False) -> list[Generation]:
         from vllm import SamplingParams
-        params = [SamplingParams(max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature,
-                                 top_p=1.0 if greedy else top_p, seed=int(s), stop=list(stop) or None,
+        params = [SamplingParams(max_tokens=max_new_tokens, temperature=0.0 if greedy
+                                 else temperature,
+                                 top_p=1.0 if greedy else top_p, seed=int(s), stop=list(stop)
+                                 or None,
                                  include_stop_str_in_output=True, logprobs=0) for s in seeds]
-        inputs = [{"prompt_token_ids": list(p)} if isinstance(p, (list, tuple)) else p for p in prompts]
+        inputs = [{"prompt_token_ids": list(p)} if isinstance(p, (list, tuple)) else p
+                  for p in prompts]
         outs = self.llm.generate(inputs, params, lora_request=self._lora_req, use_tqdm=False)
         res = []
         for o in outs:

@@ -5,24 +5,15 @@
     verdicts = client.verify([{"id": "a", "code": full_lean_file, "statement": stmt}])
     verdicts[0].ok, verdicts[0].status, verdicts[0].errors   # messages in snippet line numbers
 
-What it does:
-- sends snippets in batches over one pooled `requests.Session`, several batches at once, to one
-  or more servers (a comma-separated URL list shares the load);
-- retries connection errors, 429 and 5xx with exponential backoff; a batch that keeps failing
-  with a 500 (one snippet crashing a REPL) is split in halves until the culprit stands alone;
-- verifies identical code once per call and remembers definitive verdicts in an optional sqlite
-  cache keyed by the server's identity and the code;
-- runs a static soundness gate before sending anything: the statement unchanged, and nothing
-  that fakes a proof (sorry, axioms, #exit, ...) or changes what the statement means
-  (variable/include, instances, notation, opens, options): the policy is above `soundness_gate`.
-
-What it promises: `verify` never raises because of the server. Anything that could not be
-verified becomes a verdict with status `timeout`, `server_error` or `rejected`, and only
-`valid` has `ok == True`.
-
-It stands alone (only `requests` besides the standard library): copy it into another project
-as one file. The Lean text helpers (comments, header split, statement normalisation) live here
-and the rest of this project imports them from here; repair-prompt text is in formats.py.
+It batches snippets over one pooled session to one or more servers, retries connection errors,
+429 and 5xx with backoff (splitting a batch that keeps failing with 500), verifies identical
+code once per call, caches definitive verdicts in sqlite keyed by the server's identity, and
+runs a static soundness gate before sending anything (policy: above `soundness_gate`; why:
+docs/DESIGN.md). `verify` never raises because of the server: what could not be verified is a
+verdict with status `timeout`, `server_error` or `rejected`, and only `valid` has `ok == True`.
+It stands alone (only `requests` besides the standard library): copy it as one file. The Lean
+text helpers (comments, header split, statement normalisation) live here; the project imports
+them from here.
 
 It is not Lean: a `valid` verdict is only as good as the server behind the URL. The tests'
 stand-in (`lean_standin_server.py`) says so in `/health`, and that identity keys the cache.
@@ -157,7 +148,7 @@ def split_header(code: str) -> tuple[str, str]:
             break
     if last < 0:
         return "", code
-    code_end = len(bare[last].rstrip())             # a comment opened on that line stays in the rest
+    code_end = len(bare[last].rstrip())   # a comment opened on that line stays in the rest
     header = "\n".join(lines[:last] + [lines[last][:code_end]]) + "\n"
     tail, rest = lines[last][code_end:].strip(), "\n".join(lines[last + 1:])
     if tail:
@@ -233,7 +224,8 @@ def parse_result(item_id: str, code: str, result: dict, line_numbering: str = "s
                        raw=result)
     if "message" in resp and "messages" not in resp and "env" not in resp:
         # a REPL-level failure ({"message": "..."}), not a Lean verdict
-        return Verdict(item_id, "server_error", code, time=t, error=str(resp["message"]), raw=result)
+        return Verdict(item_id, "server_error", code, time=t, error=str(resp["message"]),
+                       raw=result)
     offset = import_line_count(code) if line_numbering == "after_imports" else 0
     messages = []
     for m in resp.get("messages") or []:
@@ -258,13 +250,10 @@ def parse_result(item_id: str, code: str, result: dict, line_numbering: str = "s
 # Soundness gate (static, before anything is sent)
 # ---------------------------------------------------------------------------------------------
 
-# Policy: what may stand in a checked file besides the theorem. Anything that can change what
-# the theorem's text *means* is refused, not only what can fake a proof (Lean elaborates the
-# statement in the environment the file builds: `variable (h : False)` + `include h` makes it
-# a different, provable statement with the same text). Allowed: import; `open A B` / `open
-# scoped A B` before the first declaration, `open ... in` on a helper; `universe`; options from
-# SAFE_OPTIONS; helper theorem/lemma/def/structure with their own proofs, SAFE_ATTRIBUTES only,
-# and names the statement does not use. Refused, with a reason naming the command: the rest.
+# Policy (why: docs/DESIGN.md, soundness): anything that can change what the theorem's text
+# means is refused, not only what can fake a proof. Allowed besides the theorem: import; `open`
+# before the first declaration, `open ... in` on a helper; `universe`; SAFE_OPTIONS; helpers
+# with their own proofs, SAFE_ATTRIBUTES only, and names the statement does not use.
 SAFE_OPTIONS = ("maxHeartbeats", "maxRecDepth", "linter.unusedVariables", "linter.unusedTactic",
                 "pp.all", "pp.numericTypes", "synthInstance.maxHeartbeats")
 SAFE_ATTRIBUTES = ("simp", "reducible", "irreducible", "inline", "specialize")
@@ -308,7 +297,8 @@ def _opened(command: str) -> list[str] | str:
     words = command.split()[1:]
     if words[:1] == ["scoped"]:
         words = words[1:]
-    if not words or any(not re.fullmatch(r"[A-Za-z_][\w.']*", w) or w in ("renaming", "hiding", "private")
+    if not words or any(not re.fullmatch(r"[A-Za-z_][\w.']*", w)
+                        or w in ("renaming", "hiding", "private")
                         for w in words):
         return f"uses an `open` form that can rename or shadow names ({collapse_ws(command)})"
     return words
@@ -364,14 +354,16 @@ def soundness_gate(code: str, statement: str, header: str | None = None,
     header_opens = set()
     for line in re.findall(r"(?m)^[ \t]*open\b[^\n]*", strip_lean_comments(header or "")):
         header_opens |= set(_opened(line)) if isinstance(_opened(line), list) else set()
-    for m in re.finditer(r"(?<![\w'.])open\b[^\n]*?(?=(?<![\w'.])in(?![\w'.])|\n|$)(in\b)?", bare[:at.start()]):
+    for m in re.finditer(r"(?<![\w'.])open\b[^\n]*?(?=(?<![\w'.])in(?![\w'.])|\n|$)(in\b)?",
+                         bare[:at.start()]):
         opened = _opened(m.group(0)[:-2] if m.group(1) else m.group(0))
         if isinstance(opened, str):
             return opened
         if declared & set(opened):
             return f"opens a namespace the file declares into ({', '.join(sorted(declared & set(opened)))})"
         if m.group(1):   # `open ... in` scopes over the next command: it must not be the theorem
-            if min((d.start() for d in decls if d.start() >= m.end()), default=at.start()) >= at.start():
+            if min((d.start() for d in decls if d.start() >= m.end()),
+                   default=at.start()) >= at.start():
                 return "puts `open ... in` on the theorem: it changes the names its statement sees"
         elif m.start() > first_decl:
             return "opens a namespace after a declaration: the theorem would see other names"
@@ -461,8 +453,9 @@ class LeanClient:
         # accepted, its axioms pass the #print axioms check and show in Verdict.axioms
         self.reject_native_decide = reject_native_decide
         self.check_axioms = check_axioms
-        self.allowed_axioms = tuple(allowed_axioms) + (() if reject_native_decide else NATIVE_AXIOMS)
-        self._identity, self.infotree = server_identity, infotree   # infotree: None | "original" | ...
+        self.allowed_axioms = tuple(allowed_axioms) + (() if reject_native_decide
+                                                       else NATIVE_AXIOMS)
+        self._identity, self.infotree = server_identity, infotree   # None | "original" | ...
         self.cache = VerdictCache(cache_path) if cache_path else None
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=len(self.urls),
@@ -509,7 +502,8 @@ class LeanClient:
             bodies = [b for b in self.health().values() if b]
             if not bodies:
                 return None
-            extra = sorted({json.dumps({k: v for k, v in b.items() if k != "status"}, sort_keys=True)
+            extra = sorted({json.dumps({k: v for k, v in b.items() if k != "status"},
+                                       sort_keys=True)
                             for b in bodies})
             self._identity = json.dumps({"urls": sorted(self.urls), "health": extra,
                                          "endpoint": self.endpoint})
@@ -524,7 +518,8 @@ class LeanClient:
         if lines and lines <= {3 - offset, 2 - offset}:
             self.line_numbering = "snippet" if 3 - offset in lines else "after_imports"
         else:
-            log.warning("line-numbering probe got no usable message (%s); keeping %s", v.error, self.line_numbering)
+            log.warning("line-numbering probe got no usable message (%s); keeping %s", v.error,
+                        self.line_numbering)
         return self.line_numbering
 
     # -- verify -------------------------------------------------------------------------------
@@ -533,13 +528,15 @@ class LeanClient:
         """One Verdict per item, in input order. Items: {"id", "code", optional "statement",
         optional "header" (the dataset's header: the gate then allows no other `open`)}."""
         timeout = int(timeout or self.timeout)
-        prepared: list[tuple[str, str, str | None, bool, str]] = []  # id, sent, gate reason, axioms?, code
+        # id, sent, gate reason, axioms?, code
+        prepared: list[tuple[str, str, str | None, bool, str]] = []
         for idx, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("code"), str):
                 raise ValueError(f"verify item {idx} needs a dict with a string 'code'")
             code = given = item["code"]
             stmt = item.get("statement")
-            reason = soundness_gate(code, stmt, item.get("header"), self.reject_native_decide) if stmt else None
+            reason = soundness_gate(code, stmt, item.get("header"),
+                                    self.reject_native_decide) if stmt else None
             axioms = bool(stmt and not reason and self.check_axioms)
             if axioms:
                 code = f"{code.rstrip()}\n\n#print axioms {theorem_name(stmt)}\n"
@@ -595,7 +592,8 @@ class LeanClient:
             return dataclasses.replace(v, status="rejected", error="no #print axioms output")
         bad = [a for a in used if a not in self.allowed_axioms]
         if bad:
-            return dataclasses.replace(v, status="rejected", error=f"uses axioms {bad}", axioms=used)
+            return dataclasses.replace(v, status="rejected", error=f"uses axioms {bad}",
+                                       axioms=used)
         return dataclasses.replace(v, axioms=used)
 
     # -- transport ----------------------------------------------------------------------------
@@ -638,11 +636,14 @@ class LeanClient:
 
     def _payload(self, codes: list[str], timeout: int) -> tuple[str, dict]:
         if self.endpoint == "check":
-            return "/api/check", {"snippets": [{"id": str(i), "code": c} for i, c in enumerate(codes)],
+            return "/api/check", {"snippets": [{"id": str(i), "code": c}
+                                               for i, c in enumerate(codes)],
                                   "timeout": timeout, "debug": False, "reuse": True,
                                   "infotree": self.infotree}
-        return "/verify", {"codes": [{"custom_id": str(i), "proof": c} for i, c in enumerate(codes)],
-                           "timeout": timeout, "infotree_type": self.infotree, "disable_cache": False}
+        return "/verify", {"codes": [{"custom_id": str(i), "proof": c}
+                                     for i, c in enumerate(codes)],
+                           "timeout": timeout, "infotree_type": self.infotree,
+                           "disable_cache": False}
 
     def _post_with_retries(self, codes: list[str], timeout: int) -> dict[str, dict]:
         path, payload = self._payload(codes, timeout)

@@ -44,7 +44,8 @@ class StandinState:
         self.rng = random.Random(args.seed)
         self.lock = threading.Lock()
         self.queued_faults: list[str] = []
-        self.rates = {"500": args.fault_500, "429": args.fault_429, "malformed": args.fault_malformed,
+        self.rates = {"500": args.fault_500, "429": args.fault_429,
+                      "malformed": args.fault_malformed,
                       "drop": args.fault_drop, "timeout": args.fault_timeout}
         self.stats = {"requests": 0, "snippets": 0, "faults": {}, "max_batch": 0}
 
@@ -136,7 +137,8 @@ class Handler(BaseHTTPRequestHandler):
         if not self.authorized():
             return
         legacy = self.path == "/verify"
-        items = (body or {}).get("codes" if legacy else "snippets") if isinstance(body, dict) else None
+        items = (body or {}).get("codes" if legacy
+                                 else "snippets") if isinstance(body, dict) else None
         id_key, code_key = ("custom_id", "proof") if legacy else ("id", "code")
         if not isinstance(items, list) or not items:
             return self.reply(422, {"detail": [{"type": "value_error", "loc": ["body", "snippets"],

@@ -37,7 +37,8 @@ def shipped_proofs() -> list[dict]:
         r = json.loads(line)
         rows.append({"statement_id": f"minif2f_valid_proofs/{r['name']}", "formal_statement":
                      lean_client.normalize_statement(r["formal_statement"]), "header": "",
-                     "proof": r["formal_proof"], "source": "deepseek_v15_minif2f_valid_few_shot", "run": "shipped"})
+                     "proof": r["formal_proof"], "source": "deepseek_v15_minif2f_valid_few_shot",
+                     "run": "shipped"})
     with zipfile.ZipFile(DATA / "proofs/kimina_preview_minif2f_test_solved.zip") as zf:
         name = next(n for n in zf.namelist() if n.endswith(".jsonl"))
         for line in zf.read(name).decode().splitlines():
@@ -62,7 +63,8 @@ def read_proof_file(path: Path) -> list[dict]:
         if line.strip():
             try:
                 r = json.loads(line)
-                rows.append({c: str(r[c]) if c in ("statement_id", "formal_statement", "proof") else str(r.get(c) or "")
+                rows.append({c: str(r[c]) if c in ("statement_id", "formal_statement", "proof")
+                             else str(r.get(c) or "")
                              for c in common.SCHEMAS["proof_bank"]})
             except (ValueError, KeyError) as exc:
                 raise SystemExit(f"{path}:{lineno}: a proof row needs statement_id, formal_statement, proof ({exc})")
@@ -85,7 +87,8 @@ class ProofMemory:
                 self.left_out += 1
                 continue
             self._add(r)
-        self.key = hashlib.sha256(json.dumps(sorted([r["formal_statement"], r["proof"]] for r in self.rows),
+        self.key = hashlib.sha256(json.dumps(sorted([r["formal_statement"], r["proof"]]
+                                                    for r in self.rows),
                                              ensure_ascii=False).encode()).hexdigest()[:12]
         self._index = None
 
@@ -94,7 +97,8 @@ class ProofMemory:
         return f"memory_{self.key}" + ("+online" if self.online else "")
 
     def _add(self, row: dict) -> bool:
-        key = (lean_client.collapse_ws(row["formal_statement"]), lean_client.collapse_ws(row["proof"]))
+        key = (lean_client.collapse_ws(row["formal_statement"]),
+               lean_client.collapse_ws(row["proof"]))
         if key in self._keys:
             return False
         self._keys.add(key)
@@ -112,7 +116,8 @@ class ProofMemory:
     def save(self, folder: Path) -> Path:
         path = Path(folder) / f"memory_{self.key}.parquet"
         if not path.exists():
-            common.write_parquet([{c: r[c] for c in common.SCHEMAS["proof_bank"]} for r in self.rows], path, "proof_bank")
+            common.write_parquet([{c: r[c] for c in common.SCHEMAS["proof_bank"]}
+                                  for r in self.rows], path, "proof_bank")
         return path
 
     def retrieve(self, statement: str, k: int, exclude_id: str) -> list[dict]:
@@ -123,14 +128,16 @@ class ProofMemory:
         import bm25s
         if self._index is None:
             self._index = bm25s.BM25()
-            self._index.index(bm25s.tokenize([r["formal_statement"] for r in self.rows], stopwords=None,
+            self._index.index(bm25s.tokenize([r["formal_statement"] for r in self.rows],
+                                             stopwords=None,
                                              show_progress=False), show_progress=False)
         canon, name = canonical.canonical_statement(statement), lean_client.theorem_name(statement)
 
         def is_self(r):
             return r["statement_id"] == exclude_id or r["_canon"] == canon or (name and r["_name"] == name)
         excluded = sum(map(is_self, self.rows))
-        docs, _ = self._index.retrieve(bm25s.tokenize([statement], stopwords=None, show_progress=False),
+        docs, _ = self._index.retrieve(bm25s.tokenize([statement], stopwords=None,
+                                                      show_progress=False),
                                        k=min(k + excluded, len(self.rows)), show_progress=False)
         hits = [self.rows[int(i)] for i in docs[0]]
         return [{c: r[c] for c in common.SCHEMAS["proof_bank"]} for r in hits if not is_self(r)][:k]

@@ -24,7 +24,8 @@ def group_advantages(rollouts: list, cfg) -> tuple[list, int]:
     for g in range(0, len(rollouts), cfg.group_size):
         group = rollouts[g:g + cfg.group_size]
         rewards = torch.tensor([r.reward for r in group], dtype=torch.float64)
-        mean, std = (rewards.mean(), rewards.std()) if len(group) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
+        mean, std = (rewards.mean(),
+                     rewards.std()) if len(group) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
         adv = rewards - mean
         if cfg.adv_std_norm:
             adv = adv / (std + 1e-6)
@@ -94,8 +95,10 @@ def policy_loss(logp, old_logp, adv, mask, cfg, max_len: int, ref_logp=None,
     unclipped = ratio * a
     clipped = torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * a
     per_token = -torch.minimum(unclipped, clipped)
-    if cfg.ratio_level == "token" and cfg.clip_ratio_c > 1:   # dual clip: a negative advantage's loss
-        per_token = torch.where(a < 0, torch.minimum(per_token, -a * cfg.clip_ratio_c), per_token)   # is capped
+    if cfg.ratio_level == "token" and cfg.clip_ratio_c > 1:   # dual clip: a negative advantage's
+                                                              # loss
+        # is capped
+        per_token = torch.where(a < 0, torch.minimum(per_token, -a * cfg.clip_ratio_c), per_token)
     if cfg.kl_coef and ref_logp is not None:   # k3 estimator of KL(pi || ref)
         d = ref_logp - logp
         per_token = per_token + cfg.kl_coef * (torch.exp(d) - d - 1)
@@ -114,7 +117,8 @@ def policy_loss(logp, old_logp, adv, mask, cfg, max_len: int, ref_logp=None,
 
 
 def trajectory_advantages(trajectories: list[list], group_size: int, credit: str = "trajectory",
-                          std_norm: bool = False, skip_zero_variance: bool = False) -> tuple[list, int]:
+                          std_norm: bool = False,
+                          skip_zero_variance: bool = False) -> tuple[list, int]:
     """Advantages of multi-round (repair) rollouts: `trajectories` holds each trajectory's rounds
     (objects with .reward, .advantage), consecutive runs of group_size trajectories per statement.
     credit "trajectory" (OProver counts a trajectory solved if any round passes): R = the best
@@ -135,7 +139,9 @@ def trajectory_advantages(trajectories: list[list], group_size: int, credit: str
         flat = []
         for cohort in cohorts:
             rewards = torch.tensor([rew for _, rew in cohort], dtype=torch.float64)
-            mean, std = (rewards.mean(), rewards.std()) if len(cohort) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
+            mean, std = (rewards.mean(),
+                         rewards.std()) if len(cohort) > 1 else (torch.tensor(0.0),
+                                                                 torch.tensor(1.0))
             adv = (rewards - mean) / (std + 1e-6) if std_norm else rewards - mean
             for (rounds, _), a in zip(cohort, adv.tolist()):
                 for r in rounds:

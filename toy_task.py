@@ -192,7 +192,8 @@ class Checker:
         if head == "axiom":
             m = re.match(r"axiom\s+(\S+)\s*:\s*(.+?)\s*$", text, re.S)
             if m:
-                self.env[m.group(1)] = {"prop": " ".join(m.group(2).split()), "axioms": [m.group(1)]}
+                self.env[m.group(1)] = {"prop": " ".join(m.group(2).split()),
+                                        "axioms": [m.group(1)]}
                 return
         if head == "#print":
             m = re.match(r"#print\s+axioms\s+(\S+)", text)
@@ -202,7 +203,8 @@ class Checker:
                     self.msg("error", a, a + len(m.group(0)), f"unknown constant '{name}'")
                     return
                 used = sorted(set(self.env[name]["axioms"]))
-                self.msg("info", a, a + 6, f"'{name}' depends on axioms: [{', '.join(used)}]" if used
+                self.msg("info", a, a + 6, f"'{name}' depends on axioms: [{', '.join(used)}]"
+                         if used
                          else f"'{name}' does not depend on any axioms")
                 return
         if head in ("theorem", "lemma"):
@@ -224,7 +226,8 @@ class Checker:
         try:
             rel, truth = decide_prop(prop)
         except OutsideFragment as exc:
-            self.msg("error", name_at, name_at + len(name), "stand-in server: statement outside the "
+            self.msg("error", name_at, name_at + len(name),
+                     "stand-in server: statement outside the "
                      f"toy fragment (closed ℕ arithmetic), cannot be checked here: {exc}")
             self.env[name] = {"prop": prop, "axioms": axioms}
             return
@@ -303,7 +306,8 @@ def relation_of(statement: str) -> str:
 
 
 def toy_completion(stmt: str, tactic: str) -> str:
-    return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}", "One tactic should close this closed ℕ goal.")
+    return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}",
+                             "One tactic should close this closed ℕ goal.")
 
 
 TOOL_OPENING = "One tactic should close this closed ℕ goal; I check it in the REPL first.\n"
@@ -334,7 +338,8 @@ def toy_feedback(stmt: str, tactic: str) -> str:
     same parser and formatter as a live verification (lean_client), so the repair rows match
     the second-turn prompts the model meets in RL and evaluation."""
     code = build_lean_code(TOY_HEADER, stmt, f"\n  {tactic}")
-    return lean_feedback(parse_result("toy", code, {"response": Checker(code, "snippet").run()}), "kimina")
+    return lean_feedback(parse_result("toy", code, {"response": Checker(code, "snippet").run()}),
+                         "kimina")
 
 
 
@@ -356,18 +361,22 @@ def build_toy(cfg) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
     for i, (prop, right) in enumerate(props.items()):
         stmt = f"theorem toy_{i:05d} : {prop} := by"
         rec = {"statement_id": f"toy/{i:05d}", "source": "toy", "split": "", "header": TOY_HEADER,
-               "formal_statement": stmt, "informal_problem": f"Prove that {prop} holds for natural numbers.",
-               "theorem_name": f"toy_{i:05d}", "toy_tactic": right}   # its class (03 --balance_by toy_tactic)
+               "formal_statement": stmt,
+               "informal_problem": f"Prove that {prop} holds for natural numbers.",
+               # its class (03 --balance_by toy_tactic)
+               "theorem_name": f"toy_{i:05d}", "toy_tactic": right}
         bucket = hash_split(prop, cfg.toy_eval_fraction, held_out="test")
         if bucket == "test":
-            evals.append({**rec, "split": "test", "eval_source": "toy_task.py (the stand-in's fragment, NOT Lean)"})
+            evals.append({**rec, "split": "test",
+                          "eval_source": "toy_task.py (the stand-in's fragment, NOT Lean)"})
         elif hash_split(prop + "#sft", cfg.toy_sft_fraction, held_out="sft") == "sft":
             correct = rng.random() < cfg.toy_sft_correct
             tactic = right if correct else rng.choice([t for t in tactics if t != right])
             split = hash_split(stmt, cfg.valid_fraction)
             if cfg.prompt_format == "stepfun":   # a verified tool trace: sketches until one passes
                 rest = [t for t in tactics if t != tactic]
-                order_rng.shuffle(rest)   # its own stream: the RL and eval files stay the Kimina run's
+                order_rng.shuffle(rest)   # its own stream: the RL and eval files stay the Kimina
+                                          # run's
                 order = [tactic] + rest
                 order = order[:order.index(right) + 1]
                 sft.append({**rec, "split": split, "formal_proof": f"\n  {right}",
@@ -379,7 +388,8 @@ def build_toy(cfg) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
                 first = rng.choice([t for t in tactics if t != right])
                 second = rng.choice([t for t in tactics if t != first])
                 sft.append({**rec, "statement_id": rec["statement_id"] + "#repair", "split": split,
-                            "formal_proof": f"\n  {second}", "completion": toy_completion(stmt, second),
+                            "formal_proof": f"\n  {second}",
+                            "completion": toy_completion(stmt, second),
                             "prev_attempt": toy_completion(stmt, first),
                             "lean_feedback": toy_feedback(stmt, first)})
         else:
@@ -389,5 +399,6 @@ def build_toy(cfg) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
         by_class[props[rec["formal_statement"].split(" : ", 1)[1][:-len(" := by")]]].append(rec)
     for recs in by_class.values():
         rng.shuffle(recs)
-    stratified = [r for group in itertools.zip_longest(*(by_class[t] for t in tactics)) for r in group if r]
+    stratified = [r for group in itertools.zip_longest(*(by_class[t] for t in tactics))
+                  for r in group if r]
     return {"toy": stratified}, rl, sft

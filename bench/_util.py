@@ -25,6 +25,7 @@ def toy_run(prefix: str, run_name: str = "b") -> Path:
     work = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ["PROVER_RUNS_DIR"] = str(work / "runs")
     common.RUNS_ROOT = work / "runs"
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", run_name],
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    run_name],
                    check=True, capture_output=True, env=os.environ)
     return work

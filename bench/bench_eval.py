@@ -16,7 +16,8 @@ from lean_standin_server import StandinProcess
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--problems", type=int, default=16)
@@ -45,18 +46,23 @@ def main():
             prompt = formats.render_prompt(tok, formats.prompt_messages(row))
             ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
             for k in range(args.samples):
-                out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0,
+                out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=True,
+                                     temperature=1.0,
                                      top_p=0.95, pad_token_id=tok.pad_token_id)
                 text = tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
                 proof = formats.extract_proof(text, row["formal_statement"])
                 if proof is not None:
                     v = client.verify([{"id": "x", "statement": row["formal_statement"],
-                                        "code": formats.build_lean_code(row["header"], row["formal_statement"], proof)}])[0]
+                                        "code": formats.build_lean_code(row["header"],
+                                                                        row["formal_statement"],
+                                                                        proof)}])[0]
                     solved_naive += v.ok
         naive = time.perf_counter() - t0
     print(json.dumps({"samples": n, "latency_ms_per_proof": args.latency_ms,
-                      "ours_samples_per_sec": round(n / ours, 2), "naive_samples_per_sec": round(n / naive, 2),
-                      "speedup": round(naive / ours, 2), "valid_ours": solved_ours, "valid_naive": solved_naive},
+                      "ours_samples_per_sec": round(n / ours, 2),
+                      "naive_samples_per_sec": round(n / naive, 2),
+                      "speedup": round(naive / ours, 2), "valid_ours": solved_ours,
+                      "valid_naive": solved_naive},
                      indent=2))
 
 

@@ -23,7 +23,8 @@ from lean_standin_server import StandinProcess
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
@@ -40,11 +41,15 @@ def main():
     with StandinProcess(workers=16, latency_ms=args.latency_ms) as url:
         os.environ["LEAN_SERVER_API_URL"] = url
         # ---- ours
-        cfg = grpo.Settings(run_name="b", model=model, prompts_per_step=4, group_size=4, max_new_tokens=64,
-                            mini_batch_prompts=4, micro_batch_size=16, lr=1e-5, require_tactic_blocks=False,
-                            max_steps=args.steps, eval_every=0, save_every=0, error_correction=False)
+        cfg = grpo.Settings(run_name="b", model=model, prompts_per_step=4, group_size=4,
+                            max_new_tokens=64,
+                            mini_batch_prompts=4, micro_batch_size=16, lr=1e-5,
+                            require_tactic_blocks=False,
+                            max_steps=args.steps, eval_every=0, save_every=0,
+                            error_correction=False)
         grpo.train(cfg)
-        ours = [json.loads(l) for l in (work / "runs/b/03_grpo/metrics.jsonl").read_text().splitlines()][args.warmup:]
+        ours = [json.loads(l)
+                for l in (work / "runs/b/03_grpo/metrics.jsonl").read_text().splitlines()][args.warmup:]
         ours_sec = statistics.median(r["time_step"] for r in ours)
         wait_share = sum(r["time_verify_wait"] for r in ours) / sum(r["time_step"] for r in ours)
         ours_len = statistics.mean(r["response_length"] for r in ours)
@@ -61,7 +66,8 @@ def main():
         client = LeanClient(url, batch_size=8)
 
         def reward(prompts, completions, **kw):
-            rollouts = [grpo.Rollout(grpo.PromptItem(by_prompt[p]), [], generation.Generation(c, [], [], "eos"))
+            rollouts = [grpo.Rollout(grpo.PromptItem(by_prompt[p]), [],
+                                     generation.Generation(c, [], [], "eos"))
                         for p, c in zip(prompts, completions)]
             grpo.score(rollouts, client, cfg)
             return [r.reward for r in rollouts]
@@ -79,10 +85,13 @@ def main():
                 if logs and "completions/mean_length" in logs:
                     lengths.append(logs["completions/mean_length"])
 
-        trl_cfg = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=16, num_generations=4,
-                             max_completion_length=64, temperature=1.0, learning_rate=1e-5, beta=0.0,
+        trl_cfg = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=16,
+                             num_generations=4,
+                             max_completion_length=64, temperature=1.0, learning_rate=1e-5,
+                             beta=0.0,
                              epsilon=0.2, epsilon_high=0.3, max_steps=args.steps, logging_steps=1,
-                             gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none",
+                             gradient_checkpointing=False, bf16=False, use_cpu=True,
+                             report_to="none",
                              save_strategy="no", seed=0, disable_tqdm=True, scale_rewards=False)
         trainer = GRPOTrainer(model=generation.load_model(model), reward_funcs=reward, args=trl_cfg,
                               train_dataset=ds, processing_class=tok, callbacks=[Timer()])
@@ -94,7 +103,8 @@ def main():
               "speedup_ours_over_trl": round(trl_sec / ours_sec, 2),
               "ours_verify_wait_share": round(wait_share, 4),
               "ours_mean_completion_tokens": round(ours_len, 1),
-              "trl_mean_completion_tokens": round(statistics.mean(lengths[args.warmup:]), 1) if lengths else None}
+              "trl_mean_completion_tokens": round(statistics.mean(lengths[args.warmup:]), 1)
+              if lengths else None}
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 

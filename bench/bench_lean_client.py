@@ -41,13 +41,15 @@ def make_items(n: int, dup_fraction: float, seed: int = 0) -> list[dict]:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--latency-ms", type=float, default=50)
     p.add_argument("--proofs", type=int, default=2000)
     p.add_argument("--duplicates", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-workers", type=int, default=8, help="client concurrency (requests in flight)")
+    p.add_argument("--max-workers", type=int, default=8,
+                   help="client concurrency (requests in flight)")
     p.add_argument("--baseline", type=int, default=200, help="items for the sequential baseline")
     args = p.parse_args()
 
@@ -66,7 +68,8 @@ def main():
         session = requests.Session()
         t0 = time.perf_counter()
         for it in items[:args.baseline]:
-            r = session.post(url + "/api/check", json={"snippets": [{"id": it["id"], "code": it["code"]}],
+            r = session.post(url + "/api/check",
+                             json={"snippets": [{"id": it["id"], "code": it["code"]}],
                                                         "timeout": 60})
             r.raise_for_status()
         t_seq = time.perf_counter() - t0

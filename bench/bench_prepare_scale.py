@@ -25,24 +25,30 @@ HEADER = "import Mathlib\nimport Aesop\nset_option maxHeartbeats 400000\nopen Bi
 
 
 def goedel_row(i: int) -> dict:
-    return {"problem_id": f"g_{i:07d}", "informal_statement": f"Show that x * {i} + {i % 97} is at least {i % 13} for positive x.",
+    return {"problem_id": f"g_{i:07d}",
+            "informal_statement": f"Show that x * {i} + {i % 97} is at least {i % 13} for positive x.",
             "formal_statement": f"{HEADER}/-- Show that x * {i} + {i % 97} ≥ {i % 13}. -/\n"
                                 f"theorem goedel_{i} (x : ℝ) (h : 0 < x) : x * {i} + {i % 97} ≥ {i % 13} := by sorry"}
 
 
 def write_source(path: Path, rows: int) -> None:
-    schema = pa.schema([("problem_id", pa.string()), ("informal_statement", pa.string()), ("formal_statement", pa.string())])
+    schema = pa.schema([("problem_id", pa.string()), ("informal_statement", pa.string()),
+                        ("formal_statement", pa.string())])
     with pq.ParquetWriter(path, schema, compression="zstd") as w:
         for start in range(0, rows, 50_000):
-            w.write_table(pa.Table.from_pylist([goedel_row(i) for i in range(start, min(rows, start + 50_000))], schema=schema))
+            w.write_table(pa.Table.from_pylist([goedel_row(i)
+                                                for i in range(start, min(rows, start + 50_000))],
+                                               schema=schema))
 
 
 def run_01(src: Path, work: Path, run: str, *extra: str) -> tuple[float, float]:
     env = {**os.environ, "PROVER_RUNS_DIR": str(work / "runs")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--run_name", run, "--rl_sources",
-                    f"goedel_pset={src}", "--sft_sources", "", "--eval_sets", "minif2f_test", *extra],
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--run_name", run,
+                    "--rl_sources",
+                    f"goedel_pset={src}", "--sft_sources", "", "--eval_sets", "minif2f_test",
+                    *extra],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if peak <= before:

@@ -18,7 +18,8 @@ from _util import common, formats, generation, load_stage, toy_run
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
     p.add_argument("--batch_size", type=int, default=8)
@@ -27,7 +28,8 @@ def main():
     work = toy_run("bench_sft_")
     data = work / "runs/b/01_data/sft.parquet"
     rows = [r for r in common.read_rows(data, "sft") if r["split"] != "valid"]
-    base = generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows],
+    base = generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"]
+                                        for r in rows],
                                    work / "base", seed=0)
 
     # ---- ours: the stage's own train() on a copy of the base model
@@ -36,7 +38,8 @@ def main():
                        max_steps=args.steps, lr=1e-3, warmup_steps=0, schedule="constant",
                        eval_every=0, save_every=0, max_seq_len=512, grad_clip=1.0)
     sft.train(cfg)
-    ours = [json.loads(l) for l in (work / "runs/ours/02_sft/metrics.jsonl").read_text().splitlines()]
+    ours = [json.loads(l)
+            for l in (work / "runs/ours/02_sft/metrics.jsonl").read_text().splitlines()]
     ours_sec = statistics.median(r["sec_per_step"] for r in ours[args.warmup:])
     tok = generation.load_tokenizer(str(base))
     examples, _ = sft.tokenize_rows(rows, tok, cfg)
@@ -60,7 +63,8 @@ def main():
     trl_cfg = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch_size,
                         max_steps=args.steps, learning_rate=1e-3, lr_scheduler_type="constant",
                         warmup_steps=0, max_grad_norm=1.0, max_length=512, packing=False,
-                        completion_only_loss=True, gradient_checkpointing=False, bf16=False, fp16=False,
+                        completion_only_loss=True, gradient_checkpointing=False, bf16=False,
+                        fp16=False,
                         use_cpu=True, report_to="none", save_strategy="no", logging_steps=1000,
                         dataloader_num_workers=0, seed=0, disable_tqdm=True)
     trainer = SFTTrainer(model=generation.load_model(str(base)), args=trl_cfg, train_dataset=ds,

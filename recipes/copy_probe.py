@@ -30,20 +30,25 @@ def probe(model_path: str, data: Path, n: int = 24, seed: int = 1, fmt: str = "k
     out = {}
     for kind in ("first", "correction"):
         pick = [r for r in rows if bool(r.get("prev_attempt")) == (kind == "correction")]
-        pick = [pick[i] for i in torch.randperm(len(pick), generator=torch.Generator().manual_seed(seed))[:n].tolist()]
+        pick = [pick[i]
+                for i in torch.randperm(len(pick),
+                                        generator=torch.Generator().manual_seed(seed))[:n].tolist()]
         if not pick:
             continue
         copied, loss, tokens = 0, 0.0, 0
         for r in pick:
-            p = tok(formats.render(tok, formats.prompt_messages(r, fmt), fmt), add_special_tokens=False).input_ids
+            p = tok(formats.render(tok, formats.prompt_messages(r, fmt), fmt),
+                    add_special_tokens=False).input_ids
             c = tok(r["completion"], add_special_tokens=False).input_ids
             with torch.no_grad():
                 logits = model(torch.tensor([p + c])).logits[0, len(p) - 1:-1]
-                loss += float(torch.nn.functional.cross_entropy(logits, torch.tensor(c), reduction="sum"))
+                loss += float(torch.nn.functional.cross_entropy(logits, torch.tensor(c),
+                                                                reduction="sum"))
                 tokens += len(c)
                 g = model.generate(torch.tensor([p]), max_new_tokens=len(c) + 8, do_sample=False)
             copied += r["formal_statement"] in tok.decode(g[0, len(p):], skip_special_tokens=True)
-        out[kind] = {"rows": len(pick), "greedy_copies_statement": copied, "loss_per_token": loss / tokens}
+        out[kind] = {"rows": len(pick), "greedy_copies_statement": copied,
+                     "loss_per_token": loss / tokens}
     return out
 
 
@@ -56,22 +61,27 @@ def copies_by_shape(samples: Path, data: Path) -> dict[str, dict[str, list[float
     stmts = {r["statement_id"]: r["formal_statement"] for r in common.read_rows(data, "statements")}
     shape = re.compile(r"theorem (\S+) : (.*?) :=")
     bands = ("<= 8", "9-12", ">= 13")
-    groups: dict[str, dict[str, list]] = {"relation": {}, "proposition length": {b: [] for b in bands}}
+    groups: dict[str, dict[str, list]] = {"relation": {},
+                                          "proposition length": {b: [] for b in bands}}
     for line in samples.read_text().splitlines():
         s = json.loads(line)
         want, got = shape.search(stmts[s["statement_id"]]), shape.search(s["completion"])
-        hit = [got is not None and got.group(1) == want.group(1), got is not None and got.group(2) == want.group(2)]
+        hit = [got is not None and got.group(1) == want.group(1), got is not None
+               and got.group(2) == want.group(2)]
         n = len(want.group(2))
         band = "<= 8" if n <= 8 else "9-12" if n <= 12 else ">= 13"
-        for kind, key in (("relation", relation_of(stmts[s["statement_id"]])), ("proposition length", band)):
+        for kind, key in (("relation", relation_of(stmts[s["statement_id"]])),
+                          ("proposition length", band)):
             groups[kind].setdefault(key, []).append(hit)
-    return {kind: {key: [len(v), 100 * sum(h[0] for h in v) / len(v), 100 * sum(h[1] for h in v) / len(v)]
+    return {kind: {key: [len(v), 100 * sum(h[0] for h in v) / len(v),
+                         100 * sum(h[1] for h in v) / len(v)]
                    for key, v in (g.items() if kind != "relation" else sorted(g.items())) if v}
             for kind, g in groups.items()}
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="probe this SFT model on --data's SFT rows")
     ap.add_argument("--samples", type=Path, help="or read 04's samples of --data's eval statements")
     ap.add_argument("--data", required=True, type=Path)
@@ -81,7 +91,8 @@ if __name__ == "__main__":
     if a.samples:
         for kind, table in copies_by_shape(a.samples, a.data).items():
             print(f"| {kind} | samples | theorem name copied (%) | proposition copied (%) |\n|---|---:|---:|---:|")
-            print("\n".join(f"| `{k}` | {v[0]} | {v[1]:.1f} | {v[2]:.1f} |" for k, v in table.items()) + "\n")
+            print("\n".join(f"| `{k}` | {v[0]} | {v[1]:.1f} | {v[2]:.1f} |"
+                            for k, v in table.items()) + "\n")
         raise SystemExit(0)
     if not a.model:
         ap.error("--model or --samples is required")

@@ -28,7 +28,7 @@ import common  # noqa: E402
 
 
 def read_table(run: str, tag: str, bench: str, mode: str, label: str) -> list[dict]:
-    path = common.PROJECT_ROOT / "results" / run / tag / f"{bench}_{mode}_{label}.csv"
+    path = common.RESULTS_ROOT / run / tag / f"{bench}_{mode}_{label}.csv"
     if not path.exists():
         raise SystemExit(f"{path}: no such table (did 04_eval.py run with that budget?)")
     with open(path) as fh:
@@ -56,7 +56,8 @@ def budget_grid(samples: list[dict], width: int, depth: int) -> dict[tuple[int, 
     return grid
 
 
-def plot(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, title: str, logx: bool = False) -> None:
+def plot(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, title: str,
+         logx: bool = False) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,7 +77,8 @@ def plot(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, title: s
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kind", choices=("benchmarks", "sweep", "budget"))
     ap.add_argument("--run", required=True)
     ap.add_argument("--tag", required=True)
@@ -88,10 +90,10 @@ def main(argv=None):
     ap.add_argument("--bench", default="")
     ap.add_argument("--x", default="setting")
     args = ap.parse_args(argv)
-    out = common.PROJECT_ROOT / "results" / args.run
+    out = common.RESULTS_ROOT / args.run
     out.mkdir(parents=True, exist_ok=True)
-    shown = " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"**{args.name}** (`python recipes/paper_tables.py {shown}`, from 04_eval.py's outputs of run "
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"**{args.name}** (`python recipes/paper_tables.py {command}`, from 04_eval.py's outputs of run "
              f"{args.run}, model tag {args.tag})", ""]
     curves = {}
     if args.kind == "benchmarks":
@@ -109,7 +111,8 @@ def main(argv=None):
         plot(out / f"{args.name}.png", curves, "k", args.name, logx=True)
     elif args.kind == "sweep":
         labels = [x for x in args.labels.split(",") if x]
-        lines += [f"| {args.x} ({args.mode} budget label) | pass@1 (%) | 95% CI | problems |", "|---|---:|---:|---:|"]
+        lines += [f"| {args.x} ({args.mode} budget label) | pass@1 (%) | 95% CI | problems |",
+                  "|---|---:|---:|---:|"]
         xs, ys = [], []
         for lab in labels:
             r = read_table(args.run, args.tag, args.bench, args.mode, lab)[0]
@@ -125,26 +128,31 @@ def main(argv=None):
         for lab in labels:
             folder = common.RUNS_ROOT / args.run / "04_eval" / args.tag / args.bench / "repair" / lab
             settings = json.loads((folder / "sample_settings.json").read_text()) if (folder / "sample_settings.json").exists() else {}
-            samples = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines() if x.strip()]
+            samples = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()
+                       if x.strip()]
             width = int(lab.split("w")[1].split("-")[0])
             depth = int(lab.split("-d")[1].split("-")[0])
             grid = budget_grid(samples, width, depth)
             lines += [f"### {lab} (memory: {settings.get('memory', '?')})", "",
-                      "| attempt budget | " + " | ".join(f"depth {d}" for d in range(1, depth + 1)) + " |",
+                      "| attempt budget | " + " | ".join(f"depth {d}"
+                                                         for d in range(1, depth + 1)) + " |",
                       "|---:|" + "---:|" * depth]
             for b in budgets:
-                cells = [f"{100 * grid[(b // d, d)]:.1f} (w{b // d})" if b % d == 0 and 1 <= b // d <= width else "-"
+                cells = [f"{100 * grid[(b // d, d)]:.1f} (w{b // d})" if b % d == 0
+                         and 1 <= b // d <= width else "-"
                          for d in range(1, depth + 1)]
                 if any(c != "-" for c in cells):
                     lines.append(f"| {b} | " + " | ".join(cells) + " |")
             for d in range(1, depth + 1):
-                pts = [(b, 100 * grid[(b // d, d)]) for b in budgets if b % d == 0 and 1 <= b // d <= width]
+                pts = [(b, 100 * grid[(b // d, d)]) for b in budgets if b % d == 0
+                       and 1 <= b // d <= width]
                 if pts:
                     curves[f"{lab} depth {d}"] = ([p[0] for p in pts], [p[1] for p in pts])
             lines.append("")
         lines.append("Each cell: pass@w over trajectories cut at that depth (unbiased, from the run's width), "
                      "w = budget / depth.")
-        plot(out / f"{args.name}.png", curves, "total attempt budget (width x depth)", args.name, logx=True)
+        plot(out / f"{args.name}.png", curves, "total attempt budget (width x depth)", args.name,
+             logx=True)
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print((out / f"{args.name}.md").read_text())
 

@@ -23,9 +23,11 @@ def class_mix(run: Path) -> pd.DataFrame:
     df = pd.concat(pd.read_parquet(f) for f in files)
     df = df[df.turn == 1]
     # the class from the statement the prompt holds, parsed by the checker's own relation_of
-    rel = df.prompt.map(lambda p: relation_of(re.search(r"theorem toy_\d+ : [^\n]*:= by", p).group(0)))
+    rel = df.prompt.map(lambda p: relation_of(re.search(r"theorem toy_\d+ : [^\n]*:= by",
+                                                        p).group(0)))
     tactic = df.completion.map(lambda c: (re.findall(r":= by\s+(\w+)", c) or ["?"])[-1])
-    return pd.DataFrame({"step": df.step.values, "cls": rel.map(RIGHT).values, "right": (tactic == rel.map(RIGHT)).values})
+    return pd.DataFrame({"step": df.step.values, "cls": rel.map(RIGHT).values,
+                         "right": (tactic == rel.map(RIGHT)).values})
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def batch_scores(model, tok, rows: list[dict], fmt: str) -> list[list[float]]:
     padding after a sequence cannot change a causal model's log-probs before it)."""
     seqs, spans = [], []
     for row in rows:
-        prompt = tok(formats.render(tok, formats.prompt_messages(row, fmt), fmt), add_special_tokens=False).input_ids
-        answers = [tok(toy_completion(row["formal_statement"], t), add_special_tokens=False).input_ids for t in TACTICS]
+        prompt = tok(formats.render(tok, formats.prompt_messages(row, fmt), fmt),
+                     add_special_tokens=False).input_ids
+        answers = [tok(toy_completion(row["formal_statement"], t),
+                       add_special_tokens=False).input_ids for t in TACTICS]
         head = 0
         while all(len(a) > head for a in answers) and len({a[head] for a in answers}) == 1:
             head += 1
@@ -68,10 +70,12 @@ def batch_scores(model, tok, rows: list[dict], fmt: str) -> list[list[float]]:
 
 def probe(model_path: str, data: Path, problems: int, fmt: str = "kimina", batch: int = 8) -> dict:
     tok, model = generation.load_tokenizer(model_path), generation.load_model(model_path).eval()
-    rows = common.read_rows(data, "statements")[:problems]   # 01 writes eval files stratified: a prefix is balanced
+    rows = common.read_rows(data, "statements")[:problems]   # 01 writes eval files stratified: a
+                                                             # prefix is balanced
     per_class: dict[str, list[list[float]]] = defaultdict(list)
     mass: list[float] = []
-    for n, row in enumerate(rows):   # a non-toy file fails here, naming the row, before any model work
+    for n, row in enumerate(rows):   # a non-toy file fails here, naming the row, before any model
+                                     # work
         try:
             RIGHT[relation_of(row["formal_statement"])]
         except Exception as e:
@@ -93,11 +97,13 @@ def probe(model_path: str, data: Path, problems: int, fmt: str = "kimina", batch
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | mass | " + " | ".join(f"p(right) {c}" for c in TACTICS) + " | min | p(decide, norm_num, omega, rfl) over all |",
+    lines = ["| model | mass | " + " | ".join(f"p(right) {c}"
+                                              for c in TACTICS) + " | min | p(decide, norm_num, omega, rfl) over all |",
              "|---|---:|" + "---:|" * len(TACTICS) + "---:|---|"]
     for r in results:
         cls = r["classes"]
-        overall = [sum(c["p"][t] * c["problems"] for c in cls.values()) / r["problems"] for t in TACTICS]
+        overall = [sum(c["p"][t] * c["problems"] for c in cls.values()) / r["problems"]
+                   for t in TACTICS]
         lines.append(f"| {r['model']} | {r['mass']:.2f} | " + " | ".join(
             f"{cls[c]['p_right']:.3f}" if c in cls else "" for c in TACTICS)
             + f" | {r['p_right_min']:.3f} | " + ", ".join(f"{p:.2f}" for p in overall) + " |")
@@ -105,9 +111,12 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, help="a model folder (repeat for several)")
-    ap.add_argument("--data", required=True, type=Path, help="a toy eval file (01's eval_toy.parquet)")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True,
+                    help="a model folder (repeat for several)")
+    ap.add_argument("--data", required=True, type=Path,
+                    help="a toy eval file (01's eval_toy.parquet)")
     ap.add_argument("--problems", type=int, default=200)
     ap.add_argument("--prompt_format", default="kimina")
     ap.add_argument("--json", type=Path, help="also write the results here")

@@ -27,7 +27,8 @@ def rl_tokens(run: Path) -> list[tuple[int, int, float]]:
     """Per RL step: (step, generated tokens so far, training pass rate), from 03's rollout files
     (runs older than the generated_tokens metric count the same way)."""
     out, total = [], 0
-    metrics = {m["step"]: m for m in map(json.loads, (run / "03_grpo/metrics.jsonl").read_text().splitlines())}
+    metrics = {m["step"]: m
+               for m in map(json.loads, (run / "03_grpo/metrics.jsonl").read_text().splitlines())}
     for f in sorted((run / "03_grpo/rollouts").glob("step_*.parquet")):
         step = int(f.stem.split("_")[1])
         if step not in metrics:
@@ -59,10 +60,12 @@ def describe(name: str, run: Path, tag: str, mode: str, rl) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--single_run", default="smoke")
     ap.add_argument("--tool_run", default="toy_tool")
-    ap.add_argument("--budget", action="store_true", help="print the single run's RL generated tokens and exit")
+    ap.add_argument("--budget", action="store_true",
+                    help="print the single run's RL generated tokens and exit")
     ap.add_argument("--results_dir", default="")
     args = ap.parse_args(argv)
     single, tool = common.RUNS_ROOT / args.single_run, common.RUNS_ROOT / args.tool_run
@@ -78,10 +81,12 @@ def main(argv=None):
     ids = [set(r["succ"]) for r in rows]
     if any(i != ids[0] for i in ids):
         raise SystemExit("the four evaluations hold different problems: evaluate on the same eval file and prefix")
-    cfg = json.loads((tool / "04_eval/grpo/config.json").read_text())   # 04's resolved settings: the budget
+    # 04's resolved settings: the budget
+    cfg = json.loads((tool / "04_eval/grpo/config.json").read_text())
     pairs = [(3, 1, "tool RL - single-turn RL"), (2, 0, "tool SFT - single-turn SFT"),
              (1, 0, "single-turn RL - its SFT"), (3, 2, "tool RL - its SFT")]
-    changes = [(label, eval_tables.paired_pass1_change(rows[a]["succ"], rows[b]["succ"])) for a, b, label in pairs]
+    changes = [(label, eval_tables.paired_pass1_change(rows[a]["succ"], rows[b]["succ"]))
+               for a, b, label in pairs]
     w = rows[0]["width"]
     out = Path(args.results_dir) if args.results_dir else common.RESULTS_ROOT / args.tool_run
     out.mkdir(parents=True, exist_ok=True)
@@ -99,16 +104,20 @@ def main(argv=None):
                      f"{r['tokens_eval']:.0f} | {checks} |")
     lines += ["", "| paired change in pass@1 | points (95% CI) |", "|---|---:|"]
     lines += [f"| {label} | {c[0]:+.1f} ({c[1]:+.1f} to {c[2]:+.1f}) |" for label, c in changes]
-    lines += ["", "Eval tokens count what the model wrote (the REPL's answers are not generated). The stand-in "
+    lines += ["",
+              "Eval tokens count what the model wrote (the REPL's answers are not generated). The stand-in "
               "decides an invented fragment: no figure here is a Lean result."]
     md = out / "tool_vs_single.md"
     md.write_text("\n".join(lines) + "\n")
-    curves = [{"generated_tokens": t, f"{name} pass_rate": p} for name, rl in (("single-turn", single_rl), ("tool", tool_rl))
+    curves = [{"generated_tokens": t, f"{name} pass_rate": p}
+              for name, rl in (("single-turn", single_rl), ("tool", tool_rl))
               for _, t, p in rl]
-    png = common.plot_curves(curves, out / "tool_vs_single.png", ["single-turn pass_rate", "tool pass_rate"],
+    png = common.plot_curves(curves, out / "tool_vs_single.png",
+                             ["single-turn pass_rate", "tool pass_rate"],
                              "training pass rate against generated tokens", x="generated_tokens")
     (out / "tool_vs_single.json").write_text(json.dumps(
-        {"rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k != "succ"} for r in rows],
+        {"rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k != "succ"}
+                  for r in rows],
          "changes": {label: c for label, c in changes}}, indent=1) + "\n")
     print(md.read_text())
     print(f"wrote {md}, {png}")

@@ -28,8 +28,10 @@ real_score = rollouts.score
 def planted_score(rollouts, client, cfg):
     for r in rollouts:
         stmt = r.item.row["formal_statement"]
-        right = next(t for t, rels in TACTIC_RULES.items() if any(f" {rel} " in stmt for rel in rels))
-        tactic = right if r.gen.token_ids[0] % 2 == 0 else next(t for t in TACTIC_RULES if t != right)
+        right = next(t for t, rels in TACTIC_RULES.items()
+                     if any(f" {rel} " in stmt for rel in rels))
+        tactic = right if r.gen.token_ids[0] % 2 == 0 else next(t for t in TACTIC_RULES
+                                                                if t != right)
         text = f"<think>\nplanted\n</think>\n```lean4\n{r.item.row['header']}{stmt}\n  {tactic}\n```"
         r.gen = generation.Generation(text, r.gen.token_ids, r.gen.logprobs, r.gen.finish)
     return real_score(rollouts, client, cfg)

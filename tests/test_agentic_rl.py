@@ -20,7 +20,8 @@ HEADER = "import Mathlib\n\n"
 
 
 def cfg(**kw):
-    base = dict(run_name="t", prompts_per_step=2, group_size=2, max_new_tokens=64, mini_batch_prompts=2,
+    base = dict(run_name="t", prompts_per_step=2, group_size=2, max_new_tokens=64,
+                mini_batch_prompts=2,
                 micro_batch_size=8, lr=1e-2, require_tactic_blocks=False, max_steps=1, eval_every=0,
                 save_every=0, lean_timeout=5, prompt_format="kimina")
     return grpo.Settings(**{**base, **kw})
@@ -39,17 +40,22 @@ def test_trajectory_advantages_by_hand():
     group = [[Traj(0), Traj(1)], [Traj(0), Traj(0), Traj(0)], [Traj(1)]]
     kept, zero = rl_objective.trajectory_advantages(group, 3, "trajectory")
     # trajectory credit: R = (1, 0, 1), mean 2/3; every round carries its trajectory's advantage
-    assert [r.advantage for t in group for r in t] == pytest.approx([1 / 3] * 2 + [-2 / 3] * 3 + [1 / 3])
+    assert [r.advantage for t in group
+            for r in t] == pytest.approx([1 / 3] * 2 + [-2 / 3] * 3 + [1 / 3])
     assert len(kept) == 6 and zero == 0
     kept, _ = rl_objective.trajectory_advantages(group, 3, "round")
     # round credit: round 1 rewards (0, 0, 1) -> mean 1/3; round 2 (1, 0) -> 1/2; round 3 alone (0) -> 0
-    assert [r.advantage for t in group for r in t] == pytest.approx([-1 / 3, 0.5, -1 / 3, -0.5, 0.0, 2 / 3])
+    assert [r.advantage for t in group
+            for r in t] == pytest.approx([-1 / 3, 0.5, -1 / 3, -0.5, 0.0, 2 / 3])
     failed = [[Traj(0), Traj(0)], [Traj(0)]]
     kept, zero = rl_objective.trajectory_advantages(group + failed, 3, "trajectory")
-    assert zero == 1 and len(kept) == 9           # a group of 3, then a group of 2, both failed: counted
-    kept, zero = rl_objective.trajectory_advantages(group[:1] + failed, 3, "trajectory", skip_zero_variance=True)
+    assert zero == 1 and len(kept) == 9           # a group of 3, then a group of 2, both failed:
+                                                  # counted
+    kept, zero = rl_objective.trajectory_advantages(group[:1] + failed, 3, "trajectory",
+                                                    skip_zero_variance=True)
     assert zero == 0 and len(kept) == 5           # one group with a solved trajectory in it: kept
-    kept, zero = rl_objective.trajectory_advantages(failed, 2, "trajectory", skip_zero_variance=True)
+    kept, zero = rl_objective.trajectory_advantages(failed, 2, "trajectory",
+                                                    skip_zero_variance=True)
     assert zero == 1 and kept == []
     with pytest.raises(ValueError, match="credit"):
         rl_objective.trajectory_advantages(group, 3, "rounds")
@@ -62,7 +68,8 @@ class Scripted:
     def __init__(self, tok, answer):
         self.tok, self.answer, self.prompts = tok, answer, []
 
-    def generate(self, prompts, seeds, max_new_tokens, temperature=1.0, top_p=1.0, stop=(), greedy=False):
+    def generate(self, prompts, seeds, max_new_tokens, temperature=1.0, top_p=1.0, stop=(),
+                 greedy=False):
         out = []
         for p in prompts:
             p = p if isinstance(p, str) else self.tok.decode(p)
@@ -83,7 +90,8 @@ def tiny():
 
 
 def rows(n):
-    return [{"statement_id": f"toy/{i}", "source": "toy", "split": "train", "header": HEADER, "informal_problem": "",
+    return [{"statement_id": f"toy/{i}", "source": "toy", "split": "train", "header": HEADER,
+             "informal_problem": "",
              "formal_statement": f"theorem t{i} : {i} + 1 = {i + 1} := by"} for i in range(n)]
 
 
@@ -110,12 +118,14 @@ def test_repair_rollouts_feed_back_stop_at_the_fix_and_share_the_trajectory_adva
     assert [r.trajectory for r in out] == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]
     second = out[1]
     assert second.item.prev_attempt == out[0].gen.text and "omega could not prove the goal" in second.item.feedback
-    assert tok.decode(second.prompt_ids) == gen.prompts[4]          # round 2 of trajectory 0: trained on its prompt
+    # round 2 of trajectory 0: trained on its prompt
+    assert tok.decode(second.prompt_ids) == gen.prompts[4]
     assert out[0].gen.text in gen.prompts[4] and second.item.feedback in gen.prompts[4]
     assert [r.reward for r in out] == [0, 1, 0, 1, 0, 0, 0, 0, 0, 0]
     trajs = [[r for r in out if r.trajectory == k] for k in range(4)]
     kept, zero = rl_objective.trajectory_advantages(trajs, c.group_size)
-    assert [r.advantage for r in out] == [0.0] * 10 and zero == 2   # each statement: all solved / none
+    # each statement: all solved / none
+    assert [r.advantage for r in out] == [0.0] * 10 and zero == 2
     trajs[3] = trajs[3][:1]                                         # ... unless a group differs
     trajs[3][0].reward = 1.0
     rl_objective.trajectory_advantages(trajs, c.group_size)
@@ -141,7 +151,8 @@ def test_tool_rollouts_keep_the_repl_out_of_the_loss_and_update(tiny, standin):
     tool = tok.decode([t for t, k in zip(r.gen.token_ids, r.loss_mask) if k == 0])
     assert tool.startswith("\n<REPL>\n") and tool.endswith("</REPL>") and "omega could not prove" in tool
     assert "<REPL>" not in tok.decode([t for t, k in zip(r.gen.token_ids, r.loss_mask) if k == 1])
-    assert r.n_tokens == sum(r.loss_mask) < len(r.loss_mask)                  # tokens the model wrote
+    # tokens the model wrote
+    assert r.n_tokens == sum(r.loss_mask) < len(r.loss_mask)
     assert r.gen.text.count("\n<REPL>\n") == 1
     # an update: the REPL's tokens get no gradient and do not enter the ratio (rl_objective,
     # tests/test_tool_token_mask.py); here, that update() passes the mask through
@@ -155,7 +166,8 @@ def test_tool_rollouts_keep_the_repl_out_of_the_loss_and_update(tiny, standin):
         return real(m, batch, *a)
     grpo.sequence_logprobs = spy
     try:
-        stats = grpo.update(model, None, torch.optim.SGD(model.parameters(), lr=0.0), out, c, 1, "cpu")
+        stats = grpo.update(model, None, torch.optim.SGD(model.parameters(), lr=0.0), out, c, 1,
+                            "cpu")
     finally:
         grpo.sequence_logprobs = real
     assert [len(b) for b in seen] == [3, 3] and seen[0][2] == r.loss_mask
@@ -172,13 +184,15 @@ def test_training_runs_with_agentic_rollouts(mode, tmp_path, tiny, standin, monk
     import common
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
     monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "t",
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "t",
                     "--toy_n_statements", "100"], check=True, capture_output=True,
                    env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
     model_dir = tmp_path / "model"
     tiny[1].save_pretrained(model_dir)
     tiny[0].save_pretrained(model_dir)
-    grpo.train(cfg(model=str(model_dir), rollout=mode, repair_depth=2, max_new_tokens=16, max_steps=2))
+    grpo.train(cfg(model=str(model_dir), rollout=mode, repair_depth=2, max_new_tokens=16,
+                   max_steps=2))
     out = tmp_path / "runs/t/03_grpo"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -192,7 +206,8 @@ def test_training_runs_with_agentic_rollouts(mode, tmp_path, tiny, standin, monk
         assert set(ro.turn) == {1} and rows[0]["rounds_per_trajectory"] == 1.0
     saved = json.loads((out / "config.json").read_text())
     assert saved["rollout"] == mode
-    assert saved["ratio_level"] == {"repair": "sequence", "tool": "token"}[mode]   # GSPO where OProver uses it
+    # GSPO where OProver uses it
+    assert saved["ratio_level"] == {"repair": "sequence", "tool": "token"}[mode]
     assert (out / "final/model").exists()
 
 
@@ -213,16 +228,19 @@ def test_toy_tool_traces_are_what_the_live_tool_loop_produces(tiny, standin):
     written = re.split(r"\n<REPL>\n.*?\n</REPL>", trace, flags=re.S)   # the model's parts
     assert len(written) == 4 and all(w.endswith("</sketch>") for w in written[:3])
     said = iter(written)
-    gen = Scripted(tok, lambda prompt: (w := next(said), "stop" if w.endswith("</sketch>") else "eos"))
+    gen = Scripted(tok,
+                   lambda prompt: (w := next(said), "stop" if w.endswith("</sketch>") else "eos"))
     client = LeanClient(standin)
     out = agent_loops.tool_rollouts(gen, tok, client, ["<|im_start|>user\nx<|im_end|>\n"], [0],
                                     max_new_tokens=512, budget=100_000)[0]
     assert out.text == trace and out.checks == 3 and out.finish == "eos"
-    assert trace.count('"severity": "error"') == 2 and "⊢ 6 ∣ 42" in trace   # the goal shown, as Lean would
+    # the goal shown, as Lean would
+    assert trace.count('"severity": "error"') == 2 and "⊢ 6 ∣ 42" in trace
     proof = formats.extract_proof(trace, stmt)
     assert proof == "\n  norm_num"
     assert client.verify([{"id": "x", "code": TOY_HEADER + stmt + proof}])[0].ok
     with pytest.raises(ValueError, match="passing sketch"):
         toy_tool_trace(stmt, ["omega", "rfl"])
     # a sketch whose tactic fails reports the error where the sketch has it (line 2, the tactic)
-    assert Checker(f"{stmt}\n  omega", "snippet").run()["messages"][0]["pos"] == {"line": 2, "column": 2}
+    assert Checker(f"{stmt}\n  omega",
+                   "snippet").run()["messages"][0]["pos"] == {"line": 2, "column": 2}

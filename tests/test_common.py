@@ -46,9 +46,11 @@ def test_normalize_statement_cases_from_real_files():
     pn = rows[0]["formal_statement"]            # ProofNet ends in ":=" with a multi-line statement
     assert pn.rstrip().endswith(":=")
     assert normalize_statement(pn).endswith("f a = f b := by")
-    put = [json.loads(l) for l in (ROOT / "data/putnambench/putnambench_lean4_v4.27.jsonl").open()][0]
+    put = [json.loads(l)
+           for l in (ROOT / "data/putnambench/putnambench_lean4_v4.27.jsonl").open()][0]
     assert normalize_statement(put["formal_statement"]).endswith(":= by")
-    mob = [json.loads(l) for l in (ROOT / "data/matholympiadbench/goedel_v2_MOBench.jsonl").open()][0]
+    mob = [json.loads(l)
+           for l in (ROOT / "data/matholympiadbench/goedel_v2_MOBench.jsonl").open()][0]
     assert mob["formal_statement"].endswith(":= by sorry")     # trailing sorry
     got = normalize_statement(mob["formal_statement"])
     assert got.endswith("157^147 := by") and "sorry" not in got
@@ -100,14 +102,16 @@ def test_format_errors_each_type():
     assert "think_block" in format_errors("<think></think>" + GOOD, STMT)
     assert "no_final_lean_block" in format_errors(GOOD + "\nmore text", STMT)
     assert "multiple_lean_blocks" in format_errors(GOOD + f"\n```lean4\n{STMT}\n rfl\n```", STMT)
-    rep = GOOD.replace("We substitute.", "\n".join(["this is a long line with at least ten words in it"] * 6))
+    rep = GOOD.replace("We substitute.",
+                       "\n".join(["this is a long line with at least ten words in it"] * 6))
     assert "repeated_lines" in format_errors(rep, STMT)
     one_block = GOOD.replace("then\n```tactics\nrfl\n```\n", "")
     assert "few_tactic_blocks" in format_errors(one_block, STMT)
     assert format_errors(one_block, STMT, require_tactic_blocks=False) == []
     mismatch = GOOD.replace("subst h\n```", "nlinarith [sq_nonneg a]\n```")
     assert "tactics_mismatch" in format_errors(mismatch, STMT)
-    assert "forbidden_or_changed_statement" in format_errors(GOOD.replace("a + a = 4", "True"), STMT)
+    assert "forbidden_or_changed_statement" in format_errors(GOOD.replace("a + a = 4", "True"),
+                                                             STMT)
     assert "forbidden_or_changed_statement" in format_errors(
         GOOD.replace("import Mathlib", "import Mathlib\naxiom x : False"), STMT)
 
@@ -191,7 +195,8 @@ def test_shared_settings_have_one_default_in_every_stage():
     groups = (common.RunSettings, common.DeviceSettings, common.FormatSettings,
               common.SamplingSettings, common.VerifySettings, common.RepairSettings,
               common.ToolSettings, common.LoraSettings)
-    departures = {("04_eval.py", "top_p"), ("04_eval.py", "check_axioms"), ("05_iterate.py", "top_p")}
+    departures = {("04_eval.py", "top_p"), ("04_eval.py", "check_axioms"),
+                  ("05_iterate.py", "top_p")}
     for group in groups:
         for f in dataclasses.fields(group):
             for script, cfg in stages.items():

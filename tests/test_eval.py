@@ -28,7 +28,8 @@ def test_recompute_internlm_verdicts(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
     solved = ev.main(["--mode", "recompute", "--verdicts", str(INTERNLM), "--bootstrap", "100"])
-    assert solved == {"internLM2-7b": 74, "internLM2-20b": 72, "internLM2-plus-7b": 106, "internLM2-plus-20b": 102}
+    assert solved == {"internLM2-7b": 74, "internLM2-20b": 72, "internLM2-plus-7b": 106,
+                      "internLM2-plus-20b": 102}
     # like every stage: its settings and a manifest (written last) naming every table it wrote
     out = tmp_path / "runs/default/04_eval/recompute/internlm_math_minif2f_test_proofsearch_output"
     assert json.loads((out / "config.json").read_text())["mode"] == "recompute"
@@ -73,21 +74,24 @@ def test_pass_at_k_table_and_ks():
 # ---------------------------------------------------------------- proof memory
 
 def minif2f(split):
-    return [json.loads(l) for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open() if json.loads(l)["split"] == split]
+    return [json.loads(l) for l in (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open()
+            if json.loads(l)["split"] == split]
 
 
 def test_memory_never_holds_the_scored_problems():
     shipped = proof_memory.shipped_proofs()
     assert len(shipped) == 67 + 197
     mem = proof_memory.ProofMemory(shipped, minif2f("test"))
-    assert len(mem.rows) == 67 and mem.left_out == 197        # every Kimina miniF2F-test proof is left out
+    assert len(mem.rows) == 67 and mem.left_out == 197        # every Kimina miniF2F-test proof is
+                                                              # left out
     assert {r["source"] for r in mem.rows} == {"deepseek_v15_minif2f_valid_few_shot"}
     # scoring only miniF2F-valid instead: the valid proofs are left out, the test proofs go in
     assert len(proof_memory.ProofMemory(shipped, minif2f("valid")).rows) == 197
 
 
 def entry(i, st):
-    return {"statement_id": f"s{i}", "formal_statement": st, "header": "", "proof": " norm_num", "source": "t", "run": "t"}
+    return {"statement_id": f"s{i}", "formal_statement": st, "header": "", "proof": " norm_num",
+            "source": "t", "run": "t"}
 
 
 def test_bm25_retrieves_similar_statements_and_never_the_problem_itself():
@@ -95,14 +99,17 @@ def test_bm25_retrieves_similar_statements_and_never_the_problem_itself():
         "theorem a : 2 + 3 = 5 := by", "theorem b (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by", "theorem c : 7 ∣ 21 := by"])], [])
     got = mem.retrieve("theorem q (y : ℝ) (hy : 0 < y) : 0 < y ^ 2 + y := by", 1, "q")
     assert got[0]["statement_id"] == "s1"
-    assert all(r["statement_id"] != "s1" for r in mem.retrieve(mem.rows[1]["formal_statement"], 3, "s1"))
+    assert all(r["statement_id"] != "s1"
+               for r in mem.retrieve(mem.rows[1]["formal_statement"], 3, "s1"))
 
 
 def test_retrieval_excludes_the_problem_under_another_id_name_or_binders():
     # before: only the same id or the identical statement text was excluded
-    mem = proof_memory.ProofMemory([entry(0, "theorem mathd_1 (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by"),
+    mem = proof_memory.ProofMemory([entry(0,
+                                          "theorem mathd_1 (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by"),
                                     entry(1, "theorem other (a : ℕ) : a + 0 = a := by")], [])
-    renamed = "theorem copy_1 (y : ℝ) (hy : 0 < y) : 0 < y ^ 2 := by"      # alpha-equivalent, new name
+    # alpha-equivalent, new name
+    renamed = "theorem copy_1 (y : ℝ) (hy : 0 < y) : 0 < y ^ 2 := by"
     same_name = "theorem mathd_1 (z : ℝ) : 0 ≤ z ^ 2 := by"                  # same theorem name
     for stmt in (renamed, same_name):
         assert all(r["statement_id"] != "s0" for r in mem.retrieve(stmt, 2, "bench/other_id")), stmt
@@ -114,9 +121,11 @@ def test_memory_is_frozen_keyed_and_saved(tmp_path):
     with pytest.raises(RuntimeError, match="frozen"):
         mem.add_found(entry(1, "theorem b : 1 = 1 := by"))
     other = proof_memory.ProofMemory(rows + [entry(1, "theorem b : 1 = 1 := by")], [])
-    assert mem.key != other.key                                # built from other proofs: another artifact
+    assert mem.key != other.key                                # built from other proofs: another
+                                                               # artifact
     assert mem.save(tmp_path).name == f"memory_{mem.key}.parquet"
-    assert common.read_rows(tmp_path / f"memory_{mem.key}.parquet", "proof_bank")[0]["statement_id"] == "s0"
+    assert common.read_rows(tmp_path / f"memory_{mem.key}.parquet",
+                            "proof_bank")[0]["statement_id"] == "s0"
     online = proof_memory.ProofMemory(rows, [], online=True)
     assert online.add_found(entry(1, "theorem b : 1 = 1 := by")) and "+online" in online.name
 
@@ -132,7 +141,8 @@ class Scripted:
     def __init__(self, answer, tok=None):
         self.answer, self.prompts, self.tok = answer, [], tok
 
-    def generate(self, prompts, seeds, max_new_tokens, temperature=1.0, top_p=1.0, stop=(), greedy=False):
+    def generate(self, prompts, seeds, max_new_tokens, temperature=1.0, top_p=1.0, stop=(),
+                 greedy=False):
         out = []
         for p in prompts:
             if not isinstance(p, str):   # the tool loop continues from token ids
@@ -150,7 +160,8 @@ def answer_block(stmt, tactic):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return str(generation.build_tiny_model(["hello <think> lean4 theorem"] * 10, tmp_path_factory.mktemp("m") / "tiny"))
+    return str(generation.build_tiny_model(["hello <think> lean4 theorem"] * 10,
+                                           tmp_path_factory.mktemp("m") / "tiny"))
 
 
 def make_evaluator(cfg, tiny_model, url, answer):
@@ -161,7 +172,8 @@ def make_evaluator(cfg, tiny_model, url, answer):
 
 def toy_rows(n):
     return [{"statement_id": f"toy/{i}", "source": "toy", "split": "test", "header": HEADER,
-             "formal_statement": f"theorem t{i} : {i} + 1 = {i + 1} := by", "informal_problem": ""} for i in range(n)]
+             "formal_statement": f"theorem t{i} : {i} + 1 = {i + 1} := by", "informal_problem": ""}
+            for i in range(n)]
 
 
 def test_repair_loop_stops_feeds_back_and_keeps_the_memory_frozen(tmp_path, tiny_model, standin):
@@ -173,21 +185,27 @@ def test_repair_loop_stops_feeds_back_and_keeps_the_memory_frozen(tmp_path, tiny
         if "toy/2" in prompt or "t2 :" in prompt:
             return answer_block(stmt, "omega"), "eos"          # never fixed: runs all rounds
         # round 1 is wrong; a round that sees Lean's feedback gets it right
-        return answer_block(stmt, "rfl" if "The rfl tactic failed" in prompt or "omega could not" in prompt
+        return answer_block(stmt, "rfl" if "The rfl tactic failed" in prompt
+                            or "omega could not" in prompt
                             else "omega"), "eos"
     e = make_evaluator(cfg, tiny_model, standin, answer)
-    memory = proof_memory.ProofMemory([{"statement_id": "seed/1", "formal_statement": "theorem s : 5 + 5 = 10 := by",
-                                        "header": HEADER, "proof": "\n  rfl", "source": "seed", "run": "x"}], rows)
+    memory = proof_memory.ProofMemory([{"statement_id": "seed/1",
+                                        "formal_statement": "theorem s : 5 + 5 = 10 := by",
+                                        "header": HEADER, "proof": "\n  rfl", "source": "seed",
+                                        "run": "x"}], rows)
     log, repair_rows, found = ev.SampleLog(tmp_path / "s"), [], []
     e.run_problems("toy", rows, log, memory, repair_rows, found)
-    by = {(r["statement_id"], r["sample_idx"]): [x for x in log.rows if x["statement_id"] == r["statement_id"]
-                                                 and x["sample_idx"] == r["sample_idx"]] for r in log.rows}
+    by = {(r["statement_id"], r["sample_idx"]): [x for x in log.rows
+                                                 if x["statement_id"] == r["statement_id"]
+                                                 and x["sample_idx"] == r["sample_idx"]]
+          for r in log.rows}
     for (sid, k), recs in by.items():
         rounds = [x["round"] for x in recs]
         if sid == "toy/2":
             assert rounds == [1, 2, 3] and not any(x["ok"] for x in recs)    # depth is the budget
         else:
-            assert rounds == [1, 2] and [x["ok"] for x in recs] == [False, True]   # stops at the first proof
+            # stops at the first proof
+            assert rounds == [1, 2] and [x["ok"] for x in recs] == [False, True]
             assert "omega could not prove the goal" in recs[1]["prompt"]   # feedback inserted
             assert "# Verified proofs of similar statements" in recs[1]["prompt"]
     # the proofs found go to their own list, never into the memory the evaluation reads
@@ -197,7 +215,8 @@ def test_repair_loop_stops_feeds_back_and_keeps_the_memory_frozen(tmp_path, tiny
         own = next(r for r in rows if r["formal_statement"] in p.split("# Verified proofs")[0])
         retrieved = p.split("# Verified proofs of similar statements:")[1].split("<|im_end|>")[0]
         assert own["formal_statement"] not in retrieved
-    assert len(repair_rows) == 4 and all(r["prev_attempt"] and r["lean_feedback"] for r in repair_rows)
+    assert len(repair_rows) == 4 and all(r["prev_attempt"] and r["lean_feedback"]
+                                         for r in repair_rows)
     common.write_parquet(repair_rows, tmp_path / "repair_sft.parquet", "sft")   # the SFT schema
     # 02 trains a repair row on the very prompt the round was deployed with (retrieved proofs included)
     sft_spec = importlib.util.spec_from_file_location("sft", ROOT / "02_sft.py")
@@ -228,16 +247,19 @@ def test_tool_loop_is_stepfuns(tmp_path, tiny_model, standin):
         tactic = "rfl" if checks and not stmt.startswith("theorem t1") else "omega"
         return f"<think>\ntry\n<sketch>\nimport Mathlib\n{stmt}\n  {tactic}\n</sketch>", "stop"
     e = make_evaluator(cfg, tiny_model, standin, answer)
-    assert e.fmt == "stepfun"                                    # tool mode: StepFun's format by default
+    # tool mode: StepFun's format by default
+    assert e.fmt == "stepfun"
     log = ev.SampleLog(tmp_path / "s")
     e.run_problems("toy", rows, log, None, [])
     rec = {r["statement_id"]: r for r in log.rows}
     assert rec["toy/0"]["ok"] and rec["toy/0"]["completion"].count("\n<REPL>\n") == 2
     first_repl = json.loads(rec["toy/0"]["completion"].split("\n<REPL>\n")[1].split("\n</REPL>")[0])
     assert first_repl["messages"][0]["severity"] == "error"
-    assert first_repl["messages"][0]["pos"]["line"] == 2          # counted in the sketch, Mathlib preloaded
+    # counted in the sketch, Mathlib preloaded
+    assert first_repl["messages"][0]["pos"]["line"] == 2
     assert "omega could not prove the goal" in first_repl["messages"][0]["data"]
-    assert not rec["toy/1"]["ok"] and rec["toy/1"]["completion"].count("\n<REPL>\n") == 3   # no fixed cap
+    # no fixed cap
+    assert not rec["toy/1"]["ok"] and rec["toy/1"]["completion"].count("\n<REPL>\n") == 3
     first_prompt = e.gen.prompts[0]
     assert formats.STEPFUN_SYSTEM in first_prompt
     assert f"<|im_start|>user\n```lean4\n{HEADER}{rows[0]['formal_statement']}\n```<|im_end|>" in first_prompt
@@ -247,7 +269,8 @@ def test_tool_loop_is_stepfuns(tmp_path, tiny_model, standin):
 def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
     # the budget is the whole context: prompt + generated + REPL tokens (StepFun's max_seq_len)
     rows = toy_rows(1)
-    e = make_evaluator(ev.Settings(mode="tool", n_samples=1, run_name="b"), tiny_model, standin, None)
+    e = make_evaluator(ev.Settings(mode="tool", n_samples=1, run_name="b"), tiny_model, standin,
+                       None)
     prompt = e.prompt(rows[0])
     n_prompt = len(e.tok(prompt, add_special_tokens=False).input_ids)
 
@@ -260,15 +283,21 @@ def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
     e.gen = Sketcher(None)
     e.cfg.tool_budget = n_prompt + 1000
     (text, generated), = e.tool_generate([prompt], [0])
-    trace, = agent_loops.tool_rollouts(e.gen, e.tok, e.client, [prompt], [0], max_new_tokens=e.cfg.max_new_tokens,
+    trace, = agent_loops.tool_rollouts(e.gen, e.tok, e.client, [prompt], [0],
+                                       max_new_tokens=e.cfg.max_new_tokens,
                                        budget=e.cfg.tool_budget)
     assert (trace.text, trace.generated) == (text, generated)
-    n_final = n_prompt + len(trace.token_ids)            # the context in tokens, as the model saw it
+    n_final = n_prompt + len(trace.token_ids)            # the context in tokens, as the model saw
+                                                         # it
     calls = generated // 5
-    assert calls >= 2 and text.count("\n<REPL>\n") in (calls - 1, calls)   # the last call may cross it
-    assert n_final >= e.cfg.tool_budget and trace.finish == "budget"    # it ran until the context was full
-    last_start = len(trace.loss_mask) - trace.loss_mask[::-1].index(1 - trace.loss_mask[-1])   # where the last segment began
-    assert n_prompt + last_start < e.cfg.tool_budget                     # ... and not a segment longer
+    # the last call may cross it
+    assert calls >= 2 and text.count("\n<REPL>\n") in (calls - 1, calls)
+    # it ran until the context was full
+    assert n_final >= e.cfg.tool_budget and trace.finish == "budget"
+    # where the last segment began
+    last_start = len(trace.loss_mask) - trace.loss_mask[::-1].index(1 - trace.loss_mask[-1])
+    # ... and not a segment longer
+    assert n_prompt + last_start < e.cfg.tool_budget
     assert all(c <= e.cfg.tool_budget - n_prompt for c in e.gen.caps)  # no call may pass the budget
     assert sum(trace.loss_mask) == generated and trace.logprobs.count(0.0) >= len(trace.loss_mask) - sum(trace.loss_mask)
     e.cfg.tool_max_checks = 1                                          # the cap, as a setting
@@ -278,35 +307,42 @@ def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
 
 # ---------------------------------------------------------------- whole stage: resume, outputs
 
-def test_single_mode_resumes_and_writes_tables_and_plots(tmp_path, tiny_model, standin, monkeypatch):
+def test_single_mode_resumes_and_writes_tables_and_plots(tmp_path, tiny_model, standin,
+                                                         monkeypatch):
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
     monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
     monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
     monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "e",
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "e",
                     "--toy_n_statements", "100"], check=True, capture_output=True,
                    env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
-    args = ["--run_name", "e", "--model", tiny_model, "--tag", "tiny", "--n_samples", "4", "--max_new_tokens", "8",
+    args = ["--run_name", "e", "--model", tiny_model, "--tag", "tiny", "--n_samples", "4",
+            "--max_new_tokens", "8",
             "--max_problems", "5", "--problems_per_chunk", "2", "--bootstrap", "50"]
     ev.main(args)
     log = tmp_path / "runs/e/04_eval/tiny/toy/single/n4-t8/samples.jsonl"
     lines = log.read_text().splitlines()
     assert len(lines) == 20
-    first = {(json.loads(l)["statement_id"], json.loads(l)["sample_idx"]): json.loads(l)["completion"] for l in lines}
+    first = {(json.loads(l)["statement_id"],
+              json.loads(l)["sample_idx"]): json.loads(l)["completion"] for l in lines}
     # a crash: half the samples lost, the last line cut in the middle
     log.write_text("\n".join(lines[:9]) + "\n" + lines[9][:20])
     calls = []
     real = generation.HFGenerator.generate
-    monkeypatch.setattr(generation.HFGenerator, "generate", lambda self, p, *a, **k: calls.append(len(p)) or real(self, p, *a, **k))
+    monkeypatch.setattr(generation.HFGenerator, "generate", lambda self, p, *a,
+                        **k: calls.append(len(p)) or real(self, p, *a, **k))
     ev.main(args)
     rows = [json.loads(l) for l in log.read_text().splitlines()]   # every line whole again
-    assert sum(calls) == 11                                    # only the lost samples were drawn again
+    assert sum(calls) == 11                                    # only the lost samples were drawn
+                                                               # again
     done = {(r["statement_id"], r["sample_idx"]): r["completion"] for r in rows}
     assert done == first                                       # same seeds, same samples
     res = tmp_path / "results/e/tiny"
     assert "| 4 |" in (res / "toy_single_n4-t8.md").read_text()
     assert (res / "pass_at_k_single_n4-t8.png").stat().st_size > 5000
-    assert common.read_parquet(tmp_path / "runs/e/04_eval/tiny/toy/single/n4-t8/samples.parquet", "samples").shape[0] == 20
+    assert common.read_parquet(tmp_path / "runs/e/04_eval/tiny/toy/single/n4-t8/samples.parquet",
+                               "samples").shape[0] == 20
     # another budget: its own samples and its own table (before: nothing new, old samples relabelled)
     calls.clear()
     ev.main([a if a != "8" else "6" for a in args])
@@ -342,9 +378,11 @@ def test_verl_export_and_batched_reward(tmp_path, standin, monkeypatch):
     monkeypatch.setenv("REQUIRE_TACTIC_BLOCKS", "0")
     monkeypatch.setenv("KIMINA_EC_CACHE", str(tmp_path / "ec.jsonl"))
     env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")}
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "v",
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "v",
                     "--toy_n_statements", "50"], check=True, capture_output=True, env=env)
-    subprocess.run([sys.executable, str(ROOT / "recipes/verl/export_verl.py"), "--run_name", "v", "--out",
+    subprocess.run([sys.executable, str(ROOT / "recipes/verl/export_verl.py"), "--run_name", "v",
+                    "--out",
                     str(tmp_path / "verl")], check=True, capture_output=True, env=env)
     train = pq.read_table(tmp_path / "verl/train.parquet").to_pylist()
     assert {"data_source", "prompt", "ability", "reward_model", "extra_info"} <= set(train[0])
@@ -366,7 +404,8 @@ def test_verl_export_and_batched_reward(tmp_path, standin, monkeypatch):
     results = asyncio.run(score_all())
     assert [r["score"] for r in results] == [1.0, 0.0] * len(exs)
     sent = rf._get_client().stats["requests"]
-    assert sent == -(-2 * len(exs) // rf._get_client().batch_size), sent   # one batch, not a request each
+    # one batch, not a request each
+    assert sent == -(-2 * len(exs) // rf._get_client().batch_size), sent
     cached = [json.loads(line) for line in (tmp_path / "ec.jsonl").read_text().splitlines()]
     assert len(cached) == len(exs) and all("# Error 1:" in c["lean_feedback"] for c in cached)
 
@@ -378,11 +417,13 @@ def test_recompute_refuses_duplicates_and_handles_empty_and_mixed_counts(tmp_pat
     dup = [{"statement_id": "a", "benchmark": "b", "successes": [1, 0]},
            {"statement_id": "a", "benchmark": "b", "successes": [0, 0]}]
     f.write_text("\n".join(json.dumps(r) for r in dup) + "\n")
-    with pytest.raises(SystemExit, match=r"v.jsonl:2: a of b already has a row \(line 1\)"):   # was: last one won
+    # was: last one won
+    with pytest.raises(SystemExit, match=r"v.jsonl:2: a of b already has a row \(line 1\)"):
         ev.main(["--mode", "recompute", "--verdicts", str(f)])
     rows = [{"statement_id": "a", "benchmark": "b", "successes": [1, 0, 0, 0]},
             {"statement_id": "c", "benchmark": "b", "successes": [1, 1]},
-            {"statement_id": "e", "benchmark": "b", "successes": []}]                 # was: math domain error
+            # was: math domain error
+            {"statement_id": "e", "benchmark": "b", "successes": []}]
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ev.main(["--mode", "recompute", "--verdicts", str(f), "--bootstrap", "0"])
     with open(tmp_path / "results/v/b_recompute.csv") as fh:
@@ -391,7 +432,8 @@ def test_recompute_refuses_duplicates_and_handles_empty_and_mixed_counts(tmp_pat
     assert sorted(got) == [1, 2, 4] and got[4]["problems"] == "1" and got[2]["problems"] == "2"
     assert float(got[4]["pass"]) == pytest.approx(1.0) and float(got[1]["pass"]) == pytest.approx((0.25 + 1) / 2)
     md = (tmp_path / "results/v/b_recompute.md").read_text()
-    assert "95% CI" not in md and "CI (bootstrap off)" in md                     # was: percentiles as a CI
+    # was: percentiles as a CI
+    assert "95% CI" not in md and "CI (bootstrap off)" in md
     assert "benchmark: b" in md and "search budget (recorded samples per problem): 2 to 4" in md
     assert "problems with no recorded sample (left out): 1: e" in md
 
@@ -401,16 +443,19 @@ def test_best_at_k_is_kimina_bootstrap_beside_pass_at_k():
     table = ev.pass_at_k_table(succ, [1, 8], 0, 0)
     expect = [(1 - (1 - 1 / 8) ** k + 1 - (1 - 2 / 8) ** k) / 2 for k in (1, 8)]   # its expectation
     assert [r["best"] for r in table] == pytest.approx(expect, abs=0.03)
-    assert table[1]["best"] < table[1]["pass"] == 1.0                               # below plain pass@8
+    # below plain pass@8
+    assert table[1]["best"] < table[1]["pass"] == 1.0
 
 
-def test_repair_stage_memory_is_built_from_training_proofs_only(tmp_path, tiny_model, standin, monkeypatch):
+def test_repair_stage_memory_is_built_from_training_proofs_only(tmp_path, tiny_model, standin,
+                                                                monkeypatch):
     # before: the bank was per run name, grew during the evaluation and across benchmarks and models
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
     monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
     monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
     monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "m",
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "m",
                     "--toy_n_statements", "80"], check=True, capture_output=True,
                    env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
     bench = common.read_rows(tmp_path / "runs/m/01_data/eval_toy.parquet", "statements")
@@ -419,14 +464,18 @@ def test_repair_stage_memory_is_built_from_training_proofs_only(tmp_path, tiny_m
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps(r) for r in [
         {"statement_id": "c/leak", "formal_statement": leak, "proof": "\n  rfl"},
-        {"statement_id": "c/ok", "formal_statement": "theorem corpus_1 : 3 ∣ 9 := by", "proof": "\n  norm_num"}]) + "\n")
-    args = ["--run_name", "m", "--model", tiny_model, "--tag", "tiny", "--mode", "repair", "--repair_width", "2",
-            "--repair_depth", "2", "--max_new_tokens", "4", "--max_problems", "3", "--bootstrap", "0",
+        {"statement_id": "c/ok", "formal_statement": "theorem corpus_1 : 3 ∣ 9 := by",
+         "proof": "\n  norm_num"}]) + "\n")
+    args = ["--run_name", "m", "--model", tiny_model, "--tag", "tiny", "--mode", "repair",
+            "--repair_width", "2",
+            "--repair_depth", "2", "--max_new_tokens", "4", "--max_problems", "3", "--bootstrap",
+            "0",
             "--memory", f"shipped,{corpus}", "--benchmarks", f"toy,{second}"]
     ev.main(args)
     [mem_file] = (tmp_path / "runs/m/04_eval/memory").glob("memory_*.parquet")
     mem = common.read_rows(mem_file, "proof_bank")
-    assert {r["statement_id"] for r in mem} >= {"c/ok"} and "c/leak" not in {r["statement_id"] for r in mem}
+    assert {r["statement_id"]
+            for r in mem} >= {"c/ok"} and "c/leak" not in {r["statement_id"] for r in mem}
     table = (tmp_path / "results/m/tiny/toy_repair_w2-d2-k3-t4.md").read_text()
     assert f"proof memory: {mem_file.stem} (" in table and "frozen during this evaluation" in table
     folder = tmp_path / "runs/m/04_eval/tiny/toy/repair/w2-d2-k3-t4"
@@ -454,12 +503,16 @@ def test_repair_resumes_a_trajectory_cut_between_rounds(tmp_path, tiny_model, st
         ("toy/0", 1, False), ("toy/1", 1, False), ("toy/0", 2, True), ("toy/1", 2, True)]
     cut = tmp_path / "cut"
     cut.mkdir()
-    (cut / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in whole.rows if x["round"] == 1))
+    (cut / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in whole.rows
+                                               if x["round"] == 1))
     e = make_evaluator(cfg, tiny_model, standin, answer)
     log, repair_rows = ev.SampleLog(cut), []
     e.run_problems("toy", rows, log, memory, repair_rows)
-    assert len(e.gen.prompts) == 2 and all("omega could not" in p for p in e.gen.prompts)   # round 2 only
-    strip = lambda xs: sorted((x["statement_id"], x["round"], x["ok"], x["prompt"], x["completion"]) for x in xs)  # noqa: E731
+    # round 2 only
+    assert len(e.gen.prompts) == 2 and all("omega could not" in p for p in e.gen.prompts)
+    strip = lambda xs: sorted((x["statement_id"], x["round"], x["ok"], x["prompt"], x["completion"])
+                              for x in xs)  # noqa: E731
     assert strip(log.rows) == strip(whole.rows)
     assert [r["statement_id"] for r in repair_rows] == ["toy/0", "toy/1"]
-    assert all("omega" in r["prev_attempt"] and "omega could not" in r["lean_feedback"] for r in repair_rows)
+    assert all("omega" in r["prev_attempt"] and "omega could not" in r["lean_feedback"]
+               for r in repair_rows)

@@ -30,7 +30,8 @@ def goedel_rows():
     rows = [json.loads(l) for l in (ROOT / "data/minif2f/goedel_v2_minif2f_test.jsonl").open()]
     for r in rows[:20]:
         header, rest = split_header(r["formal_statement"])
-        informal = r["informal_prefix"].strip().lstrip("/-").rstrip("-/").strip()   # as 01 stores it
+        # as 01 stores it
+        informal = r["informal_prefix"].strip().lstrip("/-").rstrip("-/").strip()
         yield r["formal_statement"], {"header": header, "informal_problem": informal,
                                       "formal_statement": rest[rest.index("theorem"):]}
 
@@ -40,15 +41,18 @@ def test_goedel_v2_matches_its_handler_on_its_own_data():
     # at ':= by', then ':= by sorry' with the fence closed right after it; DeepSeekNonCoTHandler: ':= by', raw
     for lean4_code, row in goedel_rows():
         cot = f"Complete the following Lean 4 code:\n\n```lean4\n{lean4_code.split(':= by')[0]}:= by sorry```\n\n{PLAN}"
-        assert formats.first_turn(row, "goedel_v2")[0]["content"] == cot, row["formal_statement"][:40]
+        assert formats.first_turn(row,
+                                  "goedel_v2")[0]["content"] == cot, row["formal_statement"][:40]
         raw = f"Complete the following Lean 4 code:\n\n```lean4\n{lean4_code.split(':= by')[0]}:= by"
-        assert formats.render(None, formats.prompt_messages(row, "deepseek_v2_noncot"), "deepseek_v2_noncot") == raw
+        assert formats.render(None, formats.prompt_messages(row, "deepseek_v2_noncot"),
+                              "deepseek_v2_noncot") == raw
 
 
 def test_goedel_v2_correction_turn_is_history_plus_feedback():
     _, row = next(goedel_rows())
     fb = formats.GOEDEL_HEAD.format(r=0) + "\nError 1:\n..." + formats.GOEDEL_TAIL
-    msgs = formats.prompt_messages({**row, "prev_attempt": "answer 1", "lean_feedback": fb}, "goedel_v2")
+    msgs = formats.prompt_messages({**row, "prev_attempt": "answer 1", "lean_feedback": fb},
+                                   "goedel_v2")
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
     assert msgs[1]["content"] == "answer 1" and msgs[2]["content"].startswith("The proof (Round 0) is not correct.")
 
@@ -63,29 +67,38 @@ def test_stepfun_matches_its_demo():
     stmt = ("theorem test_theorem (x y z : ℝ) (hx : 0 < x) (hy : 0 < y) (hz : 0 < z) :\n"
             "    (x^2 - z^2) / (y + z) + (y^2 - x^2) / (z + x) + (z^2 - y^2) / (x + y) ≥ 0 := by")
     demo_problem = "\nimport Mathlib\n\n" + stmt + "\n"
-    row = {"header": "import Mathlib\n\n", "formal_statement": stmt, "informal_problem": "ignored by StepFun"}
+    row = {"header": "import Mathlib\n\n", "formal_statement": stmt,
+           "informal_problem": "ignored by StepFun"}
     assert formats.first_turn(row, "stepfun") == [{"role": "system", "content": demo_system},
-                                                  {"role": "user", "content": f"```lean4\n{demo_problem.strip()}\n```"}]
+                                                  {"role": "user",
+                                                   "content": f"```lean4\n{demo_problem.strip()}\n```"}]
 
 
 def test_kimina_matches_the_recipe_template():
     # docs/RECIPES.md (kimina-prover-rl prepare_data / prompt)
-    row = {"header": "import Mathlib\n\n", "formal_statement": "theorem t : 1 = 1 := by", "informal_problem": "Show 1 = 1."}
+    row = {"header": "import Mathlib\n\n", "formal_statement": "theorem t : 1 = 1 := by",
+           "informal_problem": "Show 1 = 1."}
     assert formats.first_turn(row, "kimina") == [
-        {"role": "system", "content": "You are an expert in mathematics and proving theorems in Lean 4."},
-        {"role": "user", "content": "Think about and solve the following problems step by step in Lean 4.\n\n# Problem:\n"
+        {"role": "system",
+         "content": "You are an expert in mathematics and proving theorems in Lean 4."},
+        {"role": "user",
+         "content": "Think about and solve the following problems step by step in Lean 4.\n\n# Problem:\n"
                                     "Show 1 = 1.\n\n# Formal Statement:\n```lean4\nimport Mathlib\n\ntheorem t : 1 = 1 := by\n```\n"}]
 
 
 def test_oprover_round_is_one_compact_turn():
-    row = {"header": "import Mathlib\n\n", "formal_statement": "theorem t : 2 + 2 = 4 := by", "informal_problem": ""}
+    row = {"header": "import Mathlib\n\n", "formal_statement": "theorem t : 2 + 2 = 4 := by",
+           "informal_problem": ""}
     retrieved = [{"formal_statement": "theorem s : 1 + 1 = 2 := by", "proof": "\n  norm_num"}]
     first = formats.prompt_messages(row, "oprover", retrieved)
-    again = formats.prompt_messages({**row, "prev_attempt": "```lean4\nimport Mathlib\n\ntheorem t : 2 + 2 = 4 := by\n  omega\n```",
-                                     "lean_feedback": "# Error 1:\nomega failed"}, "oprover", retrieved)
+    again = formats.prompt_messages({**row,
+                                     "prev_attempt": "```lean4\nimport Mathlib\n\ntheorem t : 2 + 2 = 4 := by\n  omega\n```",
+                                     "lean_feedback": "# Error 1:\nomega failed"}, "oprover",
+                                    retrieved)
     assert len(first) == len(again) == 1 and first[0]["role"] == "user"
     text = again[0]["content"]
-    for part in ("# Formal Statement:", "theorem s : 1 + 1 = 2 := by\n  norm_num", "# Previous attempt:",
+    for part in ("# Formal Statement:", "theorem s : 1 + 1 = 2 := by\n  norm_num",
+                 "# Previous attempt:",
                  "  omega", "# Lean diagnostics:\n# Error 1:\nomega failed"):
         assert part in text
     assert "# Previous attempt" not in first[0]["content"]
@@ -93,9 +106,11 @@ def test_oprover_round_is_one_compact_turn():
 
 @pytest.mark.parametrize("fmt,answer", [
     ("kimina", "<think>\nplan\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  norm_num\n```"),
-    ("deepseek_v2", "### Proof plan\n1. compute\n\n```lean4\nimport Mathlib\nimport Aesop\n\n/-- doc -/\n{stmt}\n  norm_num\n```"),
+    ("deepseek_v2",
+     "### Proof plan\n1. compute\n\n```lean4\nimport Mathlib\nimport Aesop\n\n/-- doc -/\n{stmt}\n  norm_num\n```"),
     ("goedel_v2", "analysis...\n```lean4\n{stmt}\n  norm_num\n```\n"),
-    ("stepfun", "<think>\n<sketch>\n{stmt}\n  simp\n</sketch>\n<REPL>\n{{}}\n</REPL>\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  norm_num\n```"),
+    ("stepfun",
+     "<think>\n<sketch>\n{stmt}\n  simp\n</sketch>\n<REPL>\n{{}}\n</REPL>\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  norm_num\n```"),
 ])
 def test_extraction_from_each_familys_answer_shape(fmt, answer):
     text = answer.format(stmt=MATHD_10)
@@ -110,7 +125,8 @@ def test_format_chosen_from_the_model_name():
     assert formats.format_for("stepfun-ai/StepFun-Prover-Preview-7B") == "stepfun"
     assert formats.format_for("runs/x/02_sft/final/model") == "kimina"
     assert formats.format_for("runs/x/02_sft/final/model", mode="tool") == "stepfun"
-    assert formats.format_for("AI-MO/Kimina-Prover-RL-1.7B", "goedel_v2") == "goedel_v2"   # overridable
+    # overridable
+    assert formats.format_for("AI-MO/Kimina-Prover-RL-1.7B", "goedel_v2") == "goedel_v2"
     with pytest.raises(ValueError, match="unknown prompt format"):
         formats.format_for("x", "llama")
 
@@ -122,20 +138,25 @@ def test_sft_targets_take_the_formats_answer_shape(tmp_path):
     import sys
     import common
     env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")}
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--run_name", "f", "--rl_sources", "",
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--run_name", "f",
+                    "--rl_sources", "",
                     "--sft_sources", "minif2f_valid_proofs", "--eval_sets", "proofnet_test",
                     "--prompt_format", "deepseek_v2"], check=True, capture_output=True, env=env)
     rows = common.read_rows(tmp_path / "runs/f/01_data/sft.parquet", "sft")
     for r in rows:
         assert not r["completion"].startswith("<think>") and r["completion"].rstrip().endswith("```")
         assert formats.extract_proof(r["completion"], r["formal_statement"]) == r["formal_proof"]
-        assert formats.format_errors(r["completion"], r["formal_statement"], fmt="deepseek_v2") == []
-    proc = subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "f", "--preset", "tiny",
-                           "--max_steps", "1", "--prompt_format", "kimina"], capture_output=True, text=True,
+        assert formats.format_errors(r["completion"], r["formal_statement"],
+                                     fmt="deepseek_v2") == []
+    proc = subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "f", "--preset",
+                           "tiny",
+                           "--max_steps", "1", "--prompt_format", "kimina"], capture_output=True,
+                          text=True,
                           env=env)
     assert proc.returncode != 0 and "SFT targets for prompt format 'deepseek_v2'" in proc.stderr
     # auto (the default) trains in the format 01 wrote the targets in, and says so in config.json
-    proc = subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "f", "--preset", "tiny",
+    proc = subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "f", "--preset",
+                           "tiny",
                            "--max_steps", "1", "--save_every", "0", "--eval_every", "0"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -154,6 +175,7 @@ def test_decision_index_is_the_proofs_first_token():
     text = f"<think>\nplan: {stmt}\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  omega\n```"
     ids = tok(text, add_special_tokens=False).input_ids
     at = formats.decision_index(tok, text, ids, stmt)
-    assert tok.decode(ids[at:]).lstrip().startswith("omega")          # the last copy, not the plan's
+    # the last copy, not the plan's
+    assert tok.decode(ids[at:]).lstrip().startswith("omega")
     assert not tok.decode(ids[:at]).rstrip().endswith("omega")
     assert formats.decision_index(tok, "no statement here", [1, 2], stmt) is None

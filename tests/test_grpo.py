@@ -22,15 +22,18 @@ spec.loader.exec_module(grpo)
 
 
 def cfg(**kw):
-    base = dict(run_name="t", prompts_per_step=2, group_size=4, max_new_tokens=48, mini_batch_prompts=2,
+    base = dict(run_name="t", prompts_per_step=2, group_size=4, max_new_tokens=48,
+                mini_batch_prompts=2,
                 micro_batch_size=4, lr=1e-3, require_tactic_blocks=False, max_steps=2, eval_every=0,
                 save_every=0, lean_timeout=5, prompt_format="kimina")
     return grpo.Settings(**{**base, **kw})
 
 
 def fake_rollouts(rewards, group_size):
-    item = grpo.PromptItem({"statement_id": "x", "formal_statement": "theorem x : 1 = 1 := by", "header": ""})
-    return [grpo.Rollout(item, [1], generation.Generation("", [2], [0.0], "eos"), reward=r) for r in rewards]
+    item = grpo.PromptItem({"statement_id": "x", "formal_statement": "theorem x : 1 = 1 := by",
+                            "header": ""})
+    return [grpo.Rollout(item, [1], generation.Generation("", [2], [0.0], "eos"), reward=r)
+            for r in rewards]
 
 
 # ---------------------------------------------------------------- advantages
@@ -56,7 +59,8 @@ def test_dual_clip_caps_the_loss_of_negative_advantages():
     logp, old = torch.tensor([[math.log(5.0)], [math.log(5.0)]]), torch.zeros(2, 1)
     mask, adv = torch.ones(2, 1), torch.tensor([-1.0, 1.0])
     loss, _ = grpo.policy_loss(logp, old, adv, mask, cfg(loss_agg="token_mean"), 1)
-    assert float(loss) == pytest.approx((3.0 + -1.3) / 2)         # -A*c = 3 caps -A*r = 5; A>0: -clip = -1.3
+    # -A*c = 3 caps -A*r = 5; A>0: -clip = -1.3
+    assert float(loss) == pytest.approx((3.0 + -1.3) / 2)
     loss, _ = grpo.policy_loss(logp, old, adv, mask, cfg(loss_agg="token_mean", clip_ratio_c=0), 1)
     assert float(loss) == pytest.approx((5.0 + -1.3) / 2)          # off
 
@@ -88,7 +92,8 @@ def test_policy_loss_by_hand(agg, expected):
 def test_micro_batches_add_up_to_the_mini_batch_loss():
     c = cfg(loss_agg="token_mean")
     whole, _ = grpo.policy_loss(LOGP, OLD, ADV, MASK, c, 10)
-    parts = sum(float(grpo.policy_loss(LOGP[i:i + 1], OLD[i:i + 1], ADV[i:i + 1], MASK[i:i + 1], c, 10,
+    parts = sum(float(grpo.policy_loss(LOGP[i:i + 1], OLD[i:i + 1], ADV[i:i + 1], MASK[i:i + 1], c,
+                                       10,
                                        n_seqs_total=2, n_tokens_total=5)[0]) for i in range(2))
     assert parts == pytest.approx(float(whole))
 
@@ -120,13 +125,16 @@ def tiny(tmp_path_factory):
 
 def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
     tok, model, _ = tiny
-    prompt = tok("<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids
-    good, bad = tok(" rfl", add_special_tokens=False).input_ids, tok(" omega", add_special_tokens=False).input_ids
+    prompt = tok("<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n",
+                 add_special_tokens=False).input_ids
+    good, bad = tok(" rfl", add_special_tokens=False).input_ids, tok(" omega",
+                                                                     add_special_tokens=False).input_ids
     pairs = [(prompt, good), (prompt, bad)]
     with torch.no_grad():
         before, _, mask = grpo.sequence_logprobs(model, pairs, 1.0, "cpu")
     item = grpo.PromptItem({"statement_id": "p"})
-    rollouts = [grpo.Rollout(item, prompt, generation.Generation("", c, before[i, :len(c)].tolist(), "eos"),
+    rollouts = [grpo.Rollout(item, prompt,
+                             generation.Generation("", c, before[i, :len(c)].tolist(), "eos"),
                              reward=float(i == 0)) for i, c in enumerate([good, bad])]
     c = cfg(group_size=2, mini_batch_prompts=1, prompts_per_step=1, lr=1e-2)
     rl_objective.group_advantages(rollouts, c)
@@ -145,15 +153,20 @@ def test_zero_advantage_rollouts_skip_the_backward_and_leave_the_update_unchange
     forward only (for the entropy metrics): the step must equal the full loss's gradient step."""
     import copy
     tok, model, _ = tiny
-    prompt = tok("<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids
-    comps = [tok(w, add_special_tokens=False).input_ids for w in (" rfl", " omega", " decide", " norm_num rfl")]
+    prompt = tok("<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n",
+                 add_special_tokens=False).input_ids
+    comps = [tok(w, add_special_tokens=False).input_ids
+             for w in (" rfl", " omega", " decide", " norm_num rfl")]
     pairs = [(prompt, c) for c in comps]
     with torch.no_grad():
         before, ent, mask = grpo.sequence_logprobs(model, pairs, 1.0, "cpu")
     item = grpo.PromptItem({"statement_id": "p"})
-    rollouts = [grpo.Rollout(item, prompt, generation.Generation("", c, before[i, :len(c)].tolist(), "eos"),
-                             reward=r, n_tokens=len(c)) for i, (c, r) in enumerate(zip(comps, [1.0, 0.0, 1.0, 1.0]))]
-    c = cfg(group_size=2, mini_batch_prompts=2, prompts_per_step=2, micro_batch_size=1, grad_clip=0.0)
+    rollouts = [grpo.Rollout(item, prompt,
+                             generation.Generation("", c, before[i, :len(c)].tolist(), "eos"),
+                             reward=r, n_tokens=len(c))
+                for i, (c, r) in enumerate(zip(comps, [1.0, 0.0, 1.0, 1.0]))]
+    c = cfg(group_size=2, mini_batch_prompts=2, prompts_per_step=2, micro_batch_size=1,
+            grad_clip=0.0)
     rl_objective.group_advantages(rollouts, c)
     assert [r.advantage for r in rollouts] == [0.5, -0.5, 0.0, 0.0]
     # the reference: the loss of all four rollouts, one backward
@@ -165,22 +178,26 @@ def test_zero_advantage_rollouts_skip_the_backward_and_leave_the_update_unchange
     expected = {n: p.detach() - p.grad for n, p in ref.named_parameters()}
     assert any(float(p.grad.abs().max()) > 0 for p in ref.parameters())
     mine = copy.deepcopy(model)
-    stats = grpo.update(mine, None, torch.optim.SGD(mine.parameters(), lr=1.0), rollouts, c, 1, "cpu")
+    stats = grpo.update(mine, None, torch.optim.SGD(mine.parameters(), lr=1.0), rollouts, c, 1,
+                        "cpu")
     assert stats["idle_rollouts"] == 2
     for n, p in mine.named_parameters():
         torch.testing.assert_close(p.detach(), expected[n], rtol=1e-5, atol=1e-6)
     # the entropy metric still covers all four (idle ones included)
     assert stats["entropy"] == pytest.approx(float((ent * mask).sum() / mask.sum()), rel=1e-5)
     # with a KL term every rollout has a gradient: none is idle
-    c_kl = cfg(group_size=2, mini_batch_prompts=2, prompts_per_step=2, micro_batch_size=1, kl_coef=0.1)
+    c_kl = cfg(group_size=2, mini_batch_prompts=2, prompts_per_step=2, micro_batch_size=1,
+               kl_coef=0.1)
     other = copy.deepcopy(model)
-    stats = grpo.update(other, copy.deepcopy(model), torch.optim.SGD(other.parameters(), lr=0.0), rollouts, c_kl, 1, "cpu")
+    stats = grpo.update(other, copy.deepcopy(model), torch.optim.SGD(other.parameters(), lr=0.0),
+                        rollouts, c_kl, 1, "cpu")
     assert stats["idle_rollouts"] == 0
 
 
 def test_balanced_prompts_take_the_classes_in_turn_and_the_default_order_is_unchanged():
     # a prompt pool with a 4:2:1:1 class mix, as a multi-source RL set has (weights included)
-    rows = [{"statement_id": f"p{i}", "split": "train", "toy_tactic": c, "weight": 2 if i == 0 else None}
+    rows = [{"statement_id": f"p{i}", "split": "train", "toy_tactic": c, "weight": 2 if i == 0
+             else None}
             for i, c in enumerate(["a"] * 40 + ["b"] * 20 + ["c"] * 10 + ["d"] * 10)]
     c = cfg(prompts_per_step=8, error_correction=False, seed=3)
     # off: one seeded shuffle of the weighted pool, exactly the order runs before this option drew
@@ -188,8 +205,11 @@ def test_balanced_prompts_take_the_classes_in_turn_and_the_default_order_is_unch
     order = [i for i, r in enumerate(rows) for _ in range(int(r.get("weight") or 1))]
     random.Random(3 * 7919).shuffle(order)
     sampler = grpo.PromptSampler(rows, c)
-    assert [i.row["statement_id"] for i in sampler.sample(1)] == [rows[k]["statement_id"] for k in order[:8]]
-    balanced = grpo.PromptSampler(rows, cfg(prompts_per_step=8, error_correction=False, seed=3, balance_by="toy_tactic"))
+    assert [i.row["statement_id"] for i in sampler.sample(1)] == [rows[k]["statement_id"]
+                                                                  for k in order[:8]]
+    balanced = grpo.PromptSampler(rows,
+                                  cfg(prompts_per_step=8, error_correction=False, seed=3,
+                                      balance_by="toy_tactic"))
     firsts = [[i.row["toy_tactic"] for i in balanced.sample(s)] for s in range(1, 4)]
     for classes in firsts[:2]:   # ten rows of each class: every step of 8 holds two of each
         assert sorted(classes) == ["a", "a", "b", "b", "c", "c", "d", "d"], classes
@@ -201,14 +221,18 @@ def test_balanced_prompts_take_the_classes_in_turn_and_the_default_order_is_unch
 def test_second_turns_skip_overlong_prompts_and_long_feedback(tiny):
     tok = tiny[0]
     row = {"statement_id": "p", "header": "", "formal_statement": "theorem p : 1 = 1 := by"}
-    failed = [grpo.Rollout(grpo.PromptItem(row), [1], generation.Generation("attempt " * n, [2], [0.0], "eos"),
-                           status="lean_error", feedback=fb) for n, fb in ((1, "short error"), (400, "short error"),
+    failed = [grpo.Rollout(grpo.PromptItem(row), [1],
+                           generation.Generation("attempt " * n, [2], [0.0], "eos"),
+                           status="lean_error", feedback=fb)
+              for n, fb in ((1, "short error"), (400, "short error"),
                                                                           (1, "x" * 3001))]
-    ok = grpo.Rollout(grpo.PromptItem(row), [1], generation.Generation("", [2], [0.0], "eos"), status="valid", reward=1.0)
+    ok = grpo.Rollout(grpo.PromptItem(row), [1], generation.Generation("", [2], [0.0], "eos"),
+                      status="valid", reward=1.0)
     c = cfg(max_prompt_tokens=300)
     sampler = grpo.PromptSampler([row], c)
     assert grpo.add_second_turns(failed + [ok], sampler, tok, c) == 1     # the 400-word attempt
-    assert [(i.turn, i.prev_attempt, i.feedback) for i in sampler.cache] == [(2, "attempt ", "short error")]
+    assert [(i.turn, i.prev_attempt, i.feedback)
+            for i in sampler.cache] == [(2, "attempt ", "short error")]
 
 
 # ---------------------------------------------------------------- the whole loop
@@ -217,7 +241,8 @@ def test_second_turns_skip_overlong_prompts_and_long_feedback(tiny):
 def rl_run(tmp_path, tiny, monkeypatch):
     """A run folder with toy data (stage 01) and the tiny model; the stand-in on LEAN_SERVER_API_URL."""
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "t",
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "t",
                     "--toy_n_statements", "200"], check=True, capture_output=True,
                    env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
     return tmp_path / "runs" / "t", str(tiny[2])
@@ -225,7 +250,8 @@ def rl_run(tmp_path, tiny, monkeypatch):
 
 def test_balance_by_a_missing_column_stops_naming_the_file(rl_run):
     run, model = rl_run
-    proc = subprocess.run([sys.executable, str(ROOT / "03_rl_grpo.py"), "--run_name", "t", "--model", model,
+    proc = subprocess.run([sys.executable, str(ROOT / "03_rl_grpo.py"), "--run_name", "t",
+                           "--model", model,
                            "--balance_by", "difficulty"], capture_output=True, text=True,
                           env={**os.environ, "PROVER_RUNS_DIR": str(run.parent)})
     assert proc.returncode != 0
@@ -268,7 +294,8 @@ def test_resume_is_exact(rl_run, standin, monkeypatch):
     run, model = rl_run
     monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
     monkeypatch.setattr(common, "RUNS_ROOT", run.parent)
-    grpo.train(cfg(model=model, run_name="t", max_steps=4, eval_every=2, eval_max_problems=4, eval_samples=2))
+    grpo.train(cfg(model=model, run_name="t", max_steps=4, eval_every=2, eval_max_problems=4,
+                   eval_samples=2))
     full = (run / "03_grpo/final/model/model.safetensors").read_bytes()
     full_metrics = [json.loads(l) for l in (run / "03_grpo/metrics.jsonl").read_text().splitlines()]
     import shutil
@@ -276,13 +303,16 @@ def test_resume_is_exact(rl_run, standin, monkeypatch):
     grpo.train(cfg(model=model, run_name="t", max_steps=4, stop_after_steps=2, eval_every=2,
                    eval_max_problems=4, eval_samples=2))
     assert not (run / "03_grpo/final").exists()
-    grpo.train(cfg(model=model, run_name="t", max_steps=4, eval_every=2, eval_max_problems=4, eval_samples=2))
+    grpo.train(cfg(model=model, run_name="t", max_steps=4, eval_every=2, eval_max_problems=4,
+                   eval_samples=2))
     assert (run / "03_grpo/final/model/model.safetensors").read_bytes() == full
     cut = [json.loads(l) for l in (run / "03_grpo/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in cut] == [1, 2, 3, 4]
-    keys = ("reward_mean", "response_length", "loss", "generated_tokens")   # the resumed run counts on
+    # the resumed run counts on
+    keys = ("reward_mean", "response_length", "loss", "generated_tokens")
     assert [[r[k] for k in keys] for r in cut] == [[r[k] for k in keys] for r in full_metrics]
-    val = [json.loads(l)["step"] for l in (run / "03_grpo/validation.jsonl").read_text().splitlines()]
+    val = [json.loads(l)["step"]
+           for l in (run / "03_grpo/validation.jsonl").read_text().splitlines()]
     assert val == [0, 2, 4]
     for f in ("reward.png", "format_errors.png", "response_length.png", "validation.png"):
         assert (run / "03_grpo" / f).stat().st_size > 5000
@@ -319,16 +349,19 @@ def test_two_processes_match_one(rl_run, standin, tmp_path):
     run, model = rl_run
     env = {**os.environ, "PROVER_RUNS_DIR": str(run.parent), "LEAN_SERVER_API_URL": standin}
     args = ["--model", model, "--data", str(run / "01_data/rl_prompts.parquet"),
-            "--eval_data", str(run / "01_data/eval_toy.parquet"), "--prompts_per_step", "4", "--group_size", "4", "--mini_batch_prompts", "2",
+            "--eval_data", str(run / "01_data/eval_toy.parquet"), "--prompts_per_step", "4",
+            "--group_size", "4", "--mini_batch_prompts", "2",
             "--micro_batch_size", "4", "--max_new_tokens", "12", "--max_steps", "3", "--lr", "3e-3",
             "--loss_agg", "token_mean", "--require_tactic_blocks", "false", "--eval_every", "3",
             "--eval_max_problems", "6", "--eval_samples", "2", "--save_every", "0"]
     script = str(ROOT / "tests/grpo_planted.py")
-    one = subprocess.run([sys.executable, script, "--run_name", "one", *args], env=env, capture_output=True,
+    one = subprocess.run([sys.executable, script, "--run_name", "one", *args], env=env,
+                         capture_output=True,
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-4000:]
     torchrun = Path(sys.executable).with_name("torchrun")
-    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", script, "--run_name", "two", *args],
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", script,
+                          "--run_name", "two", *args],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-4000:]
     a, b = run.parent / "one/03_grpo", run.parent / "two/03_grpo"
@@ -380,7 +413,8 @@ def test_validation_counts_the_proof_reward_alone(standin):
 
         def decode(self, ids, **k):
             return "x" * len(ids)
-    rows = [{"statement_id": "v", "formal_statement": "theorem v : 2 + 2 = 4 := by", "header": "import Mathlib\n\n",
+    rows = [{"statement_id": "v", "formal_statement": "theorem v : 2 + 2 = 4 := by",
+             "header": "import Mathlib\n\n",
              "informal_problem": ""}]
     from lean_client import LeanClient
     res = grpo.validate(rows, Fixed(), Tok(), LeanClient(standin), cfg(eval_samples=4), step=0)
@@ -398,7 +432,8 @@ def two_prompt_run(tmp_path, flip_sign=False, mask_prompt=False, steps=60):
     """03's generator, advantages and update on two prompts whose right word differs; returns the
     share of right words per prompt after training (sampled, 64 each)."""
     import random
-    texts = [f"<|im_start|>user\nprompt {p}<|im_end|>\n<|im_start|>assistant\n{w}" for p in "AB" for w in WORDS] * 20
+    texts = [f"<|im_start|>user\nprompt {p}<|im_end|>\n<|im_start|>assistant\n{w}" for p in "AB"
+             for w in WORDS] * 20
     folder = generation.build_tiny_model(texts, tmp_path / "two", seed=0)
     tok, model = generation.load_tokenizer(str(folder)), generation.load_model(str(folder))
     torch.manual_seed(0)
@@ -415,27 +450,33 @@ def two_prompt_run(tmp_path, flip_sign=False, mask_prompt=False, steps=60):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    c = cfg(group_size=8, prompts_per_step=8, mini_batch_prompts=8, micro_batch_size=64, lr=3e-4, max_new_tokens=6,
+    c = cfg(group_size=8, prompts_per_step=8, mini_batch_prompts=8, micro_batch_size=64, lr=3e-4,
+            max_new_tokens=6,
             loss_agg="token_mean")
     gen = generation.HFGenerator(model, tok, batch_size=64)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.lr,
+                                  weight_decay=0.0)
 
     def shares(step):
         out = {}
         for p in "AB":
-            gens = gen.generate([prompts[p]] * 64, [generation.rollout_seed(9, step, p, s) for s in range(64)], 6)
+            gens = gen.generate([prompts[p]] * 64,
+                                [generation.rollout_seed(9, step, p, s) for s in range(64)], 6)
             out[p] = sum(g.text.startswith(RULE[p]) for g in gens) / 64
         return out
     before = shares(-1)
     for step in range(steps):
         names = ["A", "B"] * 4
-        seen = {p: (p_ids["A"] if mask_prompt else p_ids[p]) for p in "AB"}   # the control: prompt hidden
+        # the control: prompt hidden
+        seen = {p: (p_ids["A"] if mask_prompt else p_ids[p]) for p in "AB"}
         gens = gen.generate([tok.decode(seen[p]) for p in names for _ in range(8)],
-                            [generation.rollout_seed(0, step, i, s) for i in range(8) for s in range(8)], 6)
+                            [generation.rollout_seed(0, step, i, s) for i in range(8)
+                             for s in range(8)], 6)
         rollouts = []
         for k, g in enumerate(gens):
             p = names[k // 8]
-            item = grpo.PromptItem({"statement_id": p, "formal_statement": "theorem x : 1 = 1 := by", "header": ""})
+            item = grpo.PromptItem({"statement_id": p,
+                                    "formal_statement": "theorem x : 1 = 1 := by", "header": ""})
             rollouts.append(grpo.Rollout(item, seen[p], g, reward=float(g.text.startswith(RULE[p])),
                                          n_tokens=len(g.token_ids)))
         kept, _ = rl_objective.group_advantages(rollouts, c)

@@ -29,8 +29,10 @@ def test_paired_change_by_hand():
 
 def test_sft_rows_are_distinct_rounds():
     row = {"statement_id": "toy/1", "completion": "A", "prev_attempt": None, "lean_feedback": None}
-    rows = [row, dict(row), {**row, "completion": "B"}, {**row, "prev_attempt": "x", "lean_feedback": "err"},
-            {**row, "prev_attempt": "x", "lean_feedback": "other err"}, {**row, "statement_id": "toy/2"}]
+    rows = [row, dict(row), {**row, "completion": "B"},
+            {**row, "prev_attempt": "x", "lean_feedback": "err"},
+            {**row, "prev_attempt": "x", "lean_feedback": "other err"},
+            {**row, "statement_id": "toy/2"}]
     # four trajectories verifying the same first-round answer count once; a fix after different
     # feedback, another answer or another statement is another row
     assert iterate.distinct(rows) == [rows[0]] + rows[2:]
@@ -45,23 +47,30 @@ def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatc
     monkeypatch.setenv("LEAN_SERVER_API_URL", standin)
     monkeypatch.setenv("PROVER_RUNS_DIR", str(runs))
     monkeypatch.setenv("PROVER_RESULTS_DIR", str(tmp_path / "results"))
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "it",
-                    "--toy_n_statements", "120"], check=True, capture_output=True, env={**os.environ})
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "it",
+                    "--toy_n_statements", "120"], check=True, capture_output=True,
+                   env={**os.environ})
     model = generation.build_tiny_model(["<|im_start|>user\ntheorem toy : 1 = 1 := by rfl omega"] * 20,
                                         tmp_path / "tiny")
     # memory v0: one proof of a held-out statement (must be dropped) and one of a bank statement
     held_out = common.read_rows(runs / "it/01_data/eval_toy.parquet", "statements")[0]
     bank_row = common.read_rows(runs / "it/01_data/rl_prompts.parquet", "statements")[0]
     seed = tmp_path / "seed.jsonl"
-    seed.write_text("".join(json.dumps({"statement_id": r["statement_id"], "formal_statement": r["formal_statement"],
-                                        "proof": "\n  decide", "header": r["header"]}) + "\n" for r in (held_out, bank_row)))
-    args = ["--run_name", "it", "--model", model, "--memory", seed, "--iterations", 2, "--bank_max_problems", 4,
-            "--eval_max_problems", 4, "--width", 2, "--repair_depth", 2, "--retrieve_k", 1, "--max_new_tokens", 12,
+    seed.write_text("".join(json.dumps({"statement_id": r["statement_id"],
+                                        "formal_statement": r["formal_statement"],
+                                        "proof": "\n  decide", "header": r["header"]}) + "\n"
+                            for r in (held_out, bank_row)))
+    args = ["--run_name", "it", "--model", model, "--memory", seed, "--iterations", 2,
+            "--bank_max_problems", 4,
+            "--eval_max_problems", 4, "--width", 2, "--repair_depth", 2, "--retrieve_k", 1,
+            "--max_new_tokens", 12,
             "--prompt_format", "kimina", "--sft_steps", 1, "--rl_steps", 1, "--prompts_per_step", 2,
             "--mini_batch_prompts", 2, "--group_size", 2, "--rl_lr", 1e-3]
     args = [str(a) for a in args]
     crash = ["--rl_extra", "--resume /no/such/checkpoint"]   # a valid key that fails at run time
-    with pytest.raises(SystemExit, match="03_rl_grpo.py failed"):   # a crash in iteration 1's RL stage
+    # a crash in iteration 1's RL stage
+    with pytest.raises(SystemExit, match="03_rl_grpo.py failed"):
         iterate.iterate(common.parse_settings(iterate.Settings, args + crash))
     top = runs / "it" / "05_iterate"
     it1 = top / "it_it01"
@@ -86,7 +95,8 @@ def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatc
         str(it1 / "03_grpo/final/model")
     recs = [json.loads(line) for line in (top / "iterations.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in recs] == [1, 2]
-    assert all(r["bank_solved"] + r["bank_unsolved"] == 4 and "pass@1" in r and "pass@2" in r for r in recs)
+    assert all(r["bank_solved"] + r["bank_unsolved"] == 4 and "pass@1" in r and "pass@2" in r
+               for r in recs)
     table = (tmp_path / "results/it/iterations.md").read_text()
     assert "| 1 |" in table and "| 2 |" in table and "NOT Lean" in table
     # every held-out trajectory starts with a round-1 attempt, counted by how it ended

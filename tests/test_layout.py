@@ -30,7 +30,8 @@ def test_lean_client_runs_copied_alone(tmp_path):
             "assert h == 'import Mathlib\\n\\n', h\n"
             "assert lc.soundness_gate('import Mathlib\\ntheorem t : 1 = 1 := by\\n  sorry', 'theorem t : 1 = 1') == 'uses sorry'\n"
             "print('ok')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 

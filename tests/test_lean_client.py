@@ -48,19 +48,26 @@ def test_stand_in_auth(make_standin):
 
 REAL_SHAPES = [
     # docs/PROTOCOL.md: #check Nat
-    ({"id": "x", "time": 0.01, "response": {"messages": [{"severity": "info", "pos": {"line": 1, "column": 0},
+    ({"id": "x", "time": 0.01,
+      "response": {"messages": [{"severity": "info", "pos": {"line": 1, "column": 0},
       "endPos": {"line": 1, "column": 6}, "data": "Nat : Type"}], "env": 0}}, "valid"),
     ({"id": "x", "time": 3.0, "error": "Lean REPL command timed out in 3.0 seconds",
       "diagnostics": {"repl_uuid": "abc"}}, "timeout"),
-    ({"id": "x", "time": 0.2, "error": "Snippet execution failed: JSON decode error"}, "server_error"),
-    ({"id": "x", "time": 0.5, "response": {"messages": [{"severity": "warning", "pos": {"line": 3, "column": 8},
+    ({"id": "x", "time": 0.2, "error": "Snippet execution failed: JSON decode error"},
+     "server_error"),
+    ({"id": "x", "time": 0.5,
+      "response": {"messages": [{"severity": "warning", "pos": {"line": 3, "column": 8},
       "endPos": {"line": 3, "column": 9}, "data": "declaration uses 'sorry'"}],
-      "sorries": [{"pos": {"line": 3, "column": 30}, "endPos": {"line": 3, "column": 35}, "goal": "⊢ 1 = 1"}],
+      "sorries": [{"pos": {"line": 3, "column": 30}, "endPos": {"line": 3, "column": 35},
+                   "goal": "⊢ 1 = 1"}],
       "env": 0}}, "sorry"),
-    ({"id": "x", "time": 0.5, "response": {"messages": [{"severity": "warning", "pos": {"line": 3, "column": 8},
-      "endPos": {"line": 3, "column": 9}, "data": "declaration uses 'sorry'"}], "env": 0}}, "sorry"),
+    ({"id": "x", "time": 0.5,
+      "response": {"messages": [{"severity": "warning", "pos": {"line": 3, "column": 8},
+      "endPos": {"line": 3, "column": 9}, "data": "declaration uses 'sorry'"}], "env": 0}},
+     "sorry"),
     ({"id": "x", "time": 0.5, "response": {"messages": [
-        {"severity": "warning", "pos": {"line": 3, "column": 8}, "endPos": None, "data": "declaration uses 'sorry'"},
+        {"severity": "warning", "pos": {"line": 3, "column": 8}, "endPos": None,
+         "data": "declaration uses 'sorry'"},
         {"severity": "error", "pos": {"line": 4, "column": 2}, "endPos": {"line": 4, "column": 8},
          "data": "linarith failed to find a contradiction"}], "env": 0}}, "lean_error"),
     ({"id": "x", "time": 0.5, "response": {"message": "unknown environment."}}, "server_error"),
@@ -79,8 +86,10 @@ def test_parse_real_response_shapes(result, status):
 def test_order_ids_dedup_and_batching(make_standin):
     url, _ = make_standin(workers=4)
     props = [("2 + 2 = 4", "rfl", "valid"), ("2 + 2 = 5", "rfl", "lean_error"),
-             ("3 ≠ 4", "decide", "valid"), ("3 < 4", "omega", "valid"), ("3 ∣ 9", "norm_num", "valid"),
-             ("3 ∣ 10", "norm_num", "lean_error"), ("7 = 7", "sorry", "sorry"), ("3 < 4", "rfl", "lean_error")]
+             ("3 ≠ 4", "decide", "valid"), ("3 < 4", "omega", "valid"),
+             ("3 ∣ 9", "norm_num", "valid"),
+             ("3 ∣ 10", "norm_num", "lean_error"), ("7 = 7", "sorry", "sorry"),
+             ("3 < 4", "rfl", "lean_error")]
     items, expected = [], []
     for rep in range(5):  # every proof five times: four of them are duplicates
         for i, (prop, tac, status) in enumerate(props):
@@ -209,7 +218,9 @@ def test_cache_is_keyed_by_server_identity(make_standin, recorder, tmp_path):
     db = tmp_path / "v.sqlite"
     item = toy("a", "1 = 2", "rfl")
     assert fast_client(url, cache_path=db).verify([item])[0].status == "lean_error"
-    recorder.replies = [(200, {"results": [{"id": "0", "time": 0.1, "response": {"messages": [], "env": 0}}]})]
+    recorder.replies = [(200,
+                         {"results": [{"id": "0", "time": 0.1,
+                                       "response": {"messages": [], "env": 0}}]})]
     # same code, a server that does not call itself a stand-in: must be asked, not answered from cache
     v = fast_client(recorder.url, cache_path=db).verify([item])[0]
     assert len(recorder.requests) == 1 and not v.cached
@@ -342,8 +353,10 @@ def test_gate_reasons_name_the_command():
 def test_gate_allows_helpers_and_header_opens():
     helper = "theorem h_aux : (2 : ℝ) = 1 + 1 := by norm_num\n"
     assert soundness_gate(f"{HEADER}{helper}{STMT}\n  norm_num", STMT) is None
-    assert soundness_gate(f"{HEADER}open Finset in\n@[simp] {helper}{STMT}\n  norm_num", STMT) is None
-    assert soundness_gate(f"{HEADER}{STMT}\n  set_option maxRecDepth 4000 in\n  norm_num", STMT) is None
+    assert soundness_gate(f"{HEADER}open Finset in\n@[simp] {helper}{STMT}\n  norm_num",
+                          STMT) is None
+    assert soundness_gate(f"{HEADER}{STMT}\n  set_option maxRecDepth 4000 in\n  norm_num",
+                          STMT) is None
     # with the dataset's header known, the file may open nothing the header does not
     assert soundness_gate(OK_PROOF, STMT, header=HEADER) is None
     extra = OK_PROOF.replace("open BigOperators", "open Finset BigOperators")
@@ -354,7 +367,8 @@ def test_gate_allows_helpers_and_header_opens():
 def test_native_decide_accepted_by_default_and_refusable():
     code = f"{HEADER}theorem t : 2 ^ 10 = 1024 := by\n  native_decide"
     assert soundness_gate(code, "theorem t : 2 ^ 10 = 1024 := by") is None
-    assert "native_decide" in soundness_gate(code, "theorem t : 2 ^ 10 = 1024 := by", reject_native_decide=True)
+    assert "native_decide" in soundness_gate(code, "theorem t : 2 ^ 10 = 1024 := by",
+                                             reject_native_decide=True)
     # Kimina's own verified proofs use it: 11 of the 197 (they pass above)
     assert sum("native_decide" in r["correct_proof"] for r in _kimina_real_proofs()) == 11
 
@@ -395,7 +409,8 @@ def test_gate_accepts_the_67_human_minif2f_valid_proofs():
     # DeepSeek-Prover-V1.5's few-shot file: statement and human proof, checked under its header
     header = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\n"
               "open BigOperators Real Nat Topology Rat\n\n")
-    rows = [json.loads(l) for l in (ROOT / "data/proofs/deepseek_v15_minif2f_valid_few_shot.jsonl").open()]
+    rows = [json.loads(l)
+            for l in (ROOT / "data/proofs/deepseek_v15_minif2f_valid_few_shot.jsonl").open()]
     assert len(rows) == 67
     for r in rows:
         code = header + r["formal_statement"] + r["formal_proof"]
@@ -421,13 +436,15 @@ def test_axiom_check_reports_native_decide(recorder):
         {"severity": "info", "pos": {"line": 9, "column": 0}, "endPos": None,
          "data": "'t' depends on axioms: [propext, Lean.ofReduceBool]"}]}}]})
     recorder.replies = [reply]
-    [v] = fast_client(recorder.url, check_axioms=True).verify([{"id": "t", "code": code, "statement": stmt}])
+    [v] = fast_client(recorder.url,
+                      check_axioms=True).verify([{"id": "t", "code": code, "statement": stmt}])
     assert v.ok and v.axioms == ["propext", "Lean.ofReduceBool"] and v.code == code
     recorder.replies = [reply]
     strict = fast_client(recorder.url, check_axioms=True, reject_native_decide=True)
     # refused by the gate before sending; a proof that hides it from the gate fails the axiom check
     assert strict.verify([{"id": "t", "code": code, "statement": stmt}])[0].status == "rejected"
-    [v] = strict.verify([{"id": "t", "code": code.replace("native_decide", "exact my_lemma"), "statement": stmt}])
+    [v] = strict.verify([{"id": "t", "code": code.replace("native_decide", "exact my_lemma"),
+                          "statement": stmt}])
     assert v.status == "rejected" and "Lean.ofReduceBool" in v.error
 
 
@@ -438,13 +455,15 @@ def test_axiom_check(recorder):
     def reply(axioms):
         text = f"'t' depends on axioms: [{axioms}]" if axioms else "'t' does not depend on any axioms"
         return (200, {"results": [{"id": "0", "time": 0.1, "response": {"env": 0, "messages": [
-            {"severity": "info", "pos": {"line": 9, "column": 0}, "endPos": None, "data": text}]}}]})
+            {"severity": "info", "pos": {"line": 9, "column": 0}, "endPos": None,
+             "data": text}]}}]})
 
     client = fast_client(recorder.url, check_axioms=True)
     for axioms, ok in [("propext, Classical.choice, Quot.sound", True), ("", True),
                        ("propext, cheat", False), ("sorryAx", False)]:
         recorder.replies = [reply(axioms)]
-        [v] = client.verify([{"id": "t", "code": code + axioms.replace(",", "")[:0], "statement": stmt}])
+        [v] = client.verify([{"id": "t", "code": code + axioms.replace(",", "")[:0],
+                              "statement": stmt}])
         assert v.ok == ok, axioms
         if not ok:
             assert v.status == "rejected" and "uses axioms" in v.error
@@ -483,13 +502,18 @@ INFOTREE_CODE = "import Mathlib\n\ntheorem t (x : ℕ) (h : x = 2) : x + x = 5 :
 INFOTREE_RESULT = {"id": "0", "time": 0.4, "response": {"env": 0, "messages": [
     {"severity": "error", "pos": {"line": 5, "column": 2}, "endPos": {"line": 5, "column": 10},
      "data": "unsolved goals\n⊢ False\n"},
-    {"severity": "warning", "pos": {"line": 3, "column": 8}, "endPos": {"line": 3, "column": 9}, "data": "unused"}],
-    "infotree": [{"node": {"stx": {"range": {"start": {"line": 3, "column": 0}, "finish": {"line": 5, "column": 10}}},
+    {"severity": "warning", "pos": {"line": 3, "column": 8}, "endPos": {"line": 3, "column": 9},
+     "data": "unused"}],
+    "infotree": [{"node": {"stx": {"range": {"start": {"line": 3, "column": 0},
+                                             "finish": {"line": 5, "column": 10}}},
                            "goalsBefore": [], "goalsAfter": []},
-                  "children": [{"node": {"stx": {"range": {"start": {"line": 4, "column": 2}, "finish": {"line": 4, "column": 9}}},
-                                         "goalsBefore": ["x : ℕ\nh : x = 2\n⊢ x + x = 5"], "goalsAfter": ["⊢ 2 + 2 = 5"]},
+                  "children": [{"node": {"stx": {"range": {"start": {"line": 4, "column": 2},
+                                                           "finish": {"line": 4, "column": 9}}},
+                                         "goalsBefore": ["x : ℕ\nh : x = 2\n⊢ x + x = 5"],
+                                         "goalsAfter": ["⊢ 2 + 2 = 5"]},
                                 "children": []},
-                               {"node": {"stx": {"range": {"start": {"line": 5, "column": 2}, "finish": {"line": 5, "column": 10}}},
+                               {"node": {"stx": {"range": {"start": {"line": 5, "column": 2},
+                                                           "finish": {"line": 5, "column": 10}}},
                                          "goalsBefore": ["⊢ 2 + 2 = 5"], "goalsAfter": []},
                                 "children": []}]}]}}
 
@@ -510,13 +534,17 @@ def test_kimina_feedback_is_byte_identical_to_the_recipe():
     # the same without an infotree: no goal state line
     plain = parse_result("0", INFOTREE_CODE, {**INFOTREE_RESULT, "response": {
         k: w for k, w in INFOTREE_RESULT["response"].items() if k != "infotree"}})
-    assert lean_feedback(plain, "kimina").startswith("# Error 1:\nError message: \nunsolved goals\n⊢ False\n\n")
+    assert lean_feedback(plain,
+                         "kimina").startswith("# Error 1:\nError message: \nunsolved goals\n⊢ False\n\n")
     # a top-level error only (a timeout): the System Error block
-    t = parse_result("0", INFOTREE_CODE, {"id": "0", "error": "Lean REPL command timed out in 60.0 seconds"})
-    assert lean_feedback(t, "kimina") == "# System Error:\nError message: \nLean REPL command timed out in 60.0 seconds\n\n"
+    t = parse_result("0", INFOTREE_CODE,
+                     {"id": "0", "error": "Lean REPL command timed out in 60.0 seconds"})
+    assert lean_feedback(t,
+                         "kimina") == "# System Error:\nError message: \nLean REPL command timed out in 60.0 seconds\n\n"
     # only a sorry warning: no errors, no top-level error -> empty feedback, no second turn
     s = parse_result("0", INFOTREE_CODE, {"id": "0", "response": {"env": 0, "messages": [
-        {"severity": "warning", "pos": {"line": 3, "column": 8}, "endPos": None, "data": "declaration uses 'sorry'"}],
+        {"severity": "warning", "pos": {"line": 3, "column": 8}, "endPos": None,
+         "data": "declaration uses 'sorry'"}],
         "sorries": [{"pos": {"line": 5, "column": 2}, "goal": "⊢ False"}]}})
     assert s.status == "sorry" and lean_feedback(s, "kimina") == ""
 
@@ -564,7 +592,8 @@ def test_infotree_is_requested_when_asked(recorder):
 
 def test_feedback_caps_error_counts():
     code = "\n".join(f"line {i}" for i in range(1, 21))
-    msgs = [{"severity": "error", "pos": {"line": i, "column": 0}, "endPos": {"line": i, "column": 4},
+    msgs = [{"severity": "error", "pos": {"line": i, "column": 0},
+             "endPos": {"line": i, "column": 4},
              "data": f"err{i}"} for i in range(1, 11)]
     v = parse_result("x", code, {"time": 0, "response": {"messages": msgs, "env": 0}})
     assert lean_feedback(v, "kimina").count("# Error") == 3

@@ -40,8 +40,10 @@ def write_jsonl(path, rows, extra_lines=()):
 
 
 def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
-    run_stage(tmp_path, "--task", "toy", "--run_name", "a", "--toy_n_statements", "400", "--toy_sft_repair", "0.3")
-    run_stage(tmp_path, "--task", "toy", "--run_name", "b", "--toy_n_statements", "400", "--toy_sft_repair", "0.3")
+    run_stage(tmp_path, "--task", "toy", "--run_name", "a", "--toy_n_statements", "400",
+              "--toy_sft_repair", "0.3")
+    run_stage(tmp_path, "--task", "toy", "--run_name", "b", "--toy_n_statements", "400",
+              "--toy_sft_repair", "0.3")
     a, b = out_dir(tmp_path, "a"), out_dir(tmp_path, "b")
     for f in ("rl_prompts.parquet", "sft.parquet", "eval_toy.parquet", "rejects.parquet"):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
@@ -63,20 +65,24 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
     first = sft[sft.prev_attempt.isna()]
     repair = sft[sft.prev_attempt.notna()]
     assert 0.2 < len(repair) / len(first) < 0.4
-    verdicts = verify([(r.header + r.formal_statement + r.formal_proof, r) for r in first.itertuples()])
+    verdicts = verify([(r.header + r.formal_statement + r.formal_proof, r)
+                       for r in first.itertuples()])
     rate = sum(v.ok for v in verdicts) / len(verdicts)
     assert 0.15 < rate < 0.40, rate
     assert not any(v.status in ("rejected", "server_error") for v in verdicts)
     # repair rows: the first attempt fails, its feedback is what a live verification returns,
     # and the correction tries another tactic (right about one time in three)
     attempts = [(formats.build_lean_code(r.header, r.formal_statement,
-                                        formats.extract_proof(r.prev_attempt, r.formal_statement)), r)
+                                        formats.extract_proof(r.prev_attempt, r.formal_statement)),
+                 r)
                 for r in repair.itertuples()]
     live = verify(attempts)
     assert not any(v.ok for v in live)
     assert [formats.lean_feedback(v, "kimina") for v in live] == list(repair.lean_feedback)
-    assert all(r.formal_proof.strip() not in r.prev_attempt.split("```lean4")[-1] for r in repair.itertuples())
-    fixed = verify([(r.header + r.formal_statement + r.formal_proof, r) for r in repair.itertuples()])
+    assert all(r.formal_proof.strip() not in r.prev_attempt.split("```lean4")[-1]
+               for r in repair.itertuples())
+    fixed = verify([(r.header + r.formal_statement + r.formal_proof, r)
+                    for r in repair.itertuples()])
     assert 0.15 < sum(v.ok for v in fixed) / len(fixed) < 0.55
     # every completion is in the Kimina format and holds the statement
     assert all(formats.format_errors(c, s, require_tactic_blocks=False) == []
@@ -95,9 +101,11 @@ def test_toy_tool_traces_for_the_stepfun_format(tmp_path, standin):
     from lean_client import LeanClient
     from toy_task import TACTIC_RULES, relation_of
     right = {rel: tac for tac, rels in TACTIC_RULES.items() for rel in rels}
-    run_stage(tmp_path, "--task", "toy", "--run_name", "sf", "--toy_n_statements", "400", "--prompt_format", "stepfun",
+    run_stage(tmp_path, "--task", "toy", "--run_name", "sf", "--toy_n_statements", "400",
+              "--prompt_format", "stepfun",
               "--toy_sft_correct", "0.4")
-    run_stage(tmp_path, "--task", "toy", "--run_name", "k", "--toy_n_statements", "400", "--toy_sft_correct", "0.4")
+    run_stage(tmp_path, "--task", "toy", "--run_name", "k", "--toy_n_statements", "400",
+              "--toy_sft_correct", "0.4")
     sf, k = out_dir(tmp_path, "sf"), out_dir(tmp_path, "k")
     for f in ("rl_prompts.parquet", "eval_toy.parquet"):
         assert (sf / f).read_bytes() == (k / f).read_bytes(), f
@@ -106,11 +114,15 @@ def test_toy_tool_traces_for_the_stepfun_format(tmp_path, standin):
     sketched = [re.findall(r"<sketch>\n.*\n  (\S+)\n</sketch>", r["completion"]) for r in sft]
     assert all(s and s[-1] == right[relation_of(r["formal_statement"])] and len(set(s)) == len(s)
                for s, r in zip(sketched, sft))
-    assert 0.3 < sum(len(s) == 1 for s in sketched) / len(sft) < 0.5        # first sketch right ~40%
+    # first sketch right ~40%
+    assert 0.3 < sum(len(s) == 1 for s in sketched) / len(sft) < 0.5
     assert max(len(s) for s in sketched) == 4
     assert json.loads((sf / "config.json").read_text())["prompt_format"] == "stepfun"
-    verdicts = LeanClient(standin).verify([{"id": r["statement_id"], "code": r["header"] + r["formal_statement"] +
-                                            formats.extract_proof(r["completion"], r["formal_statement"])} for r in sft])
+    verdicts = LeanClient(standin).verify([{"id": r["statement_id"],
+                                            "code": r["header"] + r["formal_statement"] +
+                                            formats.extract_proof(r["completion"],
+                                                                  r["formal_statement"])}
+                                           for r in sft])
     assert all(v.ok for v in verdicts)
     proc = run_stage(tmp_path, "--task", "toy", "--run_name", "x", "--prompt_format", "stepfun",
                      "--toy_sft_repair", "0.5", expect_ok=False)
@@ -138,8 +150,10 @@ def test_toy_classes_are_balanced_and_the_eval_order_is_stratified(tmp_path):
 
 def test_cleaning_steps_on_planted_rows(tmp_path):
     renamed = (TEST_478["formal_statement"].replace("mathd_algebra_478", "planted_copy")
-               .replace("(b h v : ℝ)", "(x y z : ℝ)").replace("b * h", "x * y").replace("v = 1", "z = 1")
-               .replace("b = 30", "x = 30").replace("h = 13", "y = 13").replace(": v = 65", ": z = 65")
+               .replace("(b h v : ℝ)", "(x y z : ℝ)").replace("b * h",
+                                                              "x * y").replace("v = 1", "z = 1")
+               .replace("b = 30", "x = 30").replace("h = 13",
+                                                    "y = 13").replace(": v = 65", ": z = 65")
                .replace("0 < b ∧ 0 < h ∧ 0 < v", "0 < x ∧ 0 < y ∧ 0 < z").replace("h₀", "hpos"))
     assert "b" not in renamed.split(":")[0].split("(")[1]          # really renamed
     same_binders = ("theorem shares_binders (b h v : ℝ) (h₀ : 0 < b ∧ 0 < h ∧ 0 < v) :\n"
@@ -147,13 +161,18 @@ def test_cleaning_steps_on_planted_rows(tmp_path):
     rows = [
         {"name": "planted_copy", "formal_statement": renamed},
         {"name": "shares_binders", "formal_statement": same_binders},
-        {"name": "mathd_algebra_478", "formal_statement": "theorem mathd_algebra_478 : 1 = 1 := by"},
-        {"name": "multi", "formal_statement": "theorem multi (a : ℕ)\n    (h : a = 1) :\n  a + 0 = 1   :=  by\n  sorry"},
-        {"name": "dup", "formal_statement": "theorem multi2 (a : ℕ)  (h : a = 1) : a + 0 = 1 := by"},
-        {"name": "dup", "formal_statement": "theorem multi2 (a : ℕ) (h : a = 1) :\n a + 0 = 1 := by"},
+        {"name": "mathd_algebra_478",
+         "formal_statement": "theorem mathd_algebra_478 : 1 = 1 := by"},
+        {"name": "multi",
+         "formal_statement": "theorem multi (a : ℕ)\n    (h : a = 1) :\n  a + 0 = 1   :=  by\n  sorry"},
+        {"name": "dup",
+         "formal_statement": "theorem multi2 (a : ℕ)  (h : a = 1) : a + 0 = 1 := by"},
+        {"name": "dup",
+         "formal_statement": "theorem multi2 (a : ℕ) (h : a = 1) :\n a + 0 = 1 := by"},
         {"name": "bad", "formal_statement": "lemma_without_keyword (a : ℕ) : a = a"},
     ]
-    src = write_jsonl(tmp_path / "planted.jsonl", rows, [b'{"name": "latin1", "formal_statement": "\xe9"}\n'])
+    src = write_jsonl(tmp_path / "planted.jsonl", rows,
+                      [b'{"name": "latin1", "formal_statement": "\xe9"}\n'])
     run_stage(tmp_path, "--run_name", "p", "--rl_sources", str(src), "--sft_sources", "",
               "--eval_sets", "minif2f_test")
     out = out_dir(tmp_path, "p")
@@ -176,8 +195,10 @@ def test_cleaning_steps_on_planted_rows(tmp_path):
 
 
 def test_training_proofs_that_collide_with_an_eval_set_are_rejected(tmp_path):
-    proc = run_stage(tmp_path, "--run_name", "b", "--rl_sources", "leanworkbook_6k", "--sft_sources",
-                     "minif2f_valid_proofs", "--eval_sets", "minif2f_valid,proofnet_test", expect_ok=False)
+    proc = run_stage(tmp_path, "--run_name", "b", "--rl_sources", "leanworkbook_6k",
+                     "--sft_sources",
+                     "minif2f_valid_proofs", "--eval_sets", "minif2f_valid,proofnet_test",
+                     expect_ok=False)
     assert "no sft rows left after cleaning (minif2f_valid_proofs)" in proc.stderr
     rej = common.read_parquet(out_dir(tmp_path, "b") / "rejects.parquet", "rejects")
     # the 67 valid proofs are miniF2F-valid problems: all go to rejects, each naming its hit
@@ -196,9 +217,11 @@ def test_training_proofs_that_collide_with_an_eval_set_are_rejected(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--rl_sources", "no_such_source"], "unknown source 'no_such_source'"),
     (["--rl_sources", "leanworkbook_6k=/nonexistent/x.jsonl"], "no such file /nonexistent/x.jsonl"),
-    (["--rl_sources", "lean_workbook=/nonexistent/lean_workbook.json"], "wkbk_1009.parquet not found"),
+    (["--rl_sources", "lean_workbook=/nonexistent/lean_workbook.json"],
+     "wkbk_1009.parquet not found"),
     (["--task", "chess"], "--task must be one of lean, toy; got 'chess'"),
-    (["--rl_sources", "", "--sft_sources", "leanworkbook_6k"], "has no proofs; it cannot be an SFT source"),
+    (["--rl_sources", "", "--sft_sources", "leanworkbook_6k"],
+     "has no proofs; it cannot be an SFT source"),
     (["--learning_rate", "3"], "unrecognized arguments: --learning_rate"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, message):
@@ -207,7 +230,8 @@ def test_bad_input_is_a_clear_error(tmp_path, args, message):
 
 
 def test_wrong_columns_and_empty_result(tmp_path):
-    bad = write_jsonl(tmp_path / "cols.jsonl", [{"name": "a", "statement": "theorem a : 1 = 1 := by"}])
+    bad = write_jsonl(tmp_path / "cols.jsonl",
+                      [{"name": "a", "statement": "theorem a : 1 = 1 := by"}])
     proc = run_stage(tmp_path, "--run_name", "x", "--rl_sources", f"goedel_pset={bad}",
                      "--sft_sources", "", expect_ok=False)
     assert "cols.jsonl: source goedel_pset needs column 'formal_statement'" in proc.stderr
@@ -230,13 +254,16 @@ NUMINA_STMT = ("import Mathlib\n\n/- Prove that for positive reals a, b, c, d:\n
                "a/b + b/c + c/d + d/a ≥ 4\n\ntheorem of the means gives it at once. -/\n"
                "theorem inequalities_126634 (a b c d : ℝ) (ha : 0 < a) (hb : 0 < b) (hc : 0 < c) (hd : 0 < d) :\n"
                "    a / b + b / c + c / d + d / a ≥ 4 := by sorry")
-NUMINA_PROOF_FILE = NUMINA_STMT.replace(":= by sorry", ":= by\n  have := ha\n  nlinarith [sq_nonneg (a - b)]")
+NUMINA_PROOF_FILE = NUMINA_STMT.replace(":= by sorry",
+                                        ":= by\n  have := ha\n  nlinarith [sq_nonneg (a - b)]")
 
 
 def numina_row(uuid, statement, proof=None, ground_truth="", gt_type="statement", win_rate=0.25):
-    return {"uuid": uuid, "problem": f"Problem {uuid}: prove it.", "question_type": "proof", "answer": "",
+    return {"uuid": uuid, "problem": f"Problem {uuid}: prove it.", "question_type": "proof",
+            "answer": "",
             "author": "human" if ground_truth else "autoformalizer", "formal_statement": statement,
-            "formal_ground_truth": ground_truth, "ground_truth_type": gt_type, "formal_proof": proof,
+            "formal_ground_truth": ground_truth, "ground_truth_type": gt_type,
+            "formal_proof": proof,
             "rl_data": {"n_correct_proofs": 2, "n_proofs": 8, "win_rate": win_rate},
             "source": "olympiads", "problem_type": "Inequalities", "exam": ""}
 
@@ -249,9 +276,12 @@ def numina_rows():
     fourth = NUMINA_STMT.replace("inequalities_126634", "algebra_4").replace("≥ 4", "≥ 1")
     return [
         numina_row("n-1", NUMINA_STMT, NUMINA_PROOF_FILE),                            # whole file
-        numina_row("n-2", other, helper),                                              # helper lemma
-        numina_row("n-3", third, "  nlinarith [sq_nonneg (a - b)]"),                   # tactics only
-        numina_row("n-4", fourth, None, ground_truth=fourth.replace(":= by sorry", ":= by\n  positivity"),
+        # helper lemma
+        numina_row("n-2", other, helper),
+        # tactics only
+        numina_row("n-3", third, "  nlinarith [sq_nonneg (a - b)]"),
+        numina_row("n-4", fourth, None,
+                   ground_truth=fourth.replace(":= by sorry", ":= by\n  positivity"),
                    gt_type="complete"),                                                # human proof
         numina_row("n-5", fourth.replace("algebra_4", "algebra_5").replace("≥ 1", "≥ 0"), None,
                    ground_truth=fourth.replace("algebra_4", "algebra_5"), gt_type="with_sorry"),
@@ -267,7 +297,8 @@ def promptset_rows():
              "theorem number_theory_1 (x : ℝ) : x ^ 2 ≥ 0 :=\nsorry", 1),
             ("0e9c7c0a-3", "algebra_9", "human", "Show 1 ≤ 2.",
              "import Mathlib\n\ntheorem algebra_9 : (1 : ℕ) ≤ 2 := by", 2)]
-    return [{"statement_id": sid, "name": name, "source": src, "natural_language": nl, "formal_statement": fs}
+    return [{"statement_id": sid, "name": name, "source": src, "natural_language": nl,
+             "formal_statement": fs}
             for sid, name, src, nl, fs, copies in base for _ in range(copies)]
 
 
@@ -282,10 +313,13 @@ def workbook_problems():
 
 def workbook_steps():
     rows = []
-    for pid, status, stmt in (("lean_workbook_plus_1", "proved", workbook_problems()[0]["formal_statement"]),
-                              ("lean_workbook_99", "disproved", workbook_problems()[3]["formal_statement"])):
+    for pid, status, stmt in (("lean_workbook_plus_1", "proved",
+                               workbook_problems()[0]["formal_statement"]),
+                              ("lean_workbook_99", "disproved",
+                               workbook_problems()[3]["formal_statement"])):
         for step in range(3):   # one row per tactic step
-            rows.append({"id": pid, "status": status, "tactic": "nlinarith", "state_before": "⊢ x", "state_after": "",
+            rows.append({"id": pid, "status": status, "tactic": "nlinarith", "state_before": "⊢ x",
+                         "state_after": "",
                          "natural_language_statement": "", "answer": "", "formal_statement": stmt})
     return rows
 
@@ -310,7 +344,8 @@ def build_hub_mirror(root):
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(rows), path)
     parquet(root / "AI-MO/NuminaMath-LEAN/data/train-00000-of-00001.parquet", numina_rows())
-    parquet(root / "AI-MO/Kimina-Prover-Promptset/data/train-00000-of-00001.parquet", promptset_rows())
+    parquet(root / "AI-MO/Kimina-Prover-Promptset/data/train-00000-of-00001.parquet",
+            promptset_rows())
     wb = root / "internlm/Lean-Workbook"
     wb.mkdir(parents=True)
     (wb / "README.md").write_text("# Lean Workbook\nno configs in this card\n")
@@ -334,7 +369,8 @@ def test_lean_workbook_default_load_is_the_proof_steps_not_the_problems(tmp_path
 def test_online_sources_in_their_real_hub_layouts(tmp_path):
     mirror = build_hub_mirror(tmp_path / "mirror")
     run_stage(tmp_path, "--run_name", "o", "--hf_mirror", str(mirror), "--max_win_rate", "0.9",
-              "--rl_sources", "kimina_promptset,lean_workbook,goedel_pset", "--sft_sources", "numina_lean",
+              "--rl_sources", "kimina_promptset,lean_workbook,goedel_pset", "--sft_sources",
+              "numina_lean",
               "--eval_sets", "minif2f_test_kimina")
     out = out_dir(tmp_path, "o")
     rl = common.read_rows(out / "rl_prompts.parquet", "statements")
@@ -343,7 +379,8 @@ def test_online_sources_in_their_real_hub_layouts(tmp_path):
     from lean_client import strip_lean_comments
     for r in rl + sft + ev:
         # headers parse: only header commands, no comment cut in half; the theorem intact
-        assert all(l.split()[0] in ("import", "open", "set_option") for l in r["header"].split("\n") if l.strip()), r
+        assert all(l.split()[0] in ("import", "open", "set_option") for l in r["header"].split("\n")
+                   if l.strip()), r
         assert r["header"].count("/-") == r["header"].count("-/") == 0
         assert r["formal_statement"].startswith(f"theorem {r['theorem_name']} ") and r["formal_statement"].endswith(":= by")
         assert strip_lean_comments(r["formal_statement"]) == r["formal_statement"]
@@ -381,7 +418,8 @@ def test_online_sources_in_their_real_hub_layouts(tmp_path):
     assert "aux before the theorem" in reasons["numina_lean/1"]
     assert "no proof" in reasons["numina_lean/4"]
     # --keep_duplicates keeps each deliberate copy as its own row, ids still unique
-    run_stage(tmp_path, "--run_name", "k", "--hf_mirror", str(mirror), "--rl_sources", "kimina_promptset",
+    run_stage(tmp_path, "--run_name", "k", "--hf_mirror", str(mirror), "--rl_sources",
+              "kimina_promptset",
               "--sft_sources", "", "--keep_duplicates", "true")
     kept = common.read_rows(out_dir(tmp_path, "k") / "rl_prompts.parquet", "statements")
     assert len(kept) == 6 and len({r["statement_id"] for r in kept}) == 6
@@ -400,21 +438,27 @@ def test_deduplication_is_name_free_on_the_bundled_workbook_sample(tmp_path):
 
 
 def test_proofnet_ids_are_unique_and_04_refuses_duplicates(tmp_path):
-    run_stage(tmp_path, "--run_name", "pn", "--rl_sources", "", "--sft_sources", "", "--eval_sets", "proofnet_test")
+    run_stage(tmp_path, "--run_name", "pn", "--rl_sources", "", "--sft_sources", "", "--eval_sets",
+              "proofnet_test")
     out = out_dir(tmp_path, "pn")
     rows = common.read_rows(out / "eval_proofnet_test.parquet", "statements")
     assert len(rows) == 186 and len({r["statement_id"] for r in rows}) == 186
     assert sum(r["theorem_name"] == "exercise_5_1" for r in rows) == 3
     # an eval file whose ids repeat is refused by 04, naming them
-    bad = [{**r, "statement_id": "proofnet_test/exercise_5_1"} if r["theorem_name"] == "exercise_5_1" else r for r in rows]
+    bad = [{**r, "statement_id": "proofnet_test/exercise_5_1"}
+           if r["theorem_name"] == "exercise_5_1" else r for r in rows]
     common.write_parquet(bad, tmp_path / "bad.parquet", "statements")
-    proc = subprocess.run([sys.executable, str(ROOT / "04_eval.py"), "--run_name", "pn", "--model", str(tmp_path),
-                           "--benchmarks", str(tmp_path / "bad.parquet")], capture_output=True, text=True,
-                          env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs"), "LEAN_SERVER_API_URL": "http://127.0.0.1:9"})
+    proc = subprocess.run([sys.executable, str(ROOT / "04_eval.py"), "--run_name", "pn", "--model",
+                           str(tmp_path),
+                           "--benchmarks", str(tmp_path / "bad.parquet")], capture_output=True,
+                          text=True,
+                          env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs"),
+                               "LEAN_SERVER_API_URL": "http://127.0.0.1:9"})
     assert proc.returncode != 0 and "duplicate statement_id proofnet_test/exercise_5_1" in proc.stderr, proc.stderr[-800:]
 
 
 def test_hub_unreachable_names_the_way_out(tmp_path):
-    proc = run_stage(tmp_path, "--run_name", "h", "--rl_sources", "kimina_promptset", "--sft_sources", "",
+    proc = run_stage(tmp_path, "--run_name", "h", "--rl_sources", "kimina_promptset",
+                     "--sft_sources", "",
                      expect_ok=False)
     assert "cannot load AI-MO/Kimina-Prover-Promptset" in proc.stderr and "--hf_mirror" in proc.stderr

@@ -10,7 +10,8 @@ import pytest
 from conftest import ROOT
 
 STAGES = ["01_prepare_data.py", "02_sft.py", "03_rl_grpo.py", "04_eval.py", "05_iterate.py"]
-FORWARDED = {"--sft_extra": "02_sft.py", "--rl_extra": "03_rl_grpo.py", "--eval_extra": "04_eval.py"}
+FORWARDED = {"--sft_extra": "02_sft.py", "--rl_extra": "03_rl_grpo.py",
+             "--eval_extra": "04_eval.py"}
 
 
 def settings_fields(script: str) -> set[str]:
@@ -26,7 +27,8 @@ def stage_commands(text: str):
     for line in joined.splitlines():
         line = line.split(" #")[0]
         for script in STAGES:
-            if re.search(rf"(^|\s){re.escape(script)}(\s|$)", line) and not line.lstrip().startswith("#"):
+            if re.search(rf"(^|\s){re.escape(script)}(\s|$)",
+                         line) and not line.lstrip().startswith("#"):
                 tail = line.split(script, 1)[1]
                 tail = re.sub(r"\$\{[^}]*\}|\$\(\([^)]*\)\)|\$\([^)]*\)|\$\w+", "X", tail)
                 yield script, shlex.split(tail.replace("|", " ").replace("&&", " "))
@@ -50,7 +52,8 @@ def test_recipe_flags_exist(recipe):
         assert found >= 2
 
 
-@pytest.mark.parametrize("settings", sorted(p.name for p in (ROOT / "recipes").glob("*_settings.txt")))
+@pytest.mark.parametrize("settings",
+                         sorted(p.name for p in (ROOT / "recipes").glob("*_settings.txt")))
 def test_sweep_settings_files_pass_only_03_flags(settings):
     """recipes/smoke_sweep.sh appends each `name|flags` line's flags to 03_rl_grpo.py."""
     fields = settings_fields("03_rl_grpo.py")
@@ -62,6 +65,7 @@ def test_sweep_settings_files_pass_only_03_flags(settings):
         argv = shlex.split(flags.split("#")[0])
         assert argv, f"{settings}: {name} has no flags"
         for tok in argv:
-            if tok.startswith("--"):   # --key value, or --key=value (argparse's form for an empty value)
+            if tok.startswith("--"):   # --key value, or --key=value (argparse's form for an empty
+                                       # value)
                 key = tok[2:].split("=", 1)[0]
                 assert key in fields, f"{settings}: {name} passes --{key}, unknown to 03_rl_grpo.py"

@@ -54,7 +54,8 @@ def weights(folder):
 def test_loss_only_on_completion_tokens(toy_data, runs):
     rows = common.read_rows(toy_data, "sft")[:3]
     out = runs / "tok"
-    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows], out)
+    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows],
+                                out)
     tok = generation.load_tokenizer(str(out))
     examples, truncated = sft.tokenize_rows(rows, tok, settings(toy_data))
     assert truncated == 0
@@ -80,11 +81,13 @@ def test_repair_rows_become_earlier_turns(toy_data):
 def test_packed_batch_has_the_same_loss_as_separate_rows(toy_data, runs):
     rows = common.read_rows(toy_data, "sft")[:5]
     out = runs / "pk"
-    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows], out)
+    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows],
+                                out)
     tok, model = generation.load_tokenizer(str(out)), generation.load_model(str(out))
     examples, _ = sft.tokenize_rows(rows, tok, settings(toy_data))
     with torch.no_grad():
-        separate = sum(float(sft.token_loss_sum(model, sft.collate(examples, [[i]], tok.pad_token_id))[0])
+        separate = sum(float(sft.token_loss_sum(model,
+                                                sft.collate(examples, [[i]], tok.pad_token_id))[0])
                        for i in range(5))
         packed_batch = sft.collate(examples, [[0, 1, 2], [3, 4]], tok.pad_token_id)
         packed, n = sft.token_loss_sum(model, packed_batch)
@@ -99,7 +102,8 @@ def test_resume_is_exact(toy_data, runs):
     sft.train(settings(toy_data, run_name="cut", save_every=2))       # resume: auto
     a, b = weights(runs / "full/02_sft/final/model"), weights(runs / "cut/02_sft/final/model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(l)["step"] for l in (runs / "cut/02_sft/metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(l)["step"]
+             for l in (runs / "cut/02_sft/metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]                               # nothing written twice
     manifest = json.loads((runs / "full/02_sft/manifest.json").read_text())
     assert manifest["steps"] == 6 and manifest["final_heldout_loss"] is not None
@@ -126,8 +130,18 @@ def test_lora_merges_into_a_plain_model(toy_data, runs):
 
 
 def test_packing_trains(toy_data, runs):
-    sft.train(settings(toy_data, run_name="pack", packing=True, max_steps=3))
-    assert (runs / "pack/02_sft/final/model/model.safetensors").exists()
+    cfg = settings(toy_data, run_name="pack", packing=True, max_steps=6, warmup_steps=1)
+    sft.train(cfg)
+    metrics = [json.loads(x) for x in (runs / "pack/02_sft/metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < 0.8 * metrics[0]["loss"]        # it learns from packed batches
+    # the batches it trained on were packed: several rows per sequence, none over max_seq_len
+    tok = generation.load_tokenizer(str(runs / "pack/02_sft/final/model"))
+    examples, _ = sft.tokenize_rows([r for r in common.read_rows(toy_data, "sft")
+                                     if r["split"] != "valid"], tok, cfg)
+    units = sft.epoch_units(examples, 0, cfg)
+    sizes = [sum(len(examples[i]["input_ids"]) for i in u) for u in units]
+    assert len(units) < len(examples) / 2 and max(sizes) <= cfg.max_seq_len
+    assert sorted(i for u in units for i in u) == list(range(len(examples)))   # each row once
 
 
 def test_bad_input(toy_data, runs, tmp_path):
@@ -135,17 +149,21 @@ def test_bad_input(toy_data, runs, tmp_path):
         sft.train(settings(toy_data, preset="", model="./no/such/model"))
     with pytest.raises(SystemExit, match="tokens > --max_seq_len 40"):
         sft.train(settings(toy_data, max_seq_len=40))
-    with pytest.raises(SystemExit, match="prompt"):  # a prompt alone over the limit cannot be truncated
+    with pytest.raises(SystemExit, match="prompt"):  # a prompt alone over the limit cannot be
+                                                     # truncated
         sft.train(settings(toy_data, max_seq_len=40, truncate=True))
-    first_turn = common.write_parquet([r for r in common.read_rows(toy_data, "sft") if not r["prev_attempt"]],
-                                      tmp_path / "first_turn.parquet", "sft")   # repair prompts exceed 130
+    first_turn = common.write_parquet([r for r in common.read_rows(toy_data, "sft")
+                                       if not r["prev_attempt"]],
+                                      # repair prompts exceed 130
+                                      tmp_path / "first_turn.parquet", "sft")
     sft.train(settings(first_turn, run_name="tr", max_seq_len=130, truncate=True, max_steps=2))
     assert json.loads((runs / "tr/02_sft/manifest.json").read_text())["truncated_rows"] > 0
     empty = common.write_parquet([], tmp_path / "empty.parquet", "sft")
     with pytest.raises(common.SchemaError, match="empty.parquet: no rows"):
         sft.train(settings(empty))
     bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.table({"statement_id": ["a"], "formal_statement": ["theorem a : 1 = 1 := by"]}), bad)
+    pq.write_table(pa.table({"statement_id": ["a"],
+                             "formal_statement": ["theorem a : 1 = 1 := by"]}), bad)
     with pytest.raises(common.SchemaError, match="bad.parquet: missing column 'source'"):
         sft.train(settings(bad))
     # a tokenizer without a chat template
@@ -175,16 +193,20 @@ def test_two_ddp_processes_match_one(toy_data, tmp_path):
     import os
     import shutil
     env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path)}
-    common_args = ["--data", str(toy_data), "--preset", "tiny", "--max_steps", "4", "--save_every", "0",
+    common_args = ["--data", str(toy_data), "--preset", "tiny", "--max_steps", "4", "--save_every",
+                   "0",
                    "--eval_every", "0", "--lr", "3e-3"]
-    subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "one", "--batch_size", "8",
+    subprocess.run([sys.executable, str(ROOT / "02_sft.py"), "--run_name", "one", "--batch_size",
+                    "8",
                     *common_args], check=True, env=env, capture_output=True)
     (tmp_path / "two/02_sft").mkdir(parents=True)
     shutil.copytree(tmp_path / "one/02_sft/base_tiny", tmp_path / "two/02_sft/base_tiny")
     torchrun = Path(sys.executable).with_name("torchrun")
     # --standalone: a free rendezvous port, not the fixed 29500 another job may hold
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "02_sft.py"),
-                           "--run_name", "two", "--batch_size", "4", *common_args], env=env, capture_output=True,
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "02_sft.py"),
+                           "--run_name", "two", "--batch_size", "4", *common_args], env=env,
+                          capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = weights(tmp_path / "one/02_sft/final/model")
@@ -195,12 +217,15 @@ def test_two_ddp_processes_match_one(toy_data, tmp_path):
 
 
 def test_tokens_per_second_counts_real_tokens_not_padding(toy_data, runs):
-    sft.train(settings(toy_data, run_name="tps", packing=True, max_steps=2, eval_every=0, save_every=0))
+    sft.train(settings(toy_data, run_name="tps", packing=True, max_steps=2, eval_every=0,
+                       save_every=0))
     rows = [json.loads(l) for l in (runs / "tps/02_sft/metrics.jsonl").read_text().splitlines()]
     tok = generation.load_tokenizer(str(runs / "tps/02_sft/base_tiny"))
-    examples, _ = sft.tokenize_rows([r for r in common.read_rows(toy_data, "sft") if r["split"] != "valid"],
+    examples, _ = sft.tokenize_rows([r for r in common.read_rows(toy_data, "sft")
+                                     if r["split"] != "valid"],
                                     tok, settings(toy_data))
-    units = sft.epoch_units(examples, 0, settings(toy_data, packing=True))[:4]   # step 1: batch_size 4
+    # step 1: batch_size 4
+    units = sft.epoch_units(examples, 0, settings(toy_data, packing=True))[:4]
     real = sum(len(examples[i]["input_ids"]) for u in units for i in u)
     assert rows[0]["tokens_per_sec"] * rows[0]["sec_per_step"] == pytest.approx(real, rel=1e-6)
 
@@ -208,12 +233,14 @@ def test_tokens_per_second_counts_real_tokens_not_padding(toy_data, runs):
 # ---------------------------------------------------------------- CPT (OProver's first stage, #17)
 
 def test_cpt_trains_on_every_token_of_a_packed_lean_corpus(runs, tmp_path):
-    proofs = [{"statement_id": f"c{i}", "formal_statement": f"theorem c{i} : {i} + {i} = {2 * i} := by",
+    proofs = [{"statement_id": f"c{i}",
+               "formal_statement": f"theorem c{i} : {i} + {i} = {2 * i} := by",
                "proof": "\n  norm_num\n", "header": "import Mathlib\n\n"} for i in range(60)]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(p) + "\n" for p in proofs))
     args = ["--run_name", "c", "--preset", "tiny", "--objective", "cpt", "--corpus", str(corpus),
-            "--max_seq_len", "64", "--batch_size", "4", "--max_steps", "30", "--lr", "3e-3", "--eval_every", "30",
+            "--max_seq_len", "64", "--batch_size", "4", "--max_steps", "30", "--lr", "3e-3",
+            "--eval_every", "30",
             "--save_every", "0", "--warmup_steps", "2"]
     out = sft.train(common.parse_settings(sft.Settings, args))
     assert out == runs / "c" / "02_cpt"
@@ -222,9 +249,11 @@ def test_cpt_trains_on_every_token_of_a_packed_lean_corpus(runs, tmp_path):
     assert docs[1] == "import Mathlib\n\ntheorem c1 : 1 + 1 = 2 := by\n  norm_num\n"
     train_ex, valid_ex = sft.cpt_examples(docs, tok, sft.Settings(max_seq_len=64))
     stream = [t for e in train_ex + valid_ex for t in e["input_ids"]]
-    assert all(e["labels"] == e["input_ids"] for e in train_ex + valid_ex)        # loss on every token
+    # loss on every token
+    assert all(e["labels"] == e["input_ids"] for e in train_ex + valid_ex)
     assert all(len(e["input_ids"]) == 64 for e in train_ex[:-1])                  # packed windows
-    assert stream.count(tok.eos_token_id) == len(docs)                           # one EOS per document
+    # one EOS per document
+    assert stream.count(tok.eos_token_id) == len(docs)
     assert len(valid_ex) == (len(train_ex) + len(valid_ex)) // 20 >= 1
     man = json.loads((out / "manifest.json").read_text())
     assert man["objective"] == "cpt" and man["stage"] == "02_cpt"
@@ -238,7 +267,8 @@ def test_cpt_trains_on_every_token_of_a_packed_lean_corpus(runs, tmp_path):
 
 def test_tool_trace_rows_carry_no_loss_on_the_repl_answers(toy_data, runs):
     """StepFun's tool-integrated traces as SFT rows: the REPL's answers condition, never train."""
-    tok = generation.load_tokenizer(str(sft.train(settings(toy_data, run_name="tt", max_steps=1, eval_every=0,
+    tok = generation.load_tokenizer(str(sft.train(settings(toy_data, run_name="tt", max_steps=1,
+                                                           eval_every=0,
                                                           save_every=0)) / "final" / "model"))
     repl = '\n<REPL>\n{"messages": [{"severity": "error", "data": "omega could not prove the goal"}]}\n</REPL>'
     completion = "<sketch>\ntheorem t : 1 = 1 := by\n  omega\n</sketch>" + repl + "\n```lean4\ntheorem t : 1 = 1 := by\n  rfl\n```"
@@ -248,4 +278,5 @@ def test_tool_trace_rows_carry_no_loss_on_the_repl_answers(toy_data, runs):
     assert masked == repl and "REPL" not in trained and trained.endswith(tok.eos_token)
     assert tok.decode(ids[:-1]) == completion
     plain_ids, plain_labels = sft.completion_tokens(tok, "no tools here")
-    assert plain_labels == plain_ids                                   # an ordinary row: all trained
+    # an ordinary row: all trained
+    assert plain_labels == plain_ids

@@ -27,12 +27,14 @@ class CaptureLogits(torch.nn.Module):
 def model():
     torch.manual_seed(0)
     cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128)
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                      max_position_embeddings=128)
     return Qwen3ForCausalLM(cfg).eval()
 
 
 def cfg(**kw):
-    base = dict(ratio_level="token", clip_low=0.2, clip_high=0.3, clip_ratio_c=3.0, kl_coef=0.0, loss_agg="token_mean")
+    base = dict(ratio_level="token", clip_low=0.2, clip_high=0.3, clip_ratio_c=3.0, kl_coef=0.0,
+                loss_agg="token_mean")
     return SimpleNamespace(**{**base, **kw})
 
 

@@ -16,20 +16,26 @@ import generation
 
 @pytest.mark.slow
 def test_real_verl_code_accepts_our_export_reward_config_and_loss(tmp_path, standin):
-    setup = subprocess.run(["bash", str(ROOT / "setup_verl.sh")], capture_output=True, text=True, timeout=1800)
+    setup = subprocess.run(["bash", str(ROOT / "setup_verl.sh")], capture_output=True, text=True,
+                           timeout=1800)
     # pip prints a warning per package for this machine's empty extra indexes; keep the rest
-    said = [ln for ln in (setup.stdout + setup.stderr).splitlines() if "is ignored: it is neither" not in ln]
+    said = [ln for ln in (setup.stdout + setup.stderr).splitlines()
+            if "is ignored: it is neither" not in ln]
     assert setup.returncode == 0, "setup_verl.sh failed:\n" + "\n".join(said[-60:])
     env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs"), "LEAN_SERVER_API_URL": standin}
-    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name", "v",
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "v",
                     "--toy_n_statements", "200"], check=True, capture_output=True, env=env)
-    subprocess.run([sys.executable, str(ROOT / "recipes/verl/export_verl.py"), "--run_name", "v", "--out",
+    subprocess.run([sys.executable, str(ROOT / "recipes/verl/export_verl.py"), "--run_name", "v",
+                    "--out",
                     str(tmp_path / "export")], check=True, capture_output=True, env=env)
     rl = tmp_path / "runs/v/01_data/rl_prompts.parquet"
     rows = common.read_rows(rl, "statements")
-    tiny = generation.build_tiny_model([formats.render_prompt_text(r) for r in rows], tmp_path / "tiny")
+    tiny = generation.build_tiny_model([formats.render_prompt_text(r) for r in rows],
+                                       tmp_path / "tiny")
     proc = subprocess.run([str(ROOT / ".venv-verl/bin/python"), str(ROOT / "tests/verl_checks.py"),
-                           str(tmp_path / "export"), str(rl), str(tiny)], capture_output=True, text=True,
+                           str(tmp_path / "export"), str(rl), str(tiny)], capture_output=True,
+                          text=True,
                           env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for line in ("losses: ", "config: ", "dataset: ", "reward: ", "verl checks: all passed"):

@@ -12,8 +12,11 @@ from conftest import ROOT
 def test_vllm_lora_push_matches_transformers():
     python = ROOT / ".venv-vllm/bin/python"
     assert python.exists(), "the vLLM test needs its own venv: bash setup_vllm.sh"
-    proc = subprocess.run([str(python), str(ROOT / "tests/vllm_weight_push.py")], capture_output=True, text=True,
-                          timeout=900, env={"VLLM_CPU_KVCACHE_SPACE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    proc = subprocess.run([str(python), str(ROOT / "tests/vllm_weight_push.py")],
+                          capture_output=True, text=True,
+                          timeout=900,
+                          env={"VLLM_CPU_KVCACHE_SPACE": "1", "PATH": "/usr/bin:/bin",
+                               "HOME": "/tmp"})
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
     rounds = json.loads(lines[0][len("RESULT "):])

@@ -24,14 +24,18 @@ def main():
              for a in range(30) for b in range(30)]
     base = generation.build_tiny_model(texts, work / "base", seed=0)
     tok = generation.load_tokenizer(str(base))
-    model = get_peft_model(generation.load_model(str(base)), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(generation.load_model(str(base)),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(1)
-    prompts = [f"<|im_start|>user\nadd {a} and 7<|im_end|>\n<|im_start|>assistant\n" for a in (1, 2, 3, 4)]
-    gen = generation.VLLMGenerator(str(base), lora=True, max_lora_rank=8, gpu_memory_utilization=0.1, dtype="float32")
+    prompts = [f"<|im_start|>user\nadd {a} and 7<|im_end|>\n<|im_start|>assistant\n"
+               for a in (1, 2, 3, 4)]
+    gen = generation.VLLMGenerator(str(base), lora=True, max_lora_rank=8,
+                                   gpu_memory_utilization=0.1, dtype="float32")
     hf = generation.HFGenerator(model, tok)
     rounds = []
     for push in range(2):
-        with torch.no_grad():   # a different, non-zero adapter each round: the policy after an update
+        with torch.no_grad():   # a different, non-zero adapter each round: the policy after an
+                                # update
             for name, p in model.named_parameters():
                 if "lora_" in name:
                     p.copy_(torch.randn_like(p) * 0.5)

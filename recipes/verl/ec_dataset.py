@@ -30,7 +30,8 @@ import formats  # noqa: E402
 
 class KiminaErrorCorrectionDataset(RLHFDataset):
     def __init__(self, data_files, tokenizer, config, processor=None, max_samples: int = -1):
-        super().__init__(data_files, tokenizer, config, processor=processor, max_samples=max_samples)
+        super().__init__(data_files, tokenizer, config, processor=processor,
+                         max_samples=max_samples)
         self.ec_rate = float(config.get("multiturn_sampling_rate", 0.5))
         self.ec_size = int(config.get("multiturn_n_samples_in_cache", 5000))
         self.cache_path = os.environ.get("KIMINA_EC_CACHE", "")
@@ -55,13 +56,16 @@ class KiminaErrorCorrectionDataset(RLHFDataset):
         self.draws += 1
         if self.cache and rng.random() < self.ec_rate:
             entry = self.cache[rng.randrange(len(self.cache))]
-            messages = formats.prompt_messages({**entry["row"], "prev_attempt": entry["prev_attempt"],
+            messages = formats.prompt_messages({**entry["row"],
+                                                "prev_attempt": entry["prev_attempt"],
                                                 "lean_feedback": entry["lean_feedback"]})
-            n_tokens = len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+            n_tokens = len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                              tokenize=True))
             if n_tokens <= self.max_prompt_length:
                 row = super().__getitem__(item)   # the verl fields (index, tools_kwargs, ...)
                 row["raw_prompt"] = messages
-                row["reward_model"] = {"style": "rule", "ground_truth": entry["row"]["formal_statement"]}
+                row["reward_model"] = {"style": "rule",
+                                       "ground_truth": entry["row"]["formal_statement"]}
                 row["extra_info"] = {**entry["row"], "turn": 2, "index": row.get("index", 0)}
                 row["dummy_tensor"] = torch.tensor([0], dtype=torch.uint8)
                 return row

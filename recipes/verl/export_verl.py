@@ -28,7 +28,8 @@ def to_verl(rows: list[dict], source: str) -> list[dict]:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run_name", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--val", default="", help="eval set name (default: the first eval_*.parquet)")
@@ -41,7 +42,8 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(to_verl(rows, "lean4_prover")), out / "train.parquet")
-    pq.write_table(pa.Table.from_pylist(to_verl(common.read_rows(val_path, "statements"), val_path.stem)),
+    pq.write_table(pa.Table.from_pylist(to_verl(common.read_rows(val_path, "statements"),
+                                                val_path.stem)),
                    out / "val.parquet")
     print(f"wrote {out}/train.parquet ({len(rows)} rows) and {out}/val.parquet ({val_path.stem})")
 

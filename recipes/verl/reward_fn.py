@@ -51,7 +51,8 @@ def score_batch(rows: list[dict], texts: list[str]) -> list[dict]:
     verdicts = formats.verify_completions(_get_client(), rows, texts)
     out = []
     for row, text, v in zip(rows, texts, verdicts):
-        format_ok = float(not formats.format_errors(text, row["formal_statement"], require_tactic_blocks=tactic_blocks))
+        format_ok = float(not formats.format_errors(text, row["formal_statement"],
+                                                    require_tactic_blocks=tactic_blocks))
         proof_ok = float(bool(v and v.ok))
         feedback = formats.lean_feedback(v, "kimina") if v is not None and not v.ok else ""
         out.append({"score": proof_ok * format_ok, "acc": proof_ok, "format_ok": format_ok,
@@ -89,8 +90,10 @@ class _Batcher:
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 None, score_batch, [b[0] for b in batch], [b[1] for b in batch])
-        except Exception as exc:   # a verifier failure is a zero reward, never a pass, never a crash
-            results = [{"score": 0.0, "acc": 0.0, "format_ok": 0.0, "turn": 1, "tool_feedback": f"# System Error:\n{exc}"}
+        except Exception as exc:   # a verifier failure is a zero reward, never a pass, never a
+                                   # crash
+            results = [{"score": 0.0, "acc": 0.0, "format_ok": 0.0, "turn": 1,
+                        "tool_feedback": f"# System Error:\n{exc}"}
                        for _ in batch]
         for (_, _, fut), res in zip(batch, results):
             if not fut.done():
@@ -108,8 +111,10 @@ def remember_second_turn(row: dict, completion: str, result: dict) -> None:
     fb = result["tool_feedback"]
     if not path or result["acc"] or result["turn"] != 1 or not fb or len(fb) > MAX_FEEDBACK_CHARS:
         return
-    entry = {"statement_id": row.get("statement_id", ""), "prev_attempt": completion, "lean_feedback": fb,
-             "row": {k: row.get(k, "") for k in ("statement_id", "header", "formal_statement", "informal_problem")}}
+    entry = {"statement_id": row.get("statement_id", ""), "prev_attempt": completion,
+             "lean_feedback": fb,
+             "row": {k: row.get(k, "")
+                     for k in ("statement_id", "header", "formal_statement", "informal_problem")}}
     with _ec_lock, open(path, "a") as fh:
         fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
