@@ -203,14 +203,17 @@ def read_hub(src: Source, name: str, cfg: Settings, data_file: str = ""):
     try:
         return load_dataset(target, split=src.hub_split, data_files=data_file or None)
     except Exception as exc:
-        raise SystemExit(f"source {name}: cannot load {target}{' file ' + data_file if data_file else ''} "
+        raise SystemExit(f"source {name}: cannot load "
+                         f"{target}{' file ' + data_file if data_file else ''} "
                          f"({type(exc).__name__}: {exc}).\nOffline? Pass a local copy: "
-                         f"--rl_sources {name}=/path/file.parquet, or --hf_mirror /folder/with/<org>/<name>") from exc
+                         f"--rl_sources {name}=/path/file.parquet, or --hf_mirror "
+                         f"/folder/with/<org>/<name>") from exc
 
 
 def disproved_statements(src: Source, name: str, cfg: Settings, local: str) -> dict[str, str]:
     """Lean-Workbook: theorem name and canonical statement -> id, for every statement InternLM
-    disproved (wkbk_1009.parquet, status 'disproved'). Such a statement is false: never an RL prompt."""
+    disproved (wkbk_1009.parquet, status 'disproved'). Such a statement is false: never an RL
+    prompt."""
     if local:
         status = Path(local).with_name(src.status_file)
         if not status.exists():   # without it, false statements would reach the RL pool unseen
@@ -285,8 +288,10 @@ def first_present(row: dict, columns: tuple[str, ...]) -> str:
     return ""
 
 
-_PROOF_DECL = re.compile(r"(?m)^[ \t]*(?:@\[[^\]\n]*\][ \t]*)?(?:(?:private|protected|noncomputable)\s+)*"
-                         r"(?:theorem|lemma|def|abbrev|instance|structure|inductive)\s+([^\s:({\[]+)")
+_PROOF_DECL = re.compile(r"(?m)^[ \t]*(?:@\[[^\]\n]*\][ \t]*)?"
+                         r"(?:(?:private|protected|noncomputable)\s+)*"
+                         r"(?:theorem|lemma|def|abbrev|instance|structure|inductive)"
+                         r"\s+([^\s:({\[]+)")
 
 
 def proof_body(row: dict, src: Source, statement: str) -> str:
@@ -426,7 +431,8 @@ class Cleaner:
             for idx, row in enumerate(ld.rows):
                 c["loaded"] += 1
                 if c["loaded"] == 1 and src.statement_column not in row:
-                    raise SystemExit(f"{ld.origin}: source {ld.name} needs column {src.statement_column!r}; "
+                    raise SystemExit(f"{ld.origin}: source {ld.name} needs column "
+                                     f"{src.statement_column!r}; "
                                      f"the file has {sorted(row)}")
                 try:
                     rec = to_record(ld.name, src, row, idx)
@@ -438,7 +444,8 @@ class Cleaner:
                 false_id = ld.disproved.get(rec["theorem_name"]) or ld.disproved.get(canon)
                 if false_id:
                     self.rejects.add(rec["statement_id"], ld.name, "disproved",
-                                     f"disproved by InternLM ({false_id} in {ld.src.status_file}): the statement is false", row)
+                                     f"disproved by InternLM ({false_id} in "
+                                     f"{ld.src.status_file}): the statement is false", row)
                     continue
                 c["true"] += 1
                 key = _digest(canon + ("\x00" + rec["formal_proof"] if sft else ""))
@@ -466,7 +473,8 @@ class Cleaner:
                     n_tok = prompt_tokens(self.tokenizer, rec)
                     if n_tok > self.cfg.max_prompt_tokens:
                         self.rejects.add(rec["statement_id"], ld.name, "length",
-                                         f"prompt has {n_tok} tokens > {self.cfg.max_prompt_tokens}", row)
+                                         f"prompt has {n_tok} tokens > "
+                                         f"{self.cfg.max_prompt_tokens}", row)
                         continue
                 c["length_filtered"] += 1
                 rec["split"] = hash_split(rec["formal_statement"], self.cfg.valid_fraction)
@@ -491,7 +499,8 @@ def load_tokenizer(name_or_path: str):
     except Exception as exc:
         raise SystemExit(f"--tokenizer {name_or_path}: cannot load ({exc})") from exc
     if not tok.chat_template:
-        raise SystemExit(f"--tokenizer {name_or_path}: has no chat template; prompts are built with it")
+        raise SystemExit(f"--tokenizer {name_or_path}: has no chat template; "
+                         f"prompts are built with it")
     return tok
 
 
@@ -548,12 +557,13 @@ POOL_COLUMNS = {"theorem_name": "string", "weight": "int64"}   # beside the cont
 
 def main(argv=None):
     cfg = common.parse_settings(Settings, argv, description=__doc__)
-    if cfg.prompt_format not in formats.FORMATS or (cfg.task == "toy"
-                                                    and cfg.prompt_format not in ("kimina", "stepfun")):
-        raise SystemExit(f"--prompt_format must be one of {formats.FORMATS} (the toy task: kimina, or stepfun "
-                         f"for tool traces), got {cfg.prompt_format!r}")
+    toy_formats = ("kimina", "stepfun")   # stepfun: the toy's SFT rows are tool traces
+    if cfg.prompt_format not in (toy_formats if cfg.task == "toy" else formats.FORMATS):
+        raise SystemExit(f"--prompt_format must be one of {formats.FORMATS} (the toy task: "
+                         f"kimina, or stepfun for tool traces), got {cfg.prompt_format!r}")
     if cfg.task == "toy" and cfg.prompt_format == "stepfun" and cfg.toy_sft_repair:
-        raise SystemExit("--toy_sft_repair: repair rows are Kimina's second turns; a stepfun trace corrects itself "
+        raise SystemExit("--toy_sft_repair: repair rows are Kimina's second turns; a "
+                         "stepfun trace corrects itself "
                          "in the REPL (use --toy_sft_repair 0)")
     out = common.stage_dir(cfg.run_name, "01_data")
     out.mkdir(parents=True, exist_ok=True)
@@ -582,12 +592,14 @@ def main(argv=None):
                 for rec in tqdm(cleaner.run(pool, loaded, sft=pool == "sft"), desc=f"01 {pool}",
                                 unit="row", disable=None):
                     writers[pool].add(rec)
-            counts, multiplicity, overlap = dict(cleaner.counts), cleaner.multiplicity, dict(cleaner.overlap)
+            counts, overlap = dict(cleaner.counts), dict(cleaner.overlap)
+            multiplicity = cleaner.multiplicity
     finally:   # what was cleaned so far, and every reject with its reason, is on disk
         files = [rejects.writer.close()] + [w.close() for w in writers.values()]
     for pool, specs in (("rl", cfg.rl_sources), ("sft", cfg.sft_sources)):
         if specs and cfg.task == "lean" and not writers[pool].rows:
-            raise SystemExit(f"no {pool} rows left after cleaning ({specs}); see {out / 'rejects.parquet'}")
+            raise SystemExit(f"no {pool} rows left after cleaning ({specs}); see "
+                             f"{out / 'rejects.parquet'}")
     for name, recs in evals.items():
         files.append(common.write_parquet(recs, out / f"eval_{name}.parquet", "statements"))
     table = counts_table(counts, evals)

@@ -132,9 +132,11 @@ def tokenize_rows(rows: list[dict], tok, cfg: Settings) -> tuple[list[dict], int
         if len(p_ids) + len(c_ids) > cfg.max_seq_len:
             if not cfg.truncate or len(p_ids) >= cfg.max_seq_len - 1:
                 raise SystemExit(f"row {row['statement_id']}: {len(p_ids) + len(c_ids)} tokens > "
-                                 f"--max_seq_len {cfg.max_seq_len} (prompt {len(p_ids)}); raise it, "
+                                 f"--max_seq_len {cfg.max_seq_len} (prompt "
+                                 f"{len(p_ids)}); raise it, "
                                  "or --truncate true to cut completions (counted)")
-            c_ids, c_labels = c_ids[:cfg.max_seq_len - len(p_ids)], c_labels[:cfg.max_seq_len - len(p_ids)]
+            room = cfg.max_seq_len - len(p_ids)
+            c_ids, c_labels = c_ids[:room], c_labels[:room]
             truncated += 1
         examples.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_labels})
     return examples, truncated
@@ -146,7 +148,8 @@ REPL_SPAN = re.compile(r"(\n<REPL>\n.*?\n</REPL>)", re.S)
 def completion_tokens(tok, completion: str) -> tuple[list[int], list[int]]:
     """Completion ids (+ EOS) and labels. A tool-integrated trace (StepFun) holds the REPL's
     answers, `\n<REPL>\n...\n</REPL>`: they are tokenised apart, as the tool loop appends them
-    (agent_loops.tool_rollouts), and carry no loss: the model conditions on them, never writes them."""
+    (agent_loops.tool_rollouts), and carry no loss: the model conditions on them, never writes
+    them."""
     ids, labels = [], []
     for k, part in enumerate(REPL_SPAN.split(completion)):
         if part:
@@ -168,7 +171,8 @@ def read_corpus(path: Path) -> list[str]:
     elif path.suffix in (".lean", ".txt"):
         docs = [path.read_text()]
     else:
-        raise SystemExit(f"--corpus {path}: expected .parquet/.jsonl (proof_bank rows) or .lean/.txt")
+        raise SystemExit(f"--corpus {path}: expected .parquet/.jsonl "
+                         f"(proof_bank rows) or .lean/.txt")
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise SystemExit(f"--corpus {path}: no text in it")
@@ -436,8 +440,9 @@ def train(cfg: Settings) -> Path:
         metrics.plot(out / "loss.png", ["loss", "heldout_loss"], title=f"SFT loss ({cfg.run_name})")
         common.write_manifest(out, [out / "metrics.jsonl", out / "loss.png", out / "config.json"] +
                               sorted((final / "model").glob("*")), extra={
-            "stage": out.name, "objective": cfg.objective, "steps": step, "epochs_started": epoch + 1, "train_rows": len(train_ex),
-            "valid_rows": len(valid_ex), "truncated_rows": truncated, "final_model": str(final / "model"),
+            "stage": out.name, "objective": cfg.objective, "steps": step,
+            "epochs_started": epoch + 1, "train_rows": len(train_ex), "valid_rows": len(valid_ex),
+            "truncated_rows": truncated, "final_model": str(final / "model"),
             "final_loss": metrics.last("loss"), "final_heldout_loss": metrics.last("heldout_loss")})
         print(f"wrote {final / 'model'}")
     return out

@@ -541,7 +541,8 @@ def train(cfg: Settings) -> Path:
 
 
 def generated_so_far(out: Path, step: int) -> int:
-    """Tokens the model generated in steps 1..step, from the rollout files (a resumed run counts on)."""
+    """Tokens the model generated in steps 1..step, from the rollout files (a resumed run counts
+    on)."""
     files = [f for f in (out / "rollouts").glob("step_*.parquet")
              if int(f.stem.split("_")[1]) <= step]
     return int(sum(pq.read_table(f, columns=["n_tokens"]).column("n_tokens").to_numpy().sum()

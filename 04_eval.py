@@ -14,7 +14,8 @@ manifest.json (last). Prompt formats per family: formats.py, docs/FORMATS.md.
     python 04_eval.py --model AI-MO/Kimina-Prover-RL-1.7B --benchmarks minif2f_test \
         --n_samples 32 --backend vllm                                              # one GPU
     python 04_eval.py --mode repair --repair_width 8 --repair_depth 3 --backend vllm ...
-    python 04_eval.py --mode recompute --verdicts data/proofs/internlm_math_minif2f_test_proofsearch_output.zip
+    python 04_eval.py --mode recompute \
+        --verdicts data/proofs/internlm_math_minif2f_test_proofsearch_output.zip
 Several GPUs: --vllm_tp N, or one process per benchmark shard. Departures: docs/DESIGN.md.
 """
 from dataclasses import dataclass
@@ -87,7 +88,8 @@ def resolve_model(cfg: Settings) -> str:
         path = common.stage_dir(cfg.run_name, stage) / "final" / "model"
         if (path / "config.json").exists():
             return str(path)
-    raise SystemExit(f"no model: give --model, or run 02_sft.py / 03_rl_grpo.py for run {cfg.run_name!r}")
+    raise SystemExit(f"no model: give --model, or run 02_sft.py / 03_rl_grpo.py "
+                     f"for run {cfg.run_name!r}")
 
 
 def model_tag(model_path: str) -> str:
@@ -103,7 +105,8 @@ def load_benchmarks(cfg: Settings) -> dict[str, list[dict]]:
     specs = [s for s in cfg.benchmarks.split(",") if s] or [
         p.stem[len("eval_"):] for p in sorted(data.glob("eval_*.parquet"))]
     if not specs:
-        raise SystemExit(f"no benchmarks: run 01_prepare_data.py for {cfg.run_name!r} or pass --benchmarks")
+        raise SystemExit(f"no benchmarks: run 01_prepare_data.py for "
+                         f"{cfg.run_name!r} or pass --benchmarks")
     out = {}
     for spec in specs:
         path = Path(spec) if spec.endswith(".parquet") else data / f"eval_{spec}.parquet"
@@ -177,7 +180,8 @@ def budget_label(cfg: Settings) -> str:
 
 
 def model_fingerprint(model_path: str) -> str:
-    """A local model folder by its files (name, size, first and last MiB of each); a Hub name as is."""
+    """A local model folder by its files (name, size, first and last MiB of each); a Hub name as
+    is."""
     folder = Path(model_path)
     if not folder.is_dir():
         return model_path
@@ -263,8 +267,9 @@ class Evaluator:
         return formats.render(self.tok, msgs, self.fmt)
 
     def feedback(self, verdict, rnd: int = 1) -> str:
-        return formats.lean_feedback(verdict, self.style,
-                                     round_idx=rnd) if verdict is not None and not verdict.ok else ""
+        if verdict is None or verdict.ok:
+            return ""
+        return formats.lean_feedback(verdict, self.style, round_idx=rnd)
 
     def sample(self, prompts: list[str], seeds: list[int], stop=()) -> list[generation.Generation]:
         gens = self.gen.generate(prompts, seeds, self.cfg.max_new_tokens, self.cfg.temperature,
@@ -434,6 +439,7 @@ def main(argv=None):
     caption = f"`python 04_eval.py {command}`, {os.cpu_count()} CPU cores"
     if cfg.mode == "recompute":
         return recompute(cfg, caption)
+    generation.device_policy(cfg.device, cfg.dtype)   # a missing GPU stops here, before any work
     model_path = resolve_model(cfg)
     tag = cfg.tag or model_tag(model_path)
     benches = load_benchmarks(cfg)
@@ -455,9 +461,11 @@ def main(argv=None):
         memory = build_memory(cfg, client, [r for rs in benches.values() for r in rs]
                               if cfg.memory_exclude == "benchmark" else [])
         mem_path = memory.save(common.stage_dir(cfg.run_name, "04_eval") / "memory")
-        memory_note = (f"{memory.name} ({len(memory.rows)} proofs from {cfg.memory}; {memory.left_out} left out as "
+        memory_note = (f"{memory.name} ({len(memory.rows)} proofs from {cfg.memory}; "
+                       f"{memory.left_out} left out as "
                        f"scored problems; {mem_path.relative_to(common.RUNS_ROOT)})" +
-                       ("; ONLINE: found proofs joined it during this evaluation, results depend on problem order"
+                       ("; ONLINE: found proofs joined it during this evaluation, "
+                        "results depend on problem order"
                         if memory.online else "; frozen during this evaluation"))
     server = json.dumps({k: v for b in client.health().values() if b for k, v in b.items()
                          if k != "status"},
@@ -500,7 +508,8 @@ def main(argv=None):
             first = {sid: [any(x["ok"] for x in log.rows if x["statement_id"] == sid
                                and x["sample_idx"] == k and x["round"] == 1)
                            for k in range(n)] for sid in succ}
-            extra["pass@1 before correction"] = f"{100 * pass_at_k_table(first, [1], 0, 0)[0]['pass']:.2f}%"
+            before = pass_at_k_table(first, [1], 0, 0)[0]["pass"]
+            extra["pass@1 before correction"] = f"{100 * before:.2f}%"
             extra["pass@1 after correction"] = f"{100 * table[0]['pass']:.2f}%"
         written += write_tables(results, tag, f"{bench}", f"{cfg.mode}_{label}", table, extra,
                                 caption)

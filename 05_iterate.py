@@ -185,7 +185,8 @@ def load_sets(cfg: Settings) -> tuple[list[dict], list[Path]]:
             if r["split"] != "valid"]
     evals = sorted(data.glob("eval_*.parquet"))
     if not evals:
-        raise SystemExit(f"{data}: no eval_*.parquet: the loop evaluates every iteration on held-out sets")
+        raise SystemExit(f"{data}: no eval_*.parquet: the loop evaluates every "
+                         f"iteration on held-out sets")
     return bank[:cfg.bank_max_problems] if cfg.bank_max_problems else bank, evals
 
 
@@ -232,7 +233,8 @@ def samples_dir(it_dir: Path, tag: str) -> Path:
     call here)."""
     found = sorted(p.parent for p in (it_dir / "04_eval" / tag).glob("*/*/*/samples.parquet"))
     if len(found) != 1:
-        raise SystemExit(f"{it_dir / '04_eval' / tag}: expected one samples.parquet, found {len(found)}")
+        raise SystemExit(f"{it_dir / '04_eval' / tag}: expected one "
+                         f"samples.parquet, found {len(found)}")
     return found[0]
 
 
@@ -250,7 +252,8 @@ def write_results(cfg: Settings, records: list[dict], results: Path) -> list[Pat
     ks = sorted({int(k.split("@")[1]) for r in records for k in r if k.startswith("pass@")
                  and k.split("@")[1].isdigit()})
     lines = [f"# Iterations of `{cfg.run_name}` (--loop {cfg.loop})", "",
-             "Held-out pass@k counts trajectories (any round verified); the change is pass@1 against the "
+             "Held-out pass@k counts trajectories (any round verified); the "
+             "change is pass@1 against the "
              "previous iteration (iteration 1: against its starting model), paired over problems.",
              "",
              "| iteration | " + " | ".join(f"pass@{k}"
@@ -262,18 +265,21 @@ def write_results(cfg: Settings, records: list[dict], results: Path) -> list[Pat
         lines.append(f"| {r['iteration']} | " + " | ".join(f"{100 * r[f'pass@{k}']:.1f}"
                                                            for k in ks) +
                      (f" | {ch[0]:+.1f} ({ch[1]:+.1f} to {ch[2]:+.1f})" if ch else " | ") +
-                     f" | {r['memory_size']} | {r['bank_solved']} | {r['bank_unsolved']} | {r['sft_rows']} |")
+                     f" | {r['memory_size']} | {r['bank_solved']} | "
+                     f"{r['bank_unsolved']} | {r['sft_rows']} |")
     rows = ([("start", records[0]["start_verdicts"])] if records and "start_verdicts" in records[0]
             else []) + \
         [(str(r["iteration"]), r["eval_verdicts"]) for r in records]
     keys = sorted({key for _, v in rows for key in v})
     lines += ["",
-              "Held-out attempts by round and verdict (no_proof: no lean4 block with the unchanged statement):", "",
+              "Held-out attempts by round and verdict (no_proof: no lean4 block with "
+              "the unchanged statement):", "",
               "| iteration | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     lines += [f"| {name} | " + " | ".join(str(v.get(key, 0)) for key in keys) + " |"
               for name, v in rows]
     lines += ["",
-              f"Verifier: {os.environ.get('LEAN_SERVER_API_URL', '?')}. CPU runs use lean_standin_server.py, "
+              f"Verifier: {os.environ.get('LEAN_SERVER_API_URL', '?')}. CPU runs use "
+              f"lean_standin_server.py, "
               "which is NOT Lean: no figure from it is a Lean result."]
     md = results / "iterations.md"
     md.write_text("\n".join(lines) + "\n")

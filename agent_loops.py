@@ -45,8 +45,10 @@ def repair_rounds(items: Sequence, depth: int, prompt_of: Callable, sample: Call
                   resume: dict | None = None) -> list[list[Round]]:
     """Run a trajectory per item for up to `depth` rounds, all active trajectories batched per
     round. prompt_of(item, attempt, feedback, rnd) -> prompt text; sample(prompts, seeds) ->
-    Generations; verify(items, texts) -> verdicts (None: no proof); feedback_of(verdict or None, rnd)
-    -> the text the next round sees (empty: the no-proof line); seed_of(item, rnd) -> the rollout seed; on_round(rnd, [(i, Round)]) sees
+    Generations; verify(items, texts) -> verdicts (None: no proof); feedback_of(verdict or None,
+    rnd)
+    -> the text the next round sees (empty: the no-proof line); seed_of(item, rnd) -> the rollout
+    seed; on_round(rnd, [(i, Round)]) sees
     each round as soon as it is verified (04 logs it there); resume[i] = (next round, last
     attempt, its feedback) continues a trajectory cut by a crash. Returns each item's new rounds."""
     trajectories: list[list[Round]] = [[] for _ in items]

@@ -1,4 +1,5 @@
-"""When two Lean statements say the same thing, and which split a statement falls in: the canonical form (comments, theorem name,
+"""When two Lean statements say the same thing, and which split a statement falls in: the canonical
+form (comments, theorem name,
 whitespace and bound-variable names factored out) that deduplication and decontamination (01)
 and the proof memory's self-exclusion (04) all key on, so the three agree by construction.
 """

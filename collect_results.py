@@ -132,7 +132,8 @@ def toy_criteria(run: Path, n_boot: int = 2000, seed: int = 0) -> dict:
 
 
 def toy_criteria_lines(crit: dict) -> list[str]:
-    lines = ["| class (right tactic) | problems | pass@1 SFT -> GRPO | pass@8 SFT -> GRPO | right tactic (% of samples) SFT -> GRPO "
+    lines = ["| class (right tactic) | problems | pass@1 SFT -> GRPO | pass@8 SFT -> GRPO | right "
+             "tactic (% of samples) SFT -> GRPO "
              "| statement copied (% of samples) SFT -> GRPO |", "|---|---:|---:|---:|---:|---:|"]
     for cls, c in crit["classes"].items():
         lines.append(f"| {cls} | {c['problems']} | " + " | ".join(
@@ -140,8 +141,10 @@ def toy_criteria_lines(crit: dict) -> list[str]:
                                                         "statement_copied")) + " |")
     lo, hi = crit["pass@1_delta_ci"]
     lines += ["",
-              f"All {crit['problems']} problems: pass@1 {crit['pass@1_sft']:.1f} -> {crit['pass@1_grpo']:.1f} "
-              f"(paired difference {crit['pass@1_delta']:+.1f} points, 95% CI {lo:+.1f} to {hi:+.1f}); pass@8 "
+              f"All {crit['problems']} problems: pass@1 {crit['pass@1_sft']:.1f} -> "
+              f"{crit['pass@1_grpo']:.1f} "
+              f"(paired difference {crit['pass@1_delta']:+.1f} points, 95% CI "
+              f"{lo:+.1f} to {hi:+.1f}); pass@8 "
               f"{crit['pass@8_sft']:.1f} -> {crit['pass@8_grpo']:.1f}; second-turn pass rate in RL "
               f"{crit['second_turn_pass_rate']:.3f}.", "", "Issue #16's criteria:", ""]
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in crit["criteria"].items()]
@@ -156,10 +159,13 @@ def sweep_summary(out: Path) -> str:
         name, seed = f.parent.name.split("_sweep_", 1)[1].rsplit("_s", 1)
         rows.append((name, int(seed), json.loads(f.read_text())))
     lines = [f"# Smoke RL sweep (`bash recipes/smoke_sweep.sh`, {len(rows)} runs)", "",
-             "Each run: the same SFT model, then 04 (SFT), 03 and 04 (GRPO) with the run's seed; the eval set is "
-             f"the balanced toy's first {'/'.join(sorted({str(c['problems']) for _, _, c in rows}))} held-out "
+             "Each run: the same SFT model, then 04 (SFT), 03 and 04 (GRPO) with the "
+             "run's seed; the eval set is "
+             f"the balanced toy's first "
+             f"{'/'.join(sorted({str(c['problems']) for _, _, c in rows}))} held-out "
              "problems x 8 samples. Stand-in verifier, NOT Lean.", "",
-             "| setting | seed | pass@1 SFT -> GRPO | paired diff (95% CI) | pass@8 SFT -> GRPO | worst class pass@8 change "
+             "| setting | seed | pass@1 SFT -> GRPO | paired diff (95% CI) | pass@8 SFT -> GRPO | "
+             "worst class pass@8 change "
              "| smallest right-tactic rise | turn-2 pass rate (RL) | criteria met |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, seed, c in rows:
@@ -167,9 +173,12 @@ def sweep_summary(out: Path) -> str:
         worst = min(x["pass@8"][1] - x["pass@8"][0] for x in cls)
         rise = min(x["right_tactic"][1] - x["right_tactic"][0] for x in cls)
         lo, hi = c["pass@1_delta_ci"]
-        lines.append(f"| {name} | {seed} | {c['pass@1_sft']:.1f} -> {c['pass@1_grpo']:.1f} | {c['pass@1_delta']:+.1f} "
-                     f"({lo:+.1f}, {hi:+.1f}) | {c['pass@8_sft']:.1f} -> {c['pass@8_grpo']:.1f} | {worst:+.1f} | {rise:+.1f} "
-                     f"| {c['second_turn_pass_rate']:.3f} | {sum(c['criteria'].values())}/{len(c['criteria'])} |")
+        lines.append(f"| {name} | {seed} | {c['pass@1_sft']:.1f} -> {c['pass@1_grpo']:.1f} | "
+                     f"{c['pass@1_delta']:+.1f} "
+                     f"({lo:+.1f}, {hi:+.1f}) | {c['pass@8_sft']:.1f} -> {c['pass@8_grpo']:.1f} | "
+                     f"{worst:+.1f} | {rise:+.1f} "
+                     f"| {c['second_turn_pass_rate']:.3f} | "
+                     f"{sum(c['criteria'].values())}/{len(c['criteria'])} |")
     lines += ["", "| setting | seeds meeting all criteria |", "|---|---:|"]
     for name in dict.fromkeys(r[0] for r in rows):
         runs = [c for n, _, c in rows if n == name]
@@ -223,8 +232,10 @@ def main(argv=None):
     standin = "standin" in json.dumps(eval_cfg.get("lean_client",
                                                    {})) or os.environ.get("LEAN_SERVER_API_URL", "") == ""
     lines = [f"# Results of run `{args.run_name}`", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}.",
-             "Produced by `bash smoke.sh` (then `python collect_results.py --run_name " + args.run_name + "`).", ""]
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python "
+             f"{platform.python_version()}.",
+             "Produced by `bash smoke.sh` (then `python "
+             "collect_results.py --run_name " + args.run_name + "`).", ""]
     if (run / "01_data/manifest.json").exists():
         data = json.loads((run / "01_data/manifest.json").read_text())
         lines += ["## 01 data", "", "| file | rows |", "|---|---:|"] + [
@@ -237,15 +248,21 @@ def main(argv=None):
         first, last = rl[:10], rl[-10:]
         mean = lambda rows, k: sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows))
         lines += ["## 03 GRPO", "",
-                  f"- {len(rl)} steps of {rl[0].get('updates', 1)} update(s); mean over the first / last 10 steps:",
+                  f"- {len(rl)} steps of {rl[0].get('updates', 1)} update(s); mean over "
+                  f"the first / last 10 steps:",
                   f"  - reward {mean(first, 'reward_mean'):.3f} -> {mean(last, 'reward_mean'):.3f}",
-                  f"  - verified pass rate {mean(first, 'pass_rate'):.3f} -> {mean(last, 'pass_rate'):.3f}",
+                  f"  - verified pass rate {mean(first, 'pass_rate'):.3f} -> "
+                  f"{mean(last, 'pass_rate'):.3f}",
                   f"  - first turns only (second turns are error corrections): pass rate "
                   f"{mean(first, 'pass_rate_turn1'):.3f} -> {mean(last, 'pass_rate_turn1'):.3f}",
-                  f"  - format error rate {mean(first, 'format_error_rate'):.3f} -> {mean(last, 'format_error_rate'):.3f}",
-                  f"  - mean response length {mean(first, 'response_length'):.1f} -> {mean(last, 'response_length'):.1f} tokens",
-                  f"  - seconds per step {mean(rl, 'time_step'):.2f} (generation {mean(rl, 'time_generate'):.2f}, "
-                  f"waiting on the verifier {mean(rl, 'time_verify_wait'):.3f}, update {mean(rl, 'time_update'):.2f})", ""]
+                  f"  - format error rate {mean(first, 'format_error_rate'):.3f} -> "
+                  f"{mean(last, 'format_error_rate'):.3f}",
+                  f"  - mean response length {mean(first, 'response_length'):.1f} -> "
+                  f"{mean(last, 'response_length'):.1f} tokens",
+                  f"  - seconds per step {mean(rl, 'time_step'):.2f} (generation "
+                  f"{mean(rl, 'time_generate'):.2f}, "
+                  f"waiting on the verifier {mean(rl, 'time_verify_wait'):.3f}, update "
+                  f"{mean(rl, 'time_update'):.2f})", ""]
     if rl and (run / "03_grpo/rollouts/step_000001.parquet").exists():
         n = len(rl)
         for name, steps in (("first", range(1, min(n, 10) + 1)),
@@ -258,11 +275,13 @@ def main(argv=None):
         crit = toy_criteria(run)
         if crit:
             (res / "criteria.json").write_text(json.dumps(crit, indent=2))
-            lines += ["## Per tactic class (04 samples of the eval set, SFT vs GRPO model; `criteria.json`)", ""] + \
+            lines += ["## Per tactic class (04 samples of the eval set, SFT vs "
+                      "GRPO model; `criteria.json`)", ""] + \
                 toy_criteria_lines(crit) + [""]
     if val:
         keys = [k for k in val[0] if k.startswith(("pass@1", "best@"))]
-        lines += ["Validation (held-out eval set, 8 samples per problem; best@8 is Kimina's bootstrap):", "",
+        lines += ["Validation (held-out eval set, 8 samples per problem; "
+                  "best@8 is Kimina's bootstrap):", "",
                   "| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
         lines += [f"| {v['step']} | " + " | ".join(f"{100 * v[k]:.1f}" for k in keys) + " |"
                   for v in val] + [""]
@@ -270,8 +289,10 @@ def main(argv=None):
         for f in sorted((res / tag).glob("*.md")):
             lines += [f"## 04 eval: {tag} ({f.stem})", "", f.read_text(), ""]
     if standin:
-        lines += ["**Verifier: the stand-in server (`lean_standin_server.py`), NOT Lean.** It decides a toy "
-                  "fragment of closed ℕ arithmetic; these numbers show that the pipeline trains and measures, "
+        lines += ["**Verifier: the stand-in server (`lean_standin_server.py`), NOT "
+                  "Lean.** It decides a toy "
+                  "fragment of closed ℕ arithmetic; these numbers show that the "
+                  "pipeline trains and measures, "
                   "not how well anything proves Lean theorems.", ""]
     (res / "summary.md").write_text("\n".join(lines))
     print((res / "summary.md").read_text())

@@ -284,7 +284,8 @@ def find_checkpoint(resume: str, stage_folder: Path) -> Path | None:
 
 def save_checkpoint(folder: Path, model, tok, trainer_state: dict, cfg, keep: int) -> None:
     """Write model, tokenizer, trainer state and config to folder.tmp, then move it into place
-    (a crash never leaves half a checkpoint under the final name) and keep only the newest `keep`."""
+    (a crash never leaves half a checkpoint under the final name) and keep only the newest
+    `keep`."""
     import shutil
     import torch
     tmp = folder.with_name(folder.name + ".tmp")
@@ -300,7 +301,8 @@ def save_checkpoint(folder: Path, model, tok, trainer_state: dict, cfg, keep: in
 
 
 def load_checkpoint(ckpt: Path, model, lora: bool) -> dict:
-    """Load a checkpoint's weights (full, or the LoRA adapter) into `model`; return its trainer state."""
+    """Load a checkpoint's weights (full, or the LoRA adapter) into `model`; return its trainer
+    state."""
     import torch
     from safetensors.torch import load_file
     weights = ckpt / "model"
@@ -313,7 +315,8 @@ def load_checkpoint(ckpt: Path, model, lora: bool) -> dict:
             state.update(load_file(f))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if "lm_head" not in m]:   # a tied lm_head is not saved
-            raise SystemExit(f"{weights}: weights do not fit the model ({missing[:3]}, {unexpected[:3]})")
+            raise SystemExit(f"{weights}: weights do not fit the model "
+                             f"({missing[:3]}, {unexpected[:3]})")
     return torch.load(ckpt / "trainer_state.pt", weights_only=False)
 
 

@@ -79,7 +79,8 @@ def write_tables(results_dir: Path, tag: str, bench: str, mode: str, table: list
         w.writerows(table)
     boot = table and table[0]["ci_low"] == table[0]["ci_low"]   # NaN: bootstrap off
     lines = [f"**{tag} on {bench}, mode {mode}.** {caption}", "",
-             f"| k | pass@k (%) | {'95% CI' if boot else 'CI (bootstrap off)'} | best@k (%) | solved / problems with n >= k |",
+             f"| k | pass@k (%) | {'95% CI' if boot else 'CI (bootstrap off)'} | best@k (%) | "
+             f"solved / problems with n >= k |",
              "|---:|---:|---:|---:|---:|"]
     for r in table:
         ci = f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}" if boot else "-"
@@ -145,9 +146,11 @@ def recorded_successes(path: Path) -> dict[str, dict[str, list[bool]]]:
             key = (str(r["benchmark"]), str(r["statement_id"]))
             successes = [bool(x) for x in r["successes"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"{path}:{lineno}: expected {{statement_id, benchmark, successes: [..]}} ({exc})")
+            raise SystemExit(f"{path}:{lineno}: expected {{statement_id, benchmark, "
+                             f"successes: [..]}} ({exc})")
         if key in where:
-            raise SystemExit(f"{path}:{lineno}: {key[1]} of {key[0]} already has a row (line {where[key]}); "
+            raise SystemExit(f"{path}:{lineno}: {key[1]} of {key[0]} already has a "
+                             f"row (line {where[key]}); "
                              "one row per problem, with all its samples in `successes`")
         where[key] = lineno
         out.setdefault(key[0], {})[key[1]] = successes
@@ -174,7 +177,8 @@ def recompute_tables(verdicts: Path, tag: str, n_boot: int, seed: int, caption: 
                  if min(sizes) == max(sizes)
                  else f"{min(sizes)} to {max(sizes)}: pass@k counts the problems with at least k"}
         if empty:
-            extra["problems with no recorded sample (left out)"] = f"{len(empty)}: {', '.join(empty[:5])}"
+            extra["problems with no "
+                  "recorded sample (left out)"] = f"{len(empty)}: {', '.join(empty[:5])}"
         written += write_tables(results, name, name, "recompute", table, extra, caption)
         curves[name], summary[name] = table, table[0]["solved"]
     written.append(plot_pass_at_k(results / "pass_at_k.png", curves,

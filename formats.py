@@ -186,13 +186,20 @@ MODEL_FORMATS = (("kimina-prover", "kimina"), ("deepseek-prover-v2", "deepseek_v
                  ("goedel-prover-v2", "goedel_v2"), ("stepfun-prover", "stepfun"),
                  ("oprover", "oprover"))
 FEEDBACK_STYLE = {"deepseek_v2": "goedel", "deepseek_v2_noncot": "goedel", "goedel_v2": "goedel"}
-DSV2_PLAN = ("Before producing the Lean 4 code to formally prove the given theorem, provide a detailed proof plan "
-             "outlining the main proof steps and strategies.\nThe plan should highlight key ideas, intermediate "
-             "lemmas, and proof structures that will guide the construction of the final formal proof.")
-STEPFUN_SYSTEM = ("You will be given an unsolved Lean 4 problem. Think carefully and work towards a solution. At any "
-                  "point, you may use the Lean 4 REPL to check your progress by enclosing your partial solution "
-                  "between <sketch> and </sketch>. The REPL feedback will be provided between <REPL> and </REPL>. "
-                  "Continue this process as needed until you arrive at a complete and correct solution.")
+DSV2_PLAN = ("Before producing the Lean 4 code to formally prove the given theorem, "
+             "provide a detailed proof plan "
+             "outlining the main proof steps and strategies.\nThe plan should highlight "
+             "key ideas, intermediate "
+             "lemmas, and proof structures that will guide the construction "
+             "of the final formal proof.")
+STEPFUN_SYSTEM = ("You will be given an unsolved Lean 4 problem. Think carefully and work "
+                  "towards a solution. At any "
+                  "point, you may use the Lean 4 REPL to check your progress by "
+                  "enclosing your partial solution "
+                  "between <sketch> and </sketch>. The REPL feedback will be provided "
+                  "between <REPL> and </REPL>. "
+                  "Continue this process as needed until you arrive at a "
+                  "complete and correct solution.")
 
 
 def format_for(model: str, requested: str = "auto", mode: str = "") -> str:
@@ -248,7 +255,8 @@ def first_turn(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
 
 
 def oprover_state(row: dict, retrieved, attempt: str, feedback: str) -> str:
-    parts = [f"Prove the following theorem in Lean 4.\n\n# Formal Statement:\n```lean4\n{lean_file(row).strip()}\n```"]
+    parts = [f"Prove the following theorem in Lean 4.\n\n# Formal "
+             f"Statement:\n```lean4\n{lean_file(row).strip()}\n```"]
     if retrieved:
         parts.append("# Verified proofs of similar statements:\n" + "\n\n".join(
             f"```lean4\n{r['formal_statement']}{r['proof']}\n```" for r in retrieved))
@@ -283,7 +291,8 @@ def prompt_messages(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
         comments = "\n".join(f"-- {line}" for line in feedback.splitlines() if line.strip())
         return [{"role": "user",
                  "content": "-- The previous proof attempt resulted in compilation errors:\n"
-                 f"{comments}\n-- Please provide a corrected version. Wrap the proof in ```lean4 and ```."}]
+                 f"{comments}\n-- Please provide a corrected version. Wrap the "
+                 f"proof in ```lean4 and ```."}]
     if repair:
         msgs += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback}]
     return msgs
@@ -318,7 +327,8 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
 
 GOEDEL_HEAD = ("The proof (Round {r}) is not correct. Following is the compilation error message, "
                "where we use <error></error> to signal the position of the error.\n\n")
-GOEDEL_TAIL = ("\n\nBefore producing the Lean 4 code to formally prove the given theorem, provide a "
+GOEDEL_TAIL = ("\n\nBefore producing the Lean 4 code to formally prove the "
+               "given theorem, provide a "
                "detailed analysis of the error message.")
 
 
@@ -394,7 +404,8 @@ def kimina_feedback(verdict: Verdict) -> str:
         if goals:
             out += "Goals state before error position: \n" + "\n".join(goals) + "\n\n"
         out += f"Error message: \n{msg.text.strip()}\n\n"
-        shown = "".join(f"{ln + 1:03d}{' >' if ln == at else '  '}| {context[ln].replace('count_heartbeats in', '')}\n"
+        shown = "".join(f"{ln + 1:03d}{' >' if ln == at else '  '}| "
+                        f"{context[ln].replace('count_heartbeats in', '')}\n"
                         for ln in range(max(0, at - 2), min(len(context), at + 3)))
         out += f"Lean 4 code snippet with error:\n```lean4\n{shown}```\n"
     return out

@@ -175,7 +175,8 @@ def _not_found(name_or_path: str, exc: Exception) -> str:
     where = ("no such local folder" if name_or_path.startswith((".", "/"))
              or Path(name_or_path).exists()
              or not Path(name_or_path).parent.exists() else "")
-    return (f"cannot load model/tokenizer {name_or_path!r}: {type(exc).__name__}: {str(exc)[:300]}\n"
+    return (f"cannot load model/tokenizer {name_or_path!r}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}\n"
             f"Give a local model folder, or a Hugging Face name on a machine that reaches the Hub"
             f"{' (' + where + ')' if where else ''}.")
 
@@ -244,9 +245,11 @@ class HFGenerator:
         past, step_ids = None, ids
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         # sampling needs the last position's logits only: without this the prefill holds
-        # batch x prompt length x vocabulary floats (64 x 300 x 49,152 x 4 bytes = 3.8 GB for SmolLM2)
+        # batch x prompt length x vocabulary floats (64 x 300 x 49,152 x 4 bytes = 3.8 GB for
+        # SmolLM2)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+        takes_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        last_only = {"logits_to_keep": 1} if takes_keep else {}
         with torch.no_grad():
             for t in range(max_new):
                 o = model(input_ids=step_ids, attention_mask=mask,

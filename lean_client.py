@@ -11,12 +11,10 @@ code once per call, caches definitive verdicts in sqlite keyed by the server's i
 runs a static soundness gate before sending anything (policy: above `soundness_gate`; why:
 docs/DESIGN.md). `verify` never raises because of the server: what could not be verified is a
 verdict with status `timeout`, `server_error` or `rejected`, and only `valid` has `ok == True`.
-It stands alone (only `requests` besides the standard library): copy it as one file. The Lean
-text helpers (comments, header split, statement normalisation) live here; the project imports
-them from here.
-
-It is not Lean: a `valid` verdict is only as good as the server behind the URL. The tests'
-stand-in (`lean_standin_server.py`) says so in `/health`, and that identity keys the cache.
+It stands alone (only `requests` besides the standard library): copy it as one file; the
+project imports its Lean text helpers (comments, header split, normalisation) from here.
+It is not Lean: a `valid` verdict is only as good as the server behind the URL (the tests'
+stand-in says so in `/health`, and that identity keys the cache).
 """
 from __future__ import annotations
 
@@ -257,6 +255,7 @@ def parse_result(item_id: str, code: str, result: dict, line_numbering: str = "s
 SAFE_OPTIONS = ("maxHeartbeats", "maxRecDepth", "linter.unusedVariables", "linter.unusedTactic",
                 "pp.all", "pp.numericTypes", "synthInstance.maxHeartbeats")
 SAFE_ATTRIBUTES = ("simp", "reducible", "irreducible", "inline", "specialize")
+_SAFE_ATTRS = ", ".join(SAFE_ATTRIBUTES)
 NATIVE_AXIOMS = ("Lean.ofReduceBool", "Lean.trustCompiler")   # what native_decide adds
 _FORBIDDEN = [
     (r"\bsorry\b", "uses sorry"),
@@ -339,7 +338,7 @@ def soundness_gate(code: str, statement: str, header: str | None = None,
     for d in decls:
         for attr in re.findall(r"[^\s,\[@\]]+", d.group(1)) if d.group(1) else []:
             if attr not in SAFE_ATTRIBUTES:
-                return f"puts attribute @[{attr}] on a declaration (allowed: {', '.join(SAFE_ATTRIBUTES)})"
+                return f"puts attribute @[{attr}] on a declaration (allowed: {_SAFE_ATTRS})"
     if name:
         names = [d.group(4) for d in decls]
         if names.count(name) != 1:
@@ -359,16 +358,16 @@ def soundness_gate(code: str, statement: str, header: str | None = None,
         opened = _opened(m.group(0)[:-2] if m.group(1) else m.group(0))
         if isinstance(opened, str):
             return opened
-        if declared & set(opened):
-            return f"opens a namespace the file declares into ({', '.join(sorted(declared & set(opened)))})"
+        if into := sorted(declared & set(opened)):
+            return f"opens a namespace the file declares into ({', '.join(into)})"
         if m.group(1):   # `open ... in` scopes over the next command: it must not be the theorem
             if min((d.start() for d in decls if d.start() >= m.end()),
                    default=at.start()) >= at.start():
                 return "puts `open ... in` on the theorem: it changes the names its statement sees"
         elif m.start() > first_decl:
             return "opens a namespace after a declaration: the theorem would see other names"
-        elif header is not None and set(opened) - header_opens:
-            return f"opens {', '.join(sorted(set(opened) - header_opens))}, which the header does not"
+        elif header is not None and (more := sorted(set(opened) - header_opens)):
+            return f"opens {', '.join(more)}, which the header does not"
     return None
 
 

@@ -30,7 +30,8 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def shipped_proofs() -> list[dict]:
-    """The verified proofs bundled in data/: 67 miniF2F-valid human proofs and Kimina-Prover-Preview's
+    """The verified proofs bundled in data/: 67 miniF2F-valid human proofs and
+    Kimina-Prover-Preview's
     197 miniF2F-test proofs (the latter are left out whenever miniF2F-test is scored)."""
     rows = []
     for line in (DATA / "proofs/deepseek_v15_minif2f_valid_few_shot.jsonl").open():
@@ -67,12 +68,14 @@ def read_proof_file(path: Path) -> list[dict]:
                              else str(r.get(c) or "")
                              for c in common.SCHEMAS["proof_bank"]})
             except (ValueError, KeyError) as exc:
-                raise SystemExit(f"{path}:{lineno}: a proof row needs statement_id, formal_statement, proof ({exc})")
+                raise SystemExit(f"{path}:{lineno}: a proof row needs statement_id, "
+                                 f"formal_statement, proof ({exc})")
     return rows
 
 
 class ProofMemory:
-    """Verified proofs (statement, proof, source, run); BM25 over statements; frozen unless online."""
+    """Verified proofs (statement, proof, source, run); BM25 over statements; frozen unless
+    online."""
 
     def __init__(self, entries: list[dict], scored: list[dict], online: bool = False):
         self.online = online
@@ -110,7 +113,8 @@ class ProofMemory:
     def add_found(self, row: dict) -> bool:
         """Only an online memory takes proofs found during the evaluation."""
         if not self.online:
-            raise RuntimeError("a frozen memory takes no proofs during an evaluation (online=False)")
+            raise RuntimeError("a frozen memory takes no proofs during an "
+                               "evaluation (online=False)")
         return self._add(row)
 
     def save(self, folder: Path) -> Path:

@@ -64,7 +64,8 @@ def sequence_logprobs(model, batch: list[tuple], temperature: float, device):
         attn[b, p_max - len(p):p_max + len(c)] = 1
         targets[b, :len(c)] = torch.tensor(c)
         if keep and len(keep[0]) != len(c):
-            raise ValueError(f"rollout {b}: keep mask has {len(keep[0])} entries for {len(c)} completion tokens")
+            raise ValueError(f"rollout {b}: keep mask has {len(keep[0])} entries for "
+                             f"{len(c)} completion tokens")
         mask[b, :len(c)] = torch.tensor(keep[0], dtype=torch.float) if keep else 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     ids, attn, pos, targets, mask = (t.to(device) for t in (ids, attn, pos, targets, mask))

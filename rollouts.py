@@ -78,8 +78,8 @@ def score(rollouts: list[Rollout], client: LeanClient, cfg, verdicts=None) -> No
         r.status = v.status if v else "no_proof"
         r.reward = float(bool(v and v.ok) and not r.format_errors)
         if v and not v.ok:
-            r.feedback = formats.lean_feedback(v,
-                                               formats.FEEDBACK_STYLE.get(cfg.prompt_format, "kimina"))
+            style = formats.FEEDBACK_STYLE.get(cfg.prompt_format, "kimina")
+            r.feedback = formats.lean_feedback(v, style)
     if cfg.overlong_buffer:
         limit = cfg.max_new_tokens
         for r in rollouts:
@@ -167,8 +167,8 @@ def agent_rollout_step(items, step, gen, tok, client, cfg, memory,
         traces = timed("time_generate", lambda: agent_loops.tool_rollouts(
             gen, tok, client, prompts, [generation.rollout_seed(cfg.seed, step, index[i], s)
                                         for i, s in todo],
-            max_new_tokens=cfg.max_new_tokens, budget=cfg.tool_budget, max_checks=cfg.tool_max_checks,
-            temperature=cfg.temperature, top_p=cfg.top_p))
+            max_new_tokens=cfg.max_new_tokens, budget=cfg.tool_budget,
+            max_checks=cfg.tool_max_checks, temperature=cfg.temperature, top_p=cfg.top_p))
         rollouts = [new(i, s, p, t.as_generation(), loss_mask=t.loss_mask) for (i, s), p,
                     t in zip(todo, prompts, traces)]
         timed("time_verify_wait", score, rollouts, client, cfg)

@@ -145,13 +145,16 @@ def _failure(tactic: str, rel: str, truth: bool, goal: str) -> str:
                 f"relation are not equal.\n⊢ {goal}")
     if tactic == "decide":
         if truth:
-            return (f"failed to reduce to true/false\n  {goal}\nmaximum recursion depth has been reached\n"
+            return (f"failed to reduce to true/false\n  {goal}\nmaximum recursion "
+                    f"depth has been reached\n"
                     "use `set_option maxRecDepth <num>` to increase limit")
         return (f"decide failed to prove the proposition\n  {goal}\nsince its 'Decidable' instance "
                 "reduced to\n  Decidable.isFalse")
     if tactic == "omega":
-        return ("omega could not prove the goal:\n" + ("No usable constraints found for the hypotheses and goal."
-                if truth else "a possible counterexample may satisfy the constraints") + f"\n⊢ {goal}")
+        return ("omega could not prove the goal:\n" + ("No usable constraints found for "
+                                                       "the hypotheses and goal."
+                if truth else "a possible counterexample "
+                              "may satisfy the constraints") + f"\n⊢ {goal}")
     return f"unsolved goals\n⊢ {goal}" if not truth else f"simp made no progress\n⊢ {goal}"
 
 
@@ -330,7 +333,8 @@ def toy_tool_trace(stmt: str, order: list[str]) -> str:
         if not answer["messages"]:
             return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}", thinking + TOOL_DONE)
         thinking += TOOL_RETRY
-    raise ValueError(f"no tactic of {order} proves {stmt!r}: a verified trace ends with a passing sketch")
+    raise ValueError(f"no tactic of {order} proves {stmt!r}: a verified trace "
+                     f"ends with a passing sketch")
 
 
 def toy_feedback(stmt: str, tactic: str) -> str:

@@ -2,7 +2,8 @@
 chunk) against a naive loop (one problem at a time, one sample at a time, verify, repeat), on the
 same model, problems and stand-in server (NOT Lean; --latency_ms per proof), in one run.
 
-    python bench/bench_eval.py --model runs/smoke/02_sft/final/model --data runs/smoke/01_data/eval_toy.parquet
+    python bench/bench_eval.py --model runs/smoke/02_sft/final/model --data
+    runs/smoke/01_data/eval_toy.parquet
 """
 import argparse
 import json

@@ -26,9 +26,11 @@ HEADER = "import Mathlib\nimport Aesop\nset_option maxHeartbeats 400000\nopen Bi
 
 def goedel_row(i: int) -> dict:
     return {"problem_id": f"g_{i:07d}",
-            "informal_statement": f"Show that x * {i} + {i % 97} is at least {i % 13} for positive x.",
+            "informal_statement": f"Show that x * {i} + {i % 97} is at least "
+            f"{i % 13} for positive x.",
             "formal_statement": f"{HEADER}/-- Show that x * {i} + {i % 97} ≥ {i % 13}. -/\n"
-                                f"theorem goedel_{i} (x : ℝ) (h : 0 < x) : x * {i} + {i % 97} ≥ {i % 13} := by sorry"}
+                                f"theorem goedel_{i} (x : ℝ) (h : 0 < x) : x * {i} + "
+            f"{i % 97} ≥ {i % 13} := by sorry"}
 
 
 def write_source(path: Path, rows: int) -> None:
@@ -77,15 +79,18 @@ def main():
     src = work / "goedel_pset.parquet"
     t0 = time.perf_counter()
     write_source(src, args.rows)
-    print(f"generated {args.rows:,} rows ({src.stat().st_size / 2**20:.0f} MiB Parquet) in {time.perf_counter() - t0:.0f} s")
+    print(f"generated {args.rows:,} rows ({src.stat().st_size / 2**20:.0f} MiB Parquet) in "
+          f"{time.perf_counter() - t0:.0f} s")
     secs, peak = run_01(src, work, "limit", "--limit_per_source", "20000")
     print(f"01 --limit_per_source 20000: {secs:.1f} s, peak RSS {peak:.0f} MiB")
     secs, peak = run_01(src, work, "full")
     out = pq.read_metadata(work / "runs/full/01_data/rl_prompts.parquet").num_rows
     baseline = list_baseline_mib(src, args.rows)
-    print(f"01 on all {args.rows:,} rows: {secs:.0f} s ({args.rows / secs:,.0f} rows/s), {out:,} kept, "
+    print(f"01 on all {args.rows:,} rows: {secs:.0f} s "
+          f"({args.rows / secs:,.0f} rows/s), {out:,} kept, "
           f"peak RSS {peak:.0f} MiB")
-    print(f"baseline, the rows as a Python list alone: {baseline:.0f} MiB; streamed peak / list = {peak / baseline:.2f}")
+    print(f"baseline, the rows as a Python list alone: {baseline:.0f} MiB; streamed peak / "
+          f"list = {peak / baseline:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@ On a run's SFT rows (toy task): greedy answers that contain the row's statement 
 the teacher-forced completion loss per token, for first-turn rows and correction rows apart.
 The README's figures on the cost of correction rows (issue #16) come from this.
 
-    .venv/bin/python recipes/copy_probe.py --model runs/smoke/02_sft/final/model --data runs/smoke/01_data/sft.parquet
+    .venv/bin/python recipes/copy_probe.py --model runs/smoke/02_sft/final/model --data
+    runs/smoke/01_data/sft.parquet
 
 With --samples (04's samples.jsonl of the toy eval set) it reads what a model wrote instead:
 the share of samples that copied the theorem's name and its proposition, per relation and per
 length of the proposition (the README's account of why the `norm_num` class earns no reward).
 
-    .venv/bin/python recipes/copy_probe.py --samples runs/smoke/04_eval/sft/toy/single/n8-t64/samples.jsonl \
+    .venv/bin/python recipes/copy_probe.py --samples
+    runs/smoke/04_eval/sft/toy/single/n8-t64/samples.jsonl \
         --data runs/smoke/01_data/eval_toy.parquet
 """
 import argparse
@@ -90,12 +92,14 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.samples:
         for kind, table in copies_by_shape(a.samples, a.data).items():
-            print(f"| {kind} | samples | theorem name copied (%) | proposition copied (%) |\n|---|---:|---:|---:|")
+            print(f"| {kind} | samples | theorem name copied (%) | proposition copied "
+                  f"(%) |\n|---|---:|---:|---:|")
             print("\n".join(f"| `{k}` | {v[0]} | {v[1]:.1f} | {v[2]:.1f} |"
                             for k, v in table.items()) + "\n")
         raise SystemExit(0)
     if not a.model:
         ap.error("--model or --samples is required")
     for kind, res in probe(a.model, a.data, a.n, a.seed).items():
-        print(f"{kind:10s} copies the statement (greedy): {res['greedy_copies_statement']} / {res['rows']}; "
+        print(f"{kind:10s} copies the statement (greedy): "
+              f"{res['greedy_copies_statement']} / {res['rows']}; "
               f"completion loss {res['loss_per_token']:.3f} per token")

@@ -93,7 +93,8 @@ def main(argv=None):
     out = common.RESULTS_ROOT / args.run
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"**{args.name}** (`python recipes/paper_tables.py {command}`, from 04_eval.py's outputs of run "
+    lines = [f"**{args.name}** (`python recipes/paper_tables.py {command}`, from "
+             f"04_eval.py's outputs of run "
              f"{args.run}, model tag {args.tag})", ""]
     curves = {}
     if args.kind == "benchmarks":
@@ -104,7 +105,8 @@ def main(argv=None):
                   "|---|---:|" + "---:|" * len(ks)]
         for b, t in tables.items():
             by_k = {int(r["k"]): r for r in t}
-            cells = [f"{100 * by_k[k]['pass']:.1f} ({100 * by_k[k]['ci_low']:.1f}-{100 * by_k[k]['ci_high']:.1f})"
+            cells = [f"{100 * by_k[k]['pass']:.1f} "
+                     f"({100 * by_k[k]['ci_low']:.1f}-{100 * by_k[k]['ci_high']:.1f})"
                      if k in by_k else "-" for k in ks]
             lines.append(f"| {b} | {int(t[0]['problems'])} | " + " | ".join(cells) + " |")
             curves[b] = ([int(r["k"]) for r in t], [100 * r["pass"] for r in t])
@@ -116,7 +118,8 @@ def main(argv=None):
         xs, ys = [], []
         for lab in labels:
             r = read_table(args.run, args.tag, args.bench, args.mode, lab)[0]
-            lines.append(f"| {lab} | {100 * r['pass']:.2f} | {100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f} | "
+            lines.append(f"| {lab} | {100 * r['pass']:.2f} | "
+                         f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f} | "
                          f"{int(r['problems'])} |")
             xs.append(lab)
             ys.append(100 * r["pass"])
@@ -149,7 +152,8 @@ def main(argv=None):
                 if pts:
                     curves[f"{lab} depth {d}"] = ([p[0] for p in pts], [p[1] for p in pts])
             lines.append("")
-        lines.append("Each cell: pass@w over trajectories cut at that depth (unbiased, from the run's width), "
+        lines.append("Each cell: pass@w over trajectories cut at that depth "
+                     "(unbiased, from the run's width), "
                      "w = budget / depth.")
         plot(out / f"{args.name}.png", curves, "total attempt budget (width x depth)", args.name,
              logx=True)

@@ -79,7 +79,8 @@ def probe(model_path: str, data: Path, problems: int, fmt: str = "kimina", batch
         try:
             RIGHT[relation_of(row["formal_statement"])]
         except Exception as e:
-            raise ValueError(f"{data}: row {n} is not a toy statement ({row.get('formal_statement')!r:.80}): {e}") from None
+            raise ValueError(f"{data}: row {n} is not a toy statement "
+                             f"({row.get('formal_statement')!r:.80}): {e}") from None
     for i in range(0, len(rows), batch):
         for row, sc in zip(rows[i:i + batch], batch_scores(model, tok, rows[i:i + batch], fmt)):
             s = torch.tensor(sc)
@@ -98,7 +99,8 @@ def probe(model_path: str, data: Path, problems: int, fmt: str = "kimina", batch
 
 def table(results: list[dict]) -> str:
     lines = ["| model | mass | " + " | ".join(f"p(right) {c}"
-                                              for c in TACTICS) + " | min | p(decide, norm_num, omega, rfl) over all |",
+                                              for c in TACTICS) + " | min | p(decide, "
+             "norm_num, omega, rfl) over all |",
              "|---|---:|" + "---:|" * len(TACTICS) + "---:|---|"]
     for r in results:
         cls = r["classes"]

@@ -1,6 +1,7 @@
 """Tool-integrated RL against single-turn RL at the same number of generated tokens (issue #17's
 CPU check of StepFun's claim), from two finished runs of the toy task:
-  --single_run  03 --rollout single (the CPU smoke, `bash smoke.sh`), 04 evaluations tagged sft, grpo
+  --single_run  03 --rollout single (the CPU smoke, `bash smoke.sh`), 04 evaluations tagged sft,
+  grpo
   --tool_run    03 --rollout tool with --max_generated_tokens set to the single run's total (the
                 number `--budget` prints), 04 --mode tool evaluations tagged sft, grpo, within a
                 fixed interaction budget (--tool_max_checks)
@@ -8,7 +9,8 @@ The four evaluations must hold the same problems (the same eval file and prefix)
 compared per problem, paired. Writes results/<tool_run>/tool_vs_single.md and .png (training pass
 rate against generated tokens, both runs). recipes/toy_tool_rl.sh runs everything.
 
-    .venv/bin/python recipes/tool_vs_single.py --single_run smoke --budget     # prints the token budget
+    .venv/bin/python recipes/tool_vs_single.py --single_run smoke --budget     # prints the token
+    budget
     .venv/bin/python recipes/tool_vs_single.py --single_run smoke --tool_run toy_tool
 """
 import argparse
@@ -43,7 +45,8 @@ def rl_tokens(run: Path) -> list[tuple[int, int, float]]:
 def eval_samples(run: Path, tag: str, mode: str) -> tuple[Path, list[dict]]:
     found = sorted((run / "04_eval" / tag).glob(f"*/{mode}/*/samples.parquet"))
     if len(found) != 1:
-        raise SystemExit(f"{run / '04_eval' / tag}: expected one {mode} evaluation, found {len(found)}")
+        raise SystemExit(f"{run / '04_eval' / tag}: expected one {mode} "
+                         f"evaluation, found {len(found)}")
     return found[0], common.read_rows(found[0], "samples")
 
 
@@ -80,7 +83,8 @@ def main(argv=None):
             describe("tool RL", tool, "grpo", "tool", tool_rl)]
     ids = [set(r["succ"]) for r in rows]
     if any(i != ids[0] for i in ids):
-        raise SystemExit("the four evaluations hold different problems: evaluate on the same eval file and prefix")
+        raise SystemExit("the four evaluations hold different problems: evaluate on the "
+                         "same eval file and prefix")
     # 04's resolved settings: the budget
     cfg = json.loads((tool / "04_eval/grpo/config.json").read_text())
     pairs = [(3, 1, "tool RL - single-turn RL"), (2, 0, "tool SFT - single-turn SFT"),
@@ -90,22 +94,30 @@ def main(argv=None):
     w = rows[0]["width"]
     out = Path(args.results_dir) if args.results_dir else common.RESULTS_ROOT / args.tool_run
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Tool-integrated RL against single-turn RL at equal generated tokens (toy task, stand-in: NOT Lean)", "",
-             f"`python recipes/tool_vs_single.py --single_run {args.single_run} --tool_run {args.tool_run}` "
-             f"(runs by `bash recipes/toy_tool_rl.sh`). {len(ids[0])} eval problems, {w} samples each, the same "
-             f"problems for every row; tool evaluations within {cfg['tool_max_checks'] or 'unlimited'} REPL checks and "
+    lines = [f"# Tool-integrated RL against single-turn RL at equal generated tokens (toy "
+             f"task, stand-in: NOT Lean)", "",
+             f"`python recipes/tool_vs_single.py --single_run {args.single_run} "
+             f"--tool_run {args.tool_run}` "
+             f"(runs by `bash recipes/toy_tool_rl.sh`). {len(ids[0])} eval problems, "
+             f"{w} samples each, the same "
+             f"problems for every row; tool evaluations within "
+             f"{cfg['tool_max_checks'] or 'unlimited'} REPL checks and "
              f"{cfg['tool_budget']:,} context tokens.", "",
-             f"| model | RL steps | RL generated tokens | pass@1 % (95% CI) | pass@{w} % | eval tokens / sample | REPL checks / sample |",
+             f"| model | RL steps | RL generated tokens | pass@1 % (95% CI) | pass@{w} % | eval "
+             f"tokens / sample | REPL checks / sample |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         p1, checks = r["pass@1"], "" if r["checks"] is None else f"{r['checks']:.2f}"
-        lines.append(f"| {r['name']} | {r['rl_steps']} | {r['rl_tokens']:,} | {100 * p1['pass']:.1f} "
-                     f"({100 * p1['ci_low']:.1f}-{100 * p1['ci_high']:.1f}) | {100 * r[f'pass@{w}']['pass']:.1f} | "
+        lines.append(f"| {r['name']} | {r['rl_steps']} | {r['rl_tokens']:,} "
+                     f"| {100 * p1['pass']:.1f} "
+                     f"({100 * p1['ci_low']:.1f}-{100 * p1['ci_high']:.1f}) | "
+                     f"{100 * r[f'pass@{w}']['pass']:.1f} | "
                      f"{r['tokens_eval']:.0f} | {checks} |")
     lines += ["", "| paired change in pass@1 | points (95% CI) |", "|---|---:|"]
     lines += [f"| {label} | {c[0]:+.1f} ({c[1]:+.1f} to {c[2]:+.1f}) |" for label, c in changes]
     lines += ["",
-              "Eval tokens count what the model wrote (the REPL's answers are not generated). The stand-in "
+              "Eval tokens count what the model wrote (the REPL's answers are not "
+              "generated). The stand-in "
               "decides an invented fragment: no figure here is a Lean result."]
     md = out / "tool_vs_single.md"
     md.write_text("\n".join(lines) + "\n")

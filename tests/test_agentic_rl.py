@@ -84,7 +84,8 @@ class Scripted:
 def tiny():
     import tempfile
     from pathlib import Path
-    texts = ["<|im_start|>user\ntheorem t0 : 0 + 1 = 1 := by omega rfl <sketch> </sketch> <REPL> </REPL>"] * 30
+    texts = ["<|im_start|>user\ntheorem t0 : 0 + 1 = 1 := by omega rfl <sketch> "
+             "</sketch> <REPL> </REPL>"] * 30
     folder = generation.build_tiny_model(texts, Path(tempfile.mkdtemp()) / "tiny")
     return generation.load_tokenizer(str(folder)), generation.load_model(str(folder))
 

@@ -59,7 +59,8 @@ def test_normalize_statement_cases_from_real_files():
     unicode_binders = "theorem t (x y : ℝ) (h₀ : 0 < x ∧ 0 < y) :\n    x * y > 0 := by\n"
     assert normalize_statement(unicode_binders) == unicode_binders.strip()
     assert normalize_statement("theorem t : 1 = 1 := by\n  sorry") == "theorem t : 1 = 1 := by"
-    assert normalize_statement("noncomputable def f {G : Type*} [Group G] :\n  G ≃* G :=").endswith(":= by")
+    assert normalize_statement("noncomputable def f {G : Type*} "
+                               "[Group G] :\n  G ≃* G :=").endswith(":= by")
     with pytest.raises(ValueError):
         normalize_statement("example : True := trivial")
 

@@ -1,4 +1,5 @@
-"""04_eval.py: metrics, recompute on recorded verdicts, proof bank, repair and tool loops, resume."""
+"""04_eval.py: metrics, recompute on recorded verdicts, proof bank, repair and tool loops,
+resume."""
 import importlib.util
 import itertools
 import json
@@ -96,7 +97,9 @@ def entry(i, st):
 
 def test_bm25_retrieves_similar_statements_and_never_the_problem_itself():
     mem = proof_memory.ProofMemory([entry(i, st) for i, st in enumerate([
-        "theorem a : 2 + 3 = 5 := by", "theorem b (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by", "theorem c : 7 ∣ 21 := by"])], [])
+        "theorem a : 2 + 3 = 5 := by", "theorem b (x : ℝ) (h : "
+                                       "0 < x) : 0 < x ^ 2 := by", "theorem c : 7 ∣ 21 := by"])],
+                                   [])
     got = mem.retrieve("theorem q (y : ℝ) (hy : 0 < y) : 0 < y ^ 2 + y := by", 1, "q")
     assert got[0]["statement_id"] == "s1"
     assert all(r["statement_id"] != "s1"
@@ -278,7 +281,8 @@ def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
         def generate(self, prompts, seeds, max_new_tokens, *a, **k):
             self.prompts += prompts
             self.caps = getattr(self, "caps", []) + [max_new_tokens]
-            return [generation.Generation("<sketch>\ntheorem t0 : 0 + 1 = 1 := by\n  omega\n</sketch>", [1] * 5,
+            return [generation.Generation("<sketch>\ntheorem t0 : 0 + 1 = 1 "
+                                          ":= by\n  omega\n</sketch>", [1] * 5,
                                           [0.0] * 5, "stop") for _ in prompts]
     e.gen = Sketcher(None)
     e.cfg.tool_budget = n_prompt + 1000

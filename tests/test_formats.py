@@ -10,19 +10,23 @@ from lean_client import split_header
 
 DSV2_HEADER = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 0\n\nopen BigOperators Real Nat Topology Rat\n\n"
 MATHD_10 = "theorem mathd_algebra_10 : abs ((120 : ℝ) / 100 * 30 - 130 / 100 * 20) = 10 := by"
-PLAN = ("Before producing the Lean 4 code to formally prove the given theorem, provide a detailed proof plan outlining "
-        "the main proof steps and strategies.\nThe plan should highlight key ideas, intermediate lemmas, and proof "
+PLAN = ("Before producing the Lean 4 code to formally prove the given theorem, provide a "
+        "detailed proof plan outlining "
+        "the main proof steps and strategies.\nThe plan should highlight key ideas, "
+        "intermediate lemmas, and proof "
         "structures that will guide the construction of the final formal proof.")
 
 
 def test_deepseek_v2_matches_its_readme_example():
     # deepseek-ai/DeepSeek-Prover-V2 README.md, section "Quick Start": formal_statement (stripped) and
     # prompt.format(formal_statement), the template "Complete the following Lean 4 code:\n\n```lean4\n{}\n```\n\n..."
-    readme_formal = (DSV2_HEADER + "/-- What is the positive difference between $120\\%$ of 30 and $130\\%$ of 20? "
+    readme_formal = (DSV2_HEADER + "/-- What is the positive difference between $120\\%$ "
+                     "of 30 and $130\\%$ of 20? "
                      "Show that it is 10.-/\n" + MATHD_10 + "\n  sorry")
     expected = f"Complete the following Lean 4 code:\n\n```lean4\n{readme_formal}\n```\n\n{PLAN}"
     row = {"header": DSV2_HEADER, "formal_statement": MATHD_10,
-           "informal_problem": "What is the positive difference between $120\\%$ of 30 and $130\\%$ of 20? Show that it is 10."}
+           "informal_problem": "What is the positive difference between $120\\%$ of 30 and "
+           "$130\\%$ of 20? Show that it is 10."}
     assert formats.first_turn(row, "deepseek_v2") == [{"role": "user", "content": expected}]
 
 
@@ -60,9 +64,12 @@ def test_goedel_v2_correction_turn_is_history_plus_feedback():
 def test_stepfun_matches_its_demo():
     # stepfun-ai/StepFun-Prover-Preview demo/interact_with_lean4repl.py: system_prompt, and
     # user_prompt = f"```lean4\n{formal_problem}\n```" with formal_problem stripped
-    demo_system = ("You will be given an unsolved Lean 4 problem. Think carefully and work towards a solution. At any "
-                   "point, you may use the Lean 4 REPL to check your progress by enclosing your partial solution between "
-                   "<sketch> and </sketch>. The REPL feedback will be provided between <REPL> and </REPL>. Continue this "
+    demo_system = ("You will be given an unsolved Lean 4 problem. Think carefully and work "
+                   "towards a solution. At any "
+                   "point, you may use the Lean 4 REPL to check your progress by enclosing your "
+                   "partial solution between "
+                   "<sketch> and </sketch>. The REPL feedback will be provided between <REPL> "
+                   "and </REPL>. Continue this "
                    "process as needed until you arrive at a complete and correct solution.")
     stmt = ("theorem test_theorem (x y z : ℝ) (hx : 0 < x) (hy : 0 < y) (hz : 0 < z) :\n"
             "    (x^2 - z^2) / (y + z) + (y^2 - x^2) / (z + x) + (z^2 - y^2) / (x + y) ≥ 0 := by")
@@ -82,8 +89,10 @@ def test_kimina_matches_the_recipe_template():
         {"role": "system",
          "content": "You are an expert in mathematics and proving theorems in Lean 4."},
         {"role": "user",
-         "content": "Think about and solve the following problems step by step in Lean 4.\n\n# Problem:\n"
-                                    "Show 1 = 1.\n\n# Formal Statement:\n```lean4\nimport Mathlib\n\ntheorem t : 1 = 1 := by\n```\n"}]
+         "content": "Think about and solve the following problems step by step "
+         "in Lean 4.\n\n# Problem:\n"
+                                    "Show 1 = 1.\n\n# Formal Statement:\n```lean4\nimport "
+         "Mathlib\n\ntheorem t : 1 = 1 := by\n```\n"}]
 
 
 def test_oprover_round_is_one_compact_turn():
@@ -92,7 +101,8 @@ def test_oprover_round_is_one_compact_turn():
     retrieved = [{"formal_statement": "theorem s : 1 + 1 = 2 := by", "proof": "\n  norm_num"}]
     first = formats.prompt_messages(row, "oprover", retrieved)
     again = formats.prompt_messages({**row,
-                                     "prev_attempt": "```lean4\nimport Mathlib\n\ntheorem t : 2 + 2 = 4 := by\n  omega\n```",
+                                     "prev_attempt": "```lean4\nimport Mathlib\n\ntheorem t : 2 + "
+                                     "2 = 4 := by\n  omega\n```",
                                      "lean_feedback": "# Error 1:\nomega failed"}, "oprover",
                                     retrieved)
     assert len(first) == len(again) == 1 and first[0]["role"] == "user"
@@ -107,10 +117,13 @@ def test_oprover_round_is_one_compact_turn():
 @pytest.mark.parametrize("fmt,answer", [
     ("kimina", "<think>\nplan\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  norm_num\n```"),
     ("deepseek_v2",
-     "### Proof plan\n1. compute\n\n```lean4\nimport Mathlib\nimport Aesop\n\n/-- doc -/\n{stmt}\n  norm_num\n```"),
+     "### Proof plan\n1. compute\n\n```lean4\nimport Mathlib\nimport Aesop\n\n/-- doc "
+     "-/\n{stmt}\n  norm_num\n```"),
     ("goedel_v2", "analysis...\n```lean4\n{stmt}\n  norm_num\n```\n"),
     ("stepfun",
-     "<think>\n<sketch>\n{stmt}\n  simp\n</sketch>\n<REPL>\n{{}}\n</REPL>\n</think>\n```lean4\nimport Mathlib\n\n{stmt}\n  norm_num\n```"),
+     "<think>\n<sketch>\n{stmt}\n  "
+     "simp\n</sketch>\n<REPL>\n{{}}\n</REPL>\n</think>\n```lean4\nimport "
+     "Mathlib\n\n{stmt}\n  norm_num\n```"),
 ])
 def test_extraction_from_each_familys_answer_shape(fmt, answer):
     text = answer.format(stmt=MATHD_10)

@@ -118,7 +118,8 @@ def test_kl_term_is_zero_at_the_reference_and_positive_elsewhere():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    texts = ["<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n rfl decide omega norm_num"] * 30
+    texts = ["<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n "
+             "rfl decide omega norm_num"] * 30
     folder = generation.build_tiny_model(texts, tmp_path_factory.mktemp("m") / "tiny")
     return generation.load_tokenizer(str(folder)), generation.load_model(str(folder)), folder
 
@@ -239,7 +240,8 @@ def test_second_turns_skip_overlong_prompts_and_long_feedback(tiny):
 
 @pytest.fixture
 def rl_run(tmp_path, tiny, monkeypatch):
-    """A run folder with toy data (stage 01) and the tiny model; the stand-in on LEAN_SERVER_API_URL."""
+    """A run folder with toy data (stage 01) and the tiny model; the stand-in on
+    LEAN_SERVER_API_URL."""
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
     subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
                     "t",

@@ -51,7 +51,8 @@ def test_two_iterations_resume_after_a_crash_in_rl(tmp_path, standin, monkeypatc
                     "it",
                     "--toy_n_statements", "120"], check=True, capture_output=True,
                    env={**os.environ})
-    model = generation.build_tiny_model(["<|im_start|>user\ntheorem toy : 1 = 1 := by rfl omega"] * 20,
+    model = generation.build_tiny_model(["<|im_start|>user\ntheorem "
+                                         "toy : 1 = 1 := by rfl omega"] * 20,
                                         tmp_path / "tiny")
     # memory v0: one proof of a held-out statement (must be dropped) and one of a bank statement
     held_out = common.read_rows(runs / "it/01_data/eval_toy.parquet", "statements")[0]

@@ -28,7 +28,8 @@ def test_lean_client_runs_copied_alone(tmp_path):
     code = ("import lean_client as lc\n"
             "h, rest = lc.split_header('import Mathlib\\n\\ntheorem t : 1 = 1 := by\\n  rfl')\n"
             "assert h == 'import Mathlib\\n\\n', h\n"
-            "assert lc.soundness_gate('import Mathlib\\ntheorem t : 1 = 1 := by\\n  sorry', 'theorem t : 1 = 1') == 'uses sorry'\n"
+            "assert lc.soundness_gate('import Mathlib\\ntheorem t : 1 = 1 := by\\n  sorry', "
+            "'theorem t : 1 = 1') == 'uses sorry'\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True,

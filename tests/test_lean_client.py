@@ -265,7 +265,8 @@ RED_TEAM = {
     "private axiom": f"{HEADER}private axiom cheat : False\n{STMT}\n  exact cheat.elim",
     "changed statement": f"{HEADER}{STMT.replace('= 10', '≥ 0')}\n  positivity",
     "statement only in a comment": f"{HEADER}/- {STMT} -/\ntheorem other : True := by\n  trivial",
-    "statement only in a string": f'{HEADER}def s := " {STMT}"\ntheorem other : True := by\n  trivial',
+    "statement only in a string": f'{HEADER}def s := " {STMT}"\ntheorem '
+            f'other : True := by\n  trivial',
     "apply?": f"{HEADER}{STMT}\n  apply?",
     "exact?": f"{HEADER}{STMT}\n  exact?",
     "#exit": f"{HEADER}{STMT}\n  norm_num\n#exit",
@@ -277,7 +278,8 @@ RED_TEAM = {
     "redefinition": f"{HEADER}theorem mathd_algebra_10 : True := trivial\n{STMT}\n  norm_num",
     "def with the name": f"{HEADER}def mathd_algebra_10 := 1\n{STMT}\n  norm_num",
     "macro": f"{HEADER}macro \"norm_num\" : tactic => `(tactic| simp)\n{STMT}\n  norm_num",
-    "macro_rules": f"{HEADER}macro_rules | `(tactic| trivial) => `(tactic| simp)\n{STMT}\n  trivial",
+    "macro_rules": f"{HEADER}macro_rules | `(tactic| trivial) => `(tactic| "
+            f"simp)\n{STMT}\n  trivial",
     "notation": f"{HEADER}local notation \"ℝ\" => ℕ\n{STMT}\n  norm_num",
     "namespace": f"{HEADER}namespace Foo\n{STMT}\n  norm_num\nend Foo",
     "run_cmd": f"{HEADER}run_cmd Lean.Elab.Command.liftTermElabM (pure ())\n{STMT}\n  norm_num",
@@ -296,21 +298,28 @@ MEANING_RED_TEAM = {
     "omit": f"{HEADER}omit [Fact True] in\n{STMT}\n  norm_num",
     "local instance": f"{HEADER}local instance : Inhabited ℝ := ⟨0⟩\n{STMT}\n  norm_num",
     "scoped instance": f"{HEADER}scoped instance : Inhabited ℝ := ⟨0⟩\n{STMT}\n  norm_num",
-    "attribute [instance]": f"{HEADER}def i : Inhabited ℝ := ⟨0⟩\nattribute [instance] i\n{STMT}\n  norm_num",
-    "attribute [local instance]": f"{HEADER}def i : Inhabited ℝ := ⟨0⟩\nattribute [local instance] i\n{STMT}\n  norm_num",
+    "attribute [instance]": f"{HEADER}def i : Inhabited ℝ := ⟨0⟩\nattribute "
+                    f"[instance] i\n{STMT}\n  norm_num",
+    "attribute [local instance]": f"{HEADER}def i : Inhabited ℝ := ⟨0⟩\nattribute [local "
+                    f"instance] i\n{STMT}\n  norm_num",
     "attribute removal": f"{HEADER}attribute [-instance] Real.instLE\n{STMT}\n  norm_num",
     "@[instance] def": f"{HEADER}@[instance] def i : Inhabited ℝ := ⟨0⟩\n{STMT}\n  norm_num",
-    "@[default_instance]": f"{HEADER}@[default_instance] def i : Inhabited ℝ := ⟨0⟩\n{STMT}\n  norm_num",
+    "@[default_instance]": f"{HEADER}@[default_instance] def i : Inhabited ℝ "
+                    f":= ⟨0⟩\n{STMT}\n  norm_num",
     "@[csimp]": f"{HEADER}@[csimp] theorem c : @id = @id := rfl\n{STMT}\n  norm_num",
     "notation3": f'{HEADER}notation3 "abs" => id\n{STMT}\n  norm_num',
     "infixl": f'{HEADER}infixl:65 " * " => HAdd.hAdd\n{STMT}\n  norm_num',
-    "binder_predicate": f"{HEADER}binder_predicate x \" > \" y:term => `($x < $y)\n{STMT}\n  norm_num",
+    "binder_predicate": f"{HEADER}binder_predicate x \" > \" y:term => `($x "
+                    f"< $y)\n{STMT}\n  norm_num",
     "open ... in on the theorem": f"{HEADER}open Nat in\n{STMT}\n  norm_num",
-    "open ... in through set_option ... in": f"{HEADER}open Nat in\nset_option maxHeartbeats 400000 in\n{STMT}\n  norm_num",
+    "open ... in through set_option ... in": f"{HEADER}open Nat in\nset_option maxHeartbeats "
+                    f"400000 in\n{STMT}\n  norm_num",
     "open ... in on one line": f"{HEADER}open Nat in {STMT}\n  norm_num",
     "run_tac": f"{HEADER}{STMT}\n  run_tac do (← getMainGoal).assign (← mkFreshExprMVar none)",
-    "open after a declaration": f"{HEADER}theorem helper : True := trivial\nopen Nat\n{STMT}\n  norm_num",
-    "open a namespace the file fills": f"{HEADER}open Foo\ndef Foo.ten : ℝ := 10\n{STMT}\n  norm_num",
+    "open after a declaration": f"{HEADER}theorem helper : True := "
+                    f"trivial\nopen Nat\n{STMT}\n  norm_num",
+    "open a namespace the file fills": f"{HEADER}open Foo\ndef Foo.ten : ℝ "
+                    f":= 10\n{STMT}\n  norm_num",
     "open renaming": f"{HEADER}open Nat renaming sqrt → abs\n{STMT}\n  norm_num",
     "open hiding": f"{HEADER}open Real hiding pi\n{STMT}\n  norm_num",
     "open with explicit names": f"{HEADER}open Nat (sqrt)\n{STMT}\n  norm_num",
@@ -492,7 +501,8 @@ def test_kimina_feedback_marks_the_offending_line(standin):
     fb = lean_feedback(v, "kimina")
     # code lines after the two imports: 005 is the blank line before the theorem, 007 the tactic
     assert fb.startswith("# Error 1:\nError message: \nThe rfl tactic failed")
-    assert fb.endswith("Lean 4 code snippet with error:\n```lean4\n005  | \n006  | theorem t : 2 + 2 = 5 := by\n"
+    assert fb.endswith("Lean 4 code snippet with error:\n```lean4\n005  | \n006  | "
+                       "theorem t : 2 + 2 = 5 := by\n"
                        "007 >|   rfl\n```\n")
 
 
@@ -535,7 +545,8 @@ def test_kimina_feedback_is_byte_identical_to_the_recipe():
     plain = parse_result("0", INFOTREE_CODE, {**INFOTREE_RESULT, "response": {
         k: w for k, w in INFOTREE_RESULT["response"].items() if k != "infotree"}})
     assert lean_feedback(plain,
-                         "kimina").startswith("# Error 1:\nError message: \nunsolved goals\n⊢ False\n\n")
+                         "kimina").startswith("# Error 1:\nError message: "
+                                              "\nunsolved goals\n⊢ False\n\n")
     # a top-level error only (a timeout): the System Error block
     t = parse_result("0", INFOTREE_CODE,
                      {"id": "0", "error": "Lean REPL command timed out in 60.0 seconds"})
@@ -554,13 +565,15 @@ def test_goedel_feedback_is_byte_identical_to_its_utils():
     # correction prompt, written out by hand for this response; the failed attempt was round 1
     v = parse_result("0", INFOTREE_CODE, INFOTREE_RESULT)
     assert lean_feedback(v, "goedel", round_idx=1) == (
-        "The proof (Round 0) is not correct. Following is the compilation error message, where we use "
+        "The proof (Round 0) is not correct. Following is the compilation "
+        "error message, where we use "
         "<error></error> to signal the position of the error.\n\n"
         "\nError 1:\n\nCorresponding Code:\n```lean4\n"
         "import Mathlib\n\ntheorem t (x : ℕ) (h : x = 2) : x + x = 5 := by\n  subst h\n"
         "  <error>norm_num</error>\n"
         "\n```\n\nError Message: unsolved goals\n⊢ False\n\n"
-        "\n\nBefore producing the Lean 4 code to formally prove the given theorem, provide a detailed "
+        "\n\nBefore producing the Lean 4 code to formally prove the given "
+        "theorem, provide a detailed "
         "analysis of the error message.")
 
 

