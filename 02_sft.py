@@ -99,7 +99,7 @@ def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator, placeme
     tok = generation.load_tokenizer(name)
     if not tok.chat_template:
         raise SystemExit(f"tokenizer of {name} has no chat template; prompts are built with it")
-    model = generation.load_model(name, placement)
+    model = generation.load_model(name, placement, trainable=True)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.lora:
@@ -434,8 +434,7 @@ def train(cfg: Settings) -> Path:
         plain = accelerator.unwrap_model(model)
         if cfg.lora:
             plain = plain.merge_and_unload()
-        plain.save_pretrained(final / "model")
-        tok.save_pretrained(final / "model")
+        generation.save_model(plain, tok, final / "model", placement)
         common.save_config(cfg, final, extra={"resolved_model": model_name, "steps": step})
         metrics.plot(out / "loss.png", ["loss", "heldout_loss"], title=f"SFT loss ({cfg.run_name})")
         common.write_manifest(out, [out / "metrics.jsonl", out / "loss.png", out / "config.json"] +

@@ -41,6 +41,7 @@ class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
     epochs: int = 15
     max_steps: int = 0                   # 0: run the epochs
     micro_batch_size: int = 16           # rollouts per forward pass (memory only)
+    grad_checkpointing: bool = False     # Kimina: on (GPU memory); slower on CPU
     ppo_epochs: int = 1
     grad_clip: float = 1.0
     skip_zero_variance: bool = False     # dynamic sampling: drop groups with one reward value
@@ -369,9 +370,13 @@ def start_processes(placement) -> Processes:
 
 
 def load_models(cfg: Settings, model_path: str, placement):
-    """The policy (LoRA-wrapped when asked) and, with a KL term, the reference model: both
-    through the device policy, so the reference always matches the policy."""
-    model = generation.load_model(model_path, placement)
+    """The policy (LoRA-wrapped when asked; float32 master weights under a bfloat16 compute
+    dtype) and, with a KL term, the frozen reference model: both through the device policy, so
+    the reference always computes on the policy's device and in its dtype."""
+    model = generation.load_model(model_path, placement, trainable=True)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False   # generation passes its own cache; training needs none
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(
@@ -526,8 +531,7 @@ def train(cfg: Settings) -> Path:
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
     plain = model.merge_and_unload() if cfg.lora else model
-    plain.save_pretrained(final / "model")
-    tok.save_pretrained(final / "model")
+    generation.save_model(plain, tok, final / "model", placement)
     common.save_config(cfg, final, extra={"resolved_model": model_path, "steps": step})
     plots = make_plots(out, metrics.rows, vlog.rows)
     common.write_manifest(

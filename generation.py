@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -153,22 +154,53 @@ def device_policy(device: str = "auto", dtype: str = "auto") -> Placement:
     return Placement(device, dtype)
 
 
-LOADED: list[tuple[str, str, str]] = []   # (model, device, dtype) of every load: tests read it
+# (model, device, weights' dtype, compute dtype) of every load: tests read it
+LOADED: list[tuple[str, str, str, str]] = []
 
 
-def load_model(name_or_path: str, placement: Placement | None = None):
-    """A causal LM on the placement's device, in its dtype (default: CPU, float32)."""
+def load_model(name_or_path: str, placement: Placement | None = None, trainable: bool = False):
+    """A causal LM on the placement's device, computing in its dtype (default: CPU, float32).
+    A trainable model under bfloat16 keeps float32 master weights and runs its forward under
+    bfloat16 autocast: an AdamW step of lr 2e-6 on a weight near 0.02 is below half a bfloat16
+    ulp there (about 6e-5) and would round away. A frozen model (a reference, a generator) is
+    bfloat16 throughout."""
     import torch
     from transformers import AutoModelForCausalLM
     placement = placement or Placement("cpu", "float32")
+    master = trainable and placement.dtype != "float32"
+    weights = "float32" if master else placement.dtype
     _quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path,
-                                                     dtype=getattr(torch, placement.dtype))
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, weights))
     except Exception as exc:
         raise FileNotFoundError(_not_found(name_or_path, exc)) from exc
-    LOADED.append((str(name_or_path), placement.device, placement.dtype))
-    return model.to(placement.device)
+    LOADED.append((str(name_or_path), placement.device, weights, placement.dtype))
+    model = model.to(placement.device)
+    if master:   # every forward (training, sampling, PEFT's) runs in the compute dtype
+        device_type = torch.device(placement.device).type
+        model.forward = torch.autocast(device_type, dtype=getattr(torch, placement.dtype))(
+            model.forward)
+    return model
+
+
+def save_model(model, tok, folder, placement: Placement) -> None:
+    """A final model folder in the compute dtype (a bfloat16 run's float32 master weights are
+    saved as bfloat16, as released checkpoints are)."""
+    import torch
+    dtype = getattr(torch, placement.dtype)
+    if placement.dtype == "float32" or next(model.parameters()).dtype == dtype:
+        model.save_pretrained(folder)
+    else:   # cast tensor by tensor (tied weights stay one tensor), config saying so
+        cast: dict[int, torch.Tensor] = {}
+        state = {k: cast.setdefault(id(v), v.to(dtype)) if v.is_floating_point() else v
+                 for k, v in model.state_dict().items()}
+        model.save_pretrained(folder, state_dict=state)
+        # save_pretrained writes the parameters' dtype into config.json: the tensors' is right
+        config = Path(folder) / "config.json"
+        data = json.loads(config.read_text())
+        data["dtype"] = placement.dtype
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tok.save_pretrained(folder)
 
 
 def _not_found(name_or_path: str, exc: Exception) -> str:

@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
-case " $* " in *slow*) bash setup_vllm.sh ;; esac   # the vLLM test runs in its own venv
+# the slow lane: the vLLM test runs in its own venv; TRL (the GPU check's CPU dry run) in .venv
+case " $* " in *slow*) bash setup_vllm.sh; .venv/bin/pip install -q -r requirements-bench.txt ;; esac
 exec .venv/bin/python -m pytest -q "$@"

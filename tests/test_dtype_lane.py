@@ -99,6 +99,47 @@ def test_rl_objective_in_bf16_matches_fp32_within_tolerance(tmp_path):
     assert float((lp16 - lp32).abs().max()) < 0.1
 
 
+def test_a_bf16_policy_still_learns_at_kiminas_learning_rate(tmp_path):
+    """lr 2e-6 (Kimina's): an AdamW step is about 2e-6 per weight, under half a bf16 ulp for most
+    weights, so a policy held in bf16 barely moves; float32 master weights (load_model's
+    trainable=True under bf16) move every trained weight, and the right answer gains."""
+    spec = importlib.util.spec_from_file_location("grpo_l", ROOT / "03_rl_grpo.py")
+    grpo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grpo)
+    texts = ["<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n rfl omega"] * 30
+    folder = generation.build_tiny_model(texts, tmp_path / "tiny")
+    tok = generation.load_tokenizer(str(folder))
+    prompt = tok("<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n",
+                 add_special_tokens=False).input_ids
+    good, bad = (tok(w, add_special_tokens=False).input_ids for w in (" rfl", " omega"))
+    cfg = grpo.Settings(group_size=2, prompts_per_step=1, mini_batch_prompts=1, lr=2e-6,
+                        max_new_tokens=8)
+    bf16 = generation.Placement("cpu", "bfloat16")
+    moved = {}
+    for trainable in (False, True):
+        model = generation.load_model(str(folder), bf16, trainable=trainable)
+        before = [p.detach().clone() for p in model.parameters()]
+        with torch.no_grad():
+            lp, _, mask = rl_objective.sequence_logprobs(model, [(prompt, good), (prompt, bad)],
+                                                         1.0, "cpu")
+        item = grpo.PromptItem({"statement_id": "p"})
+        rollouts = [grpo.Rollout(item, prompt, generation.Generation("", c, lp[i, :len(c)].tolist(),
+                                                                     "eos"), reward=float(i == 0))
+                    for i, c in enumerate((good, bad))]
+        rl_objective.group_advantages(rollouts, cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        for step in range(3):
+            grpo.update(model, None, opt, rollouts, cfg, step + 1, "cpu")
+        changed = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before))
+        moved[trainable] = changed / sum(b.numel() for b in before)
+        if trainable:
+            with torch.no_grad():
+                after, _, _ = rl_objective.sequence_logprobs(model, [(prompt, good)], 1.0, "cpu")
+            assert float(after[0].sum()) > float(lp[0].sum())   # the rewarded answer gained
+    assert moved[True] > 0.5, moved        # master weights: most trained weights moved
+    assert moved[False] < 0.2, moved       # pure bf16: most updates round away
+
+
 # ---------------------------------------------------------------- the tiny preset end to end in bf16
 
 
@@ -136,8 +177,12 @@ def test_tiny_pipeline_in_bf16_on_cpu(tmp_path, standin, monkeypatch):
     loaded_by("04 grpo", lambda: ev.main(eval_args + ["--tag", "grpo"]))
     for name, got in loads.items():
         assert got, name
-        assert all((device, dtype) == ("cpu", "bfloat16") for _, device, dtype in got), (name, got)
-    assert len(loads["03"]) == 2                          # the policy and its KL reference
+        assert all((device, compute) == ("cpu", "bfloat16") for _, device, _, compute in got), \
+            (name, got)
+    # trained models keep float32 master weights; frozen ones (reference, generator) are bf16
+    assert [w for _, _, w, _ in loads["02"]] == ["float32"]
+    assert [w for _, _, w, _ in loads["03"]] == ["float32", "bfloat16"]   # policy, reference
+    assert [w for _, _, w, _ in loads["04 sft"] + loads["04 grpo"]] == ["bfloat16"] * 2
     assert loads["04 grpo"][0][0].endswith("03_grpo/final/model")
     for folder in ("02_sft/final/model", "03_grpo/final/model"):
         saved = json.loads((runs / "bf" / folder / "config.json").read_text())

@@ -430,14 +430,18 @@ WORDS = (" rfl", " decide", " omega", " norm_num")
 RULE = {"A": " decide", "B": " omega"}
 
 
-def two_prompt_run(tmp_path, flip_sign=False, mask_prompt=False, steps=60):
+def two_prompt_run(tmp_path, flip_sign=False, mask_prompt=False, steps=60, placement=None):
     """03's generator, advantages and update on two prompts whose right word differs; returns the
-    share of right words per prompt after training (sampled, 64 each)."""
+    share of right words per prompt after training (sampled, 64 each). `placement`: where the
+    model lives and in which dtype (default: CPU, float32; tests/test_gpu.py runs it on CUDA)."""
+    placement = placement or generation.Placement("cpu", "float32")
+    device = placement.device
     import random
     texts = [f"<|im_start|>user\nprompt {p}<|im_end|>\n<|im_start|>assistant\n{w}" for p in "AB"
              for w in WORDS] * 20
     folder = generation.build_tiny_model(texts, tmp_path / "two", seed=0)
-    tok, model = generation.load_tokenizer(str(folder)), generation.load_model(str(folder))
+    tok = generation.load_tokenizer(str(folder))
+    model = generation.load_model(str(folder), placement)
     torch.manual_seed(0)
     prompts = {p: f"<|im_start|>user\nprompt {p}<|im_end|>\n<|im_start|>assistant\n" for p in "AB"}
     p_ids = {p: tok(t, add_special_tokens=False).input_ids for p, t in prompts.items()}
@@ -447,7 +451,7 @@ def two_prompt_run(tmp_path, flip_sign=False, mask_prompt=False, steps=60):
     rng = random.Random(0)
     for _ in range(60):
         batch = [(p_ids[p], w_ids[rng.choice(WORDS)]) for p in "AB" for _ in range(8)]
-        logp, _, mask = grpo.sequence_logprobs(model, batch, 1.0, "cpu")
+        logp, _, mask = grpo.sequence_logprobs(model, batch, 1.0, device)
         loss = -(logp * mask).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()
@@ -485,7 +489,7 @@ def two_prompt_run(tmp_path, flip_sign=False, mask_prompt=False, steps=60):
         if flip_sign:
             for r in kept:
                 r.advantage = -r.advantage
-        grpo.update(model, None, optimizer, kept, c, step, "cpu")
+        grpo.update(model, None, optimizer, kept, c, step, device)
     return before, shares(steps)
 
 
