@@ -47,7 +47,8 @@ def sync(device: str) -> None:
 
 def peak_gib(device: str) -> float | None:
     import torch
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+    return round(torch.cuda.max_memory_allocated() / 2**30,
+                 2) if device.startswith("cuda") else None
 
 
 def reset_peak(device: str) -> None:
@@ -159,7 +160,8 @@ def part_trl(folder, data, sft_cfg, size, device, dtype, n_params, rate, out):
             times.append(time.perf_counter() - self.t0)
 
     reset_peak(device)
-    args = SFTConfig(output_dir=str(data.parent / "trl"), per_device_train_batch_size=size["sft_batch"],
+    args = SFTConfig(output_dir=str(data.parent / "trl"),
+                     per_device_train_batch_size=size["sft_batch"],
                      max_steps=size["sft_steps"], learning_rate=1e-5, lr_scheduler_type="constant",
                      warmup_steps=0, max_grad_norm=1.0, max_length=sft_cfg.max_seq_len,
                      packing=False, completion_only_loss=True, gradient_checkpointing=True,
@@ -177,7 +179,8 @@ def part_trl(folder, data, sft_cfg, size, device, dtype, n_params, rate, out):
     out["trl_sft"] = {"trl_version": __import__("trl").__version__,
                       "tokens_per_s": round(n_tokens / sec), "sec_per_step": round(sec, 3),
                       "peak_memory_gib": peak_gib(device),
-                      "mfu": round(6 * n_params * n_tokens / sec / (rate * 1e12), 3) if rate else None}
+                      "mfu": round(6 * n_params * n_tokens / sec / (rate * 1e12), 3) if rate
+                      else None}
     if "sft" in out:
         out["sft_ours_over_trl"] = round(out["sft"]["tokens_per_s"] / out["trl_sft"]["tokens_per_s"], 2)
     del model

@@ -85,8 +85,10 @@ def main() -> None:
               f"Measured bf16 matrix rate: {t.get('matmul_tflops_bf16', '-')} TFLOP/s (the MFU "
               "denominator; MFU = 6 x parameters x tokens/s / rate).", "",
               "| what | tokens/s | MFU | peak memory (GiB) | shape |", "|---|---:|---:|---:|---|"]
-    rows = [("02 SFT step", "sft", f"batch {fig('sft', 'batch')} x {fig('sft', 'seq_tokens')} tokens, grad checkpointing"),
-            ("TRL SFTTrainer, same model and batch", "trl_sft", f"TRL {fig('trl_sft', 'trl_version')}"),
+    rows = [("02 SFT step", "sft",
+             f"batch {fig('sft', 'batch')} x {fig('sft', 'seq_tokens')} tokens, grad checkpointing"),
+            ("TRL SFTTrainer, same model and batch", "trl_sft",
+             f"TRL {fig('trl_sft', 'trl_version')}"),
             ("03 update", "update", "8 x 4,096 tokens, micro-batches of 2, grad checkpointing"
              if t.get("shape") == "qwen3-1.7b" else f"8 x {fig('update', 'seq_tokens')} tokens"),
             ("HF generation (03/04 hf backend)", "generate",

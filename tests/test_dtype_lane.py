@@ -31,8 +31,10 @@ def stage(script: str):
 def test_device_policy_resolves_auto_and_refuses_a_missing_gpu():
     assert generation.device_policy() == generation.Placement("cpu", "float32")
     assert generation.device_policy("cpu", "bfloat16") == generation.Placement("cpu", "bfloat16")
-    for device, dtype, named in (("cuda", "auto", "--device cuda"), ("cuda:1", "auto", "--device cuda:1"),
-                                 ("gpu", "auto", "--device must be"), ("cpu", "bf16", "--dtype must be")):
+    for device, dtype, named in (("cuda", "auto", "--device cuda"),
+                                 ("cuda:1", "auto", "--device cuda:1"),
+                                 ("gpu", "auto", "--device must be"),
+                                 ("cpu", "bf16", "--dtype must be")):
         if device.startswith("cuda") and torch.cuda.is_available():
             continue
         with pytest.raises(SystemExit, match=re.escape(named)):
@@ -58,7 +60,8 @@ def test_no_stage_loads_or_moves_a_model_itself():
         assert "from_pretrained" not in text, script
         assert not re.search(r"(model|policy|ref_model)\.to\(", text), script
         assert not re.search(r"load_model\([^)]*\)\s*$", "\n".join(
-            line for line in text.splitlines() if "load_model(" in line and "placement" not in line)), script
+            line for line in text.splitlines() if "load_model(" in line
+                                                                   and "placement" not in line)), script
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -73,7 +76,8 @@ def test_rl_objective_in_bf16_matches_fp32_within_tolerance(tmp_path):
     tok = generation.load_tokenizer(str(folder))
     prompt = tok("<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n",
                  add_special_tokens=False).input_ids
-    comps = [tok(w, add_special_tokens=False).input_ids for w in (" rfl", " decide omega", " omega")]
+    comps = [tok(w, add_special_tokens=False).input_ids
+             for w in (" rfl", " decide omega", " omega")]
     batch = [(prompt, c) for c in comps]
     adv = torch.tensor([1.0, -0.5, -0.5])
     cfg = type("C", (), dict(ratio_level="token", clip_low=0.2, clip_high=0.3, clip_ratio_c=3.0,
@@ -189,8 +193,10 @@ def test_tiny_pipeline_in_bf16_on_cpu(tmp_path, standin, monkeypatch):
         assert saved.get("dtype", saved.get("torch_dtype")) == "bfloat16", folder
     sft_loss = [json.loads(x) for x in (runs / "bf/02_sft/metrics.jsonl").read_text().splitlines()]
     rl = [json.loads(x) for x in (runs / "bf/03_grpo/metrics.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(r["loss"]) for r in sft_loss) and sft_loss[-1]["loss"] < sft_loss[0]["loss"]
-    assert len(rl) == 2 and all(math.isfinite(r.get("loss", 0.0)) and math.isfinite(r.get("kl", 0.0))
+    assert all(math.isfinite(r["loss"])
+               for r in sft_loss) and sft_loss[-1]["loss"] < sft_loss[0]["loss"]
+    assert len(rl) == 2 and all(math.isfinite(r.get("loss", 0.0))
+                                and math.isfinite(r.get("kl", 0.0))
                                 for r in rl)
     assert json.loads((runs / "bf/03_grpo/config.json").read_text())["placement"] == \
         {"device": "cpu", "dtype": "bfloat16"}
