@@ -65,9 +65,10 @@ from tqdm import tqdm  # noqa: E402
 
 import formats  # noqa: E402
 import lean_client  # noqa: E402
-from canonical import canonical_statement, hash_split, statement_conclusion  # noqa: E402
+from canonical import (canonical_statement, hash_split, split_header,  # noqa: E402
+                       statement_conclusion)
 from formats import target_completion, thinking_from_proof  # noqa: E402
-from lean_client import (collapse_ws, normalize_statement, split_header,  # noqa: E402
+from lean_client import (collapse_ws, normalize_statement,  # noqa: E402
                          strip_lean_comments, theorem_name)
 from toy_task import build_toy  # noqa: E402
 

@@ -271,21 +271,35 @@ def heldout_loss(model, examples, cfg, pad_id, device) -> float:
 # Checkpoints: exact resume
 # ---------------------------------------------------------------------------------------------
 
+def rng_state() -> dict:
+    """The RNG states in plain types (tensors, ints, lists), so a checkpoint loads with
+    torch.load(weights_only=True): a shared checkpoint cannot run code."""
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [version, list(state), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    version, state, gauss = st["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = st["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
 def save_checkpoint(folder: Path, accelerator, model, tok, optimizer, scheduler, state: dict, cfg):
     if accelerator.is_main_process:
         common.save_checkpoint(folder, accelerator.unwrap_model(model), tok, {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "numpy": np.random.get_state()}, **state}, cfg, cfg.keep_checkpoints)
+            "rng": rng_state(), **state}, cfg, cfg.keep_checkpoints)
 
 
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler, cfg) -> dict:
     st = common.load_checkpoint(ckpt, model, cfg.lora)
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
-    torch.set_rng_state(st["rng"]["torch"])
-    random.setstate(st["rng"]["python"])
-    np.random.set_state(st["rng"]["numpy"])
+    set_rng_state(st["rng"])
     return st
 
 

@@ -1,7 +1,7 @@
-"""When two Lean statements say the same thing, and which split a statement falls in: the canonical
-form (comments, theorem name,
-whitespace and bound-variable names factored out) that deduplication and decontamination (01)
-and the proof memory's self-exclusion (04) all key on, so the three agree by construction.
+"""Statement text: where a Lean file's header ends (split_header), when two statements say the
+same thing, and which split a statement falls in. The canonical form (comments, theorem name,
+whitespace and bound-variable names factored out) is what deduplication and decontamination
+(01) and the proof memory's self-exclusion (04) all key on, so the three agree by construction.
 """
 from __future__ import annotations
 
@@ -9,6 +9,36 @@ import hashlib
 import re
 
 from lean_client import DECL, collapse_ws, normalize_statement, strip_lean_comments
+
+
+_HEADER_LINE = re.compile(r"^\s*(import|open|set_option|universe|namespace)\b")
+
+
+def split_header(code: str) -> tuple[str, str]:
+    """Split a Lean file into (header, rest). The header runs to the end of the last leading
+    `import` / `open` / `set_option` / `universe` / `namespace` command (comments before it, such
+    as a licence block, included) and the blank lines after it. It never ends inside a comment:
+    a problem text in a `/- ... -/` block between the header and the theorem, even one with
+    blank lines inside, goes to the rest whole (Numina / Kimina-Promptset statements)."""
+    lines = code.split("\n")
+    bare = strip_lean_comments(code, keep_columns=True).split("\n")   # same lines, comments blanked
+    last = -1
+    for idx, line in enumerate(bare):
+        if _HEADER_LINE.match(line):
+            last = idx
+        elif line.strip():
+            break
+    if last < 0:
+        return "", code
+    code_end = len(bare[last].rstrip())   # a comment opened on that line stays in the rest
+    header = "\n".join(lines[:last] + [lines[last][:code_end]]) + "\n"
+    tail, rest = lines[last][code_end:].strip(), "\n".join(lines[last + 1:])
+    if tail:
+        return header, tail + "\n" + rest
+    blank = re.match(r"[ \t]*\n(?:[ \t]*\n)*", rest)   # the blank lines after it join the header
+    if blank:
+        header, rest = header + "\n" * blank.group(0).count("\n"), rest[blank.end():]
+    return header, rest
 
 
 _BINDER_GROUP = re.compile(r"[(\{\[⦃]\s*([^\s:(){}\[\]⦃⦄,]+(?:\s+[^\s:(){}\[\]⦃⦄,]+)*)\s*:")

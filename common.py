@@ -139,6 +139,9 @@ def check_choices(cfg, where: str = "") -> None:
     (device: auto, cpu, cuda or cuda:N)."""
     allowed = {**CHOICES, **getattr(type(cfg), "CHOICES", {})}
     names = {f.name for f in dataclasses.fields(cfg)}
+    if "prompt_format" in names and "prompt_format" not in allowed:
+        import formats   # the formats' names live there (formats imports nothing of ours but
+        allowed["prompt_format"] = ("auto",) + formats.FORMATS   # lean_client)
     prefix = f"{where}: " if where else ""
     for key, values in allowed.items():
         if key in names and getattr(cfg, key) not in values:
@@ -317,7 +320,14 @@ def load_checkpoint(ckpt: Path, model, lora: bool) -> dict:
         if unexpected or [m for m in missing if "lm_head" not in m]:   # a tied lm_head is not saved
             raise SystemExit(f"{weights}: weights do not fit the model "
                              f"({missing[:3]}, {unexpected[:3]})")
-    return torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    # weights_only: a checkpoint from elsewhere (--resume PATH) cannot run code when loaded;
+    # the stages store their trainer state in plain types for this
+    try:
+        return torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    except Exception as exc:   # an old checkpoint with pickled objects, or a tampered one
+        raise SystemExit(f"{ckpt / 'trainer_state.pt'}: not a plain trainer state "
+                         f"({type(exc).__name__}: {str(exc)[:200]}); it is not loaded with "
+                         "unrestricted pickle, which could run code") from exc
 
 
 # ---------------------------------------------------------------------------------------------

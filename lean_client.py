@@ -12,7 +12,7 @@ runs a static soundness gate before sending anything (policy: above `soundness_g
 docs/DESIGN.md). `verify` never raises because of the server: what could not be verified is a
 verdict with status `timeout`, `server_error` or `rejected`, and only `valid` has `ok == True`.
 It stands alone (only `requests` besides the standard library): copy it as one file; the
-project imports its Lean text helpers (comments, header split, normalisation) from here.
+project imports its Lean text helpers (comments, statement normalisation) from here.
 It is not Lean: a `valid` verdict is only as good as the server behind the URL (the tests'
 stand-in says so in `/health`, and that identity keys the cache).
 """
@@ -64,13 +64,9 @@ DECL = r"(?:noncomputable\s+)?(?:theorem|lemma|def)"
 
 
 def strip_lean_comments(code: str, keep_columns: bool = False) -> str:
-    """Remove `--` line comments and (nested) `/- ... -/` block comments, docstrings included.
-
-    Newlines inside comments are kept so that line numbers stay valid (with keep_columns, every
-    other comment character becomes a space, so columns stay valid too); string literals are
-    left alone (a `--` inside "..." is not a comment). Why it matters: the soundness gate must
-    not be fooled by a statement or a forbidden word that only appears inside a comment.
-    """
+    """Remove `--` line comments and (nested) `/- ... -/` block comments, docstrings included,
+    keeping newlines (and with keep_columns every column); string literals are left alone. The
+    gate must not be fooled by a statement or a forbidden word inside a comment."""
     out: list[str] = []
     i, n, depth, in_string = 0, len(code), 0, False
     blank2 = "  " if keep_columns else ""
@@ -127,36 +123,6 @@ def theorem_name(statement: str) -> str | None:
     return m.group(1) if m else None
 
 
-_HEADER_LINE = re.compile(r"^\s*(import|open|set_option|universe|namespace)\b")
-
-
-def split_header(code: str) -> tuple[str, str]:
-    """Split a Lean file into (header, rest). The header runs to the end of the last leading
-    `import` / `open` / `set_option` / `universe` / `namespace` command (comments before it, such
-    as a licence block, included) and the blank lines after it. It never ends inside a comment:
-    a problem text in a `/- ... -/` block between the header and the theorem, even one with
-    blank lines inside, goes to the rest whole (Numina / Kimina-Promptset statements)."""
-    lines = code.split("\n")
-    bare = strip_lean_comments(code, keep_columns=True).split("\n")   # same lines, comments blanked
-    last = -1
-    for idx, line in enumerate(bare):
-        if _HEADER_LINE.match(line):
-            last = idx
-        elif line.strip():
-            break
-    if last < 0:
-        return "", code
-    code_end = len(bare[last].rstrip())   # a comment opened on that line stays in the rest
-    header = "\n".join(lines[:last] + [lines[last][:code_end]]) + "\n"
-    tail, rest = lines[last][code_end:].strip(), "\n".join(lines[last + 1:])
-    if tail:
-        return header, tail + "\n" + rest
-    blank = re.match(r"[ \t]*\n(?:[ \t]*\n)*", rest)   # the blank lines after it join the header
-    if blank:
-        header, rest = header + "\n" * blank.group(0).count("\n"), rest[blank.end():]
-    return header, rest
-
-
 def import_line_count(code: str) -> int:
     """Lines up to and including the last leading `import` line: what servers older than
     Oct 2025 cut off before counting message positions."""
@@ -209,8 +175,14 @@ class Verdict:
         return dataclasses.asdict(self)
 
 
+MARK_PREFIX = "lean_client checked "   # verify ends every snippet with `#print "<it><hash>"`
+_MARK = re.compile(r'#print "(' + MARK_PREFIX + r'[0-9a-f]{12})"\s*$')
+
+
 def parse_result(item_id: str, code: str, result: dict, line_numbering: str = "snippet") -> Verdict:
-    """One server result object -> Verdict. Message lines are moved to snippet numbering."""
+    """One server result object -> Verdict, message lines in snippet numbering. When `code` ends
+    with the client's mark, an answer with no error must print it (why: docs/PROTOCOL.md); the
+    mark's message is taken out of the Verdict and of its raw result."""
     t = float(result.get("time") or (result.get("response") or {}).get("time") or 0.0)
     if result.get("error"):
         err = str(result["error"])
@@ -224,6 +196,14 @@ def parse_result(item_id: str, code: str, result: dict, line_numbering: str = "s
         # a REPL-level failure ({"message": "..."}), not a Lean verdict
         return Verdict(item_id, "server_error", code, time=t, error=str(resp["message"]),
                        raw=result)
+    if mark := _MARK.search(code):
+        said = [m for m in resp.get("messages") or [] if m.get("data") == mark.group(1)]
+        result = {**result, "response": {**resp, "messages": [
+            m for m in resp.get("messages") or [] if m not in said]}}
+        resp = result["response"]
+        if not said and all(m.get("severity") != "error" for m in resp["messages"]):
+            return Verdict(item_id, "server_error", code, time=t, raw=result, error="no output "
+                           "of the client's closing #print in the answer: not a Lean verdict")
     offset = import_line_count(code) if line_numbering == "after_imports" else 0
     messages = []
     for m in resp.get("messages") or []:
@@ -539,6 +519,9 @@ class LeanClient:
             axioms = bool(stmt and not reason and self.check_axioms)
             if axioms:
                 code = f"{code.rstrip()}\n\n#print axioms {theorem_name(stmt)}\n"
+            if not reason:   # a mark the REPL must print: an empty answer is then no pass
+                mark = hashlib.sha256(code.encode()).hexdigest()[:12]
+                code = f'{code.rstrip()}\n\n#print "{MARK_PREFIX}{mark}"\n'
             prepared.append((str(item.get("id", idx)), code, reason, axioms, given))
         self._bump("items", len(items))
         self._bump("rejected", sum(1 for p in prepared if p[2]))

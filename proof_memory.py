@@ -44,7 +44,7 @@ def shipped_proofs() -> list[dict]:
         name = next(n for n in zf.namelist() if n.endswith(".jsonl"))
         for line in zf.read(name).decode().splitlines():
             r = json.loads(line)
-            header, body = lean_client.split_header(r["correct_proof"])
+            header, body = canonical.split_header(r["correct_proof"])
             stmt = body[body.find("theorem"):body.find(":= by") + 5]
             rows.append({"statement_id": f"kimina_preview/{r['name']}", "formal_statement": stmt,
                          "header": header, "proof": body[body.find(":= by") + 5:],

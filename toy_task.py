@@ -199,6 +199,10 @@ class Checker:
                                         "axioms": [m.group(1)]}
                 return
         if head == "#print":
+            said = re.match(r'#print\s+"([^"\n]*)"', self.code[a:b])
+            if said:   # Lean prints the string as an info message (lean_client's closing mark)
+                self.msg("info", a, a + 6, said.group(1))
+                return
             m = re.match(r"#print\s+axioms\s+(\S+)", text)
             if m:
                 name = m.group(1)
@@ -214,7 +218,7 @@ class Checker:
             self.theorem(a, b)
             return
         self.msg("error", a, a + len(head), f"stand-in server: command '{head}' is outside the toy "
-                 "fragment (theorem/lemma/axiom/#print axioms only)")
+                 "fragment (theorem/lemma/axiom/#print axioms/#print \"text\" only)")
 
     def theorem(self, a: int, b: int) -> None:
         text = self.blank[a:b]

@@ -42,12 +42,34 @@ def make_standin():
         p.stop()
 
 
+def print_marks(body: dict, payload):
+    """A canned reply as a REPL would give it: each snippet that ends with lean_client's closing
+    `#print "..."` gets that string as an info message in its response (when it has one)."""
+    import copy
+    import re
+    if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
+        return payload
+    payload = copy.deepcopy(payload)
+    codes = {str(i): s.get("code") or s.get("proof") or ""
+             for i, s in enumerate(body.get("snippets") or body.get("codes") or [])}
+    for r in payload["results"]:
+        rid = str(r.get("id", r.get("custom_id", "")))
+        mark = re.search(r'#print "(lean_client checked [0-9a-f]{12})"\s*$', codes.get(rid, ""))
+        if mark and isinstance(r.get("response"), dict):
+            r["response"].setdefault("messages", [])
+            r["response"]["messages"] = list(r["response"]["messages"] or []) + [
+                {"severity": "info", "pos": {"line": 1, "column": 0}, "endPos": None,
+                 "data": mark.group(1)}]
+    return payload
+
+
 class Recorder:
     """A real HTTP server on localhost that records requests and replays canned replies."""
 
     def __init__(self):
         self.requests = []
         self.replies = []          # list of (status, body) popped per POST; last one repeats
+        self.print_marks = True    # as a Lean REPL does, print the client's closing `#print "..."`
         recorder = self
 
         class H(BaseHTTPRequestHandler):
@@ -74,6 +96,8 @@ class Recorder:
                                           "body": body})
                 reply = recorder.replies.pop(0) if len(recorder.replies) > 1 else recorder.replies[0]
                 status, payload = reply(body) if callable(reply) else reply
+                if recorder.print_marks and status == 200:
+                    payload = print_marks(body, payload)
                 self._send(status, payload)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)

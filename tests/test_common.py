@@ -9,7 +9,8 @@ from conftest import ROOT
 import common
 from common import pass_at_k
 from formats import extract_proof, format_errors
-from lean_client import normalize_statement, split_header, strip_lean_comments, theorem_name
+from canonical import split_header
+from lean_client import normalize_statement, strip_lean_comments, theorem_name
 
 
 # ---------------------------------------------------------------- pass@k
@@ -204,3 +205,46 @@ def test_shared_settings_have_one_default_in_every_stage():
                 if hasattr(cfg, f.name) and (script, f.name) not in departures:
                     assert getattr(cfg, f.name) == f.default, (script, f.name)
     assert {s: c.prompt_format for s, c in stages.items()} == dict.fromkeys(stages, "auto")
+
+
+class _Payload:
+    """Unpickling this runs code (it creates a marker file): what a tampered checkpoint does."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_cannot_run_code_when_resumed(tmp_path):
+    import torch
+    ckpt = tmp_path / "step_000001"
+    (ckpt / "model").mkdir(parents=True)
+    marker = tmp_path / "ran"
+    torch.save({"step": 1, "evil": _Payload(marker)}, ckpt / "trainer_state.pt")
+
+    class NoModel:
+        def load_state_dict(self, state, strict=False):
+            return [], []
+    with pytest.raises(SystemExit, match="trainer_state.pt: not a plain trainer state"):
+        common.load_checkpoint(ckpt, NoModel(), lora=False)
+    assert not marker.exists()
+    torch.save({"step": 3, "rng": [1, [2, 3], None]}, ckpt / "trainer_state.pt")   # plain: loads
+    assert common.load_checkpoint(ckpt, NoModel(), lora=False)["step"] == 3
+
+
+def test_every_stage_checks_its_choice_settings_at_parse_time():
+    import importlib.util
+    from conftest import ROOT
+    for script in ("01_prepare_data.py", "02_sft.py", "03_rl_grpo.py", "04_eval.py",
+                   "05_iterate.py"):
+        spec = importlib.util.spec_from_file_location(f"c{script[:2]}", ROOT / script)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        names = {f.name for f in dataclasses.fields(mod.Settings)}
+        keys = (set(common.CHOICES) | set(getattr(mod.Settings, "CHOICES", {})) |
+                {"prompt_format", "device"}) & names
+        assert keys, script
+        for key in keys:
+            with pytest.raises(SystemExit, match=f"--{key} must be"):
+                common.parse_settings(mod.Settings, [f"--{key}", "no_such_value"])

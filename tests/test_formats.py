@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 import formats
-from lean_client import split_header
+from canonical import split_header
 
 DSV2_HEADER = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 0\n\nopen BigOperators Real Nat Topology Rat\n\n"
 MATHD_10 = "theorem mathd_algebra_10 : abs ((120 : ℝ) / 100 * 30 - 130 / 100 * 20) = 10 := by"

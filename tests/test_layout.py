@@ -26,8 +26,7 @@ def test_lean_client_runs_copied_alone(tmp_path):
     # a user copies one file into an empty folder: it must import and verify-gate without the project
     shutil.copy(ROOT / "lean_client.py", tmp_path / "lean_client.py")
     code = ("import lean_client as lc\n"
-            "h, rest = lc.split_header('import Mathlib\\n\\ntheorem t : 1 = 1 := by\\n  rfl')\n"
-            "assert h == 'import Mathlib\\n\\n', h\n"
+            "assert lc.theorem_name('theorem t : 1 = 1 := by') == 't'\n"
             "assert lc.soundness_gate('import Mathlib\\ntheorem t : 1 = 1 := by\\n  sorry', "
             "'theorem t : 1 = 1') == 'uses sorry'\n"
             "print('ok')")

@@ -30,7 +30,10 @@ def test_request_shape_and_auth_header(recorder):
     req = recorder.requests[0]
     assert req["path"] == "/api/check"
     assert req["headers"]["Authorization"] == "Bearer s3cret"
-    assert req["body"] == {"snippets": [{"id": "0", "code": "theorem a : 1 = 1 := by rfl"}],
+    sent = req["body"]["snippets"][0]["code"]
+    # the code, then the closing mark a REPL must print (lean_client.parse_result)
+    assert sent.startswith("theorem a : 1 = 1 := by rfl\n\n#print \"lean_client checked ")
+    assert req["body"] == {"snippets": [{"id": "0", "code": sent}],
                            "timeout": 17, "debug": False, "reuse": True, "infotree": None}
     assert v.id == "mine" and v.status == "valid" and v.ok and v.time == 0.1
 
@@ -476,7 +479,8 @@ def test_axiom_check(recorder):
         assert v.ok == ok, axioms
         if not ok:
             assert v.status == "rejected" and "uses axioms" in v.error
-    assert recorder.requests[-1]["body"]["snippets"][0]["code"].rstrip().endswith("#print axioms t")
+    sent = recorder.requests[-1]["body"]["snippets"][0]["code"]
+    assert "\n\n#print axioms t\n\n#print \"lean_client checked " in sent
 
 
 def test_axiom_check_against_stand_in(standin):
@@ -614,3 +618,43 @@ def test_feedback_caps_error_counts():
     assert "[Omitted 2 more errors]" in lean_feedback(v, "goedel")
     with pytest.raises(ValueError):
         lean_feedback(v, "other")
+
+
+# ---------------------------------------------------------------- degenerate replies (issue #34)
+
+DEGENERATE = [{"response": {}}, {"response": {"messages": None}}, {"time": 0.2, "response": {}},
+              {"response": {"messages": [], "sorries": []}}, {"response": {"time": 0.1}}]
+
+
+@pytest.mark.parametrize("reply", DEGENERATE)
+def test_a_degenerate_reply_is_a_server_error_never_a_pass_nor_cached(recorder, tmp_path, reply):
+    """A REPL answers a clean proof with `{}` when the server keeps no environment (gc), so an
+    empty answer alone cannot be told from a broken server; the client's closing `#print` can:
+    a real REPL prints it, these replies do not."""
+    recorder.print_marks = False
+    recorder.replies = [(200, {"results": [{"id": "0", **reply}]})]
+    stmt = "theorem t : 1 = 1 := by"
+    code = f"{HEADER}{stmt}\n  rfl"
+    client = fast_client(recorder.url, cache_path=tmp_path / "v.sqlite", server_identity="fake")
+    [v] = client.verify([{"id": "t", "code": code, "statement": stmt}])
+    assert v.status == "server_error" and not v.ok and "closing #print" in v.error
+    # nothing was cached: the same code asks the server again once it answers properly
+    recorder.print_marks = True
+    recorder.replies = [(200, {"results": [{"id": "0", "time": 0.1, "response": {}}]})]
+    [again] = client.verify([{"id": "t", "code": code, "statement": stmt}])
+    assert not again.cached and again.status == "valid" and again.messages == []
+    assert len(recorder.requests) == 2
+
+
+def test_the_mark_never_reaches_feedback_or_a_lean_error(recorder, standin):
+    # a real answer with an error needs no mark (a comment left open can swallow it); the
+    # mark's message, when printed, is not among the verdict's messages nor in its raw result
+    recorder.print_marks = False
+    recorder.replies = [(200, {"results": [{"id": "0", "time": 0.1, "response": {"messages": [
+        {"severity": "error", "pos": {"line": 9, "column": 2}, "endPos": None,
+         "data": "unsolved goals"}]}}]})]
+    [v] = fast_client(recorder.url).verify([toy("t", "1 = 1", "omega")])
+    assert v.status == "lean_error" and [m.text for m in v.messages] == ["unsolved goals"]
+    [ok] = fast_client(standin).verify([toy("t", "1 = 1", "rfl")])
+    assert ok.status == "valid" and ok.messages == []
+    assert "lean_client checked" not in json.dumps(ok.raw) and "lean_client" not in ok.code
