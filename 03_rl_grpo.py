@@ -47,6 +47,8 @@ class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
     skip_zero_variance: bool = False     # dynamic sampling: drop groups with one reward value
     overlong_buffer: int = 0             # >0: linear length penalty in the last N tokens
     require_tactic_blocks: bool = True   # Kimina's ```tactics format checks (off for the toy)
+    # a step tolerates transient faults (their rollouts get reward 0); a dead server stops it
+    max_server_error_share: float = 0.5
     # error correction (Kimina's second turn; single rollouts only)
     error_correction: bool = True
     ec_prob: float = 0.5
@@ -484,6 +486,9 @@ def train(cfg: Settings) -> Path:
         # every process gets every verdict (not the token ids): same cache, same metrics
         gathered = common.gather_lists([r.shareable() for r in own], world)
         rollouts = mode.merge(gathered, own, lo, hi)
+        common.check_server_errors([r.status for r in rollouts], cfg.max_server_error_share,
+                            f"step {step}", "nothing of this step was trained on; rerun to "
+                            "resume from the last checkpoint")
         too_long = (add_second_turns(rollouts, sampler, tok, cfg)
                     if cfg.error_correction and mode.second_turns else 0)
         train_on, zero_var = mode.advantages(rollouts)

@@ -128,7 +128,7 @@ class SampleLog:
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "samples.jsonl"
-        self.rows = []
+        self.rows, self.redone = [], 0
         if self.path.exists():
             text = self.path.read_text()
             for line in text.splitlines():
@@ -136,8 +136,19 @@ class SampleLog:
                     self.rows.append(json.loads(line))
                 except ValueError:
                     pass   # a line cut by a crash: that sample is redone
-            if len(self.rows) != len(text.splitlines()) or (text and not text.endswith("\n")):
-                # drop the cut line before appending, or the next record would be glued onto it
+            # a server error is the infrastructure's, not the proof's: its attempt is redone,
+            # and so are the later rounds of its trajectory, which followed from it
+            cut = {}
+            for r in self.rows:
+                if r["status"] == "server_error":
+                    key = (r["statement_id"], r["sample_idx"])
+                    cut[key] = min(cut.get(key, r["round"]), r["round"])
+            kept = [r for r in self.rows
+                    if r["round"] < cut.get((r["statement_id"], r["sample_idx"]), 1 << 30)]
+            self.redone, self.rows = len(self.rows) - len(kept), kept
+            if (self.redone or len(self.rows) != len(text.splitlines())
+                    or (text and not text.endswith("\n"))):
+                # rewrite before appending: a cut line would glue onto the next record
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows))
                 tmp.replace(self.path)
@@ -470,13 +481,21 @@ def main(argv=None):
     server = json.dumps({k: v for b in client.health().values() if b for k, v in b.items()
                          if k != "status"},
                         sort_keys=True) or "{}"
-    written, curves, overall = [], {}, {}
+    written, curves, overall, verdicts = [], {}, {}, {}
     for bench, rows in benches.items():
         folder = out / bench / cfg.mode / label
         log = open_samples(folder,
                            sample_settings(cfg, model_path, server, memory.name if memory else ""))
         repair_rows, found = [], []
+        if log.redone:
+            print(f"[04] {bench}: redoing {log.redone} attempt(s) that got a server error")
         ev.run_problems(bench, rows, log, memory, repair_rows, found)
+        ids = {r["statement_id"] for r in rows}
+        statuses = [x["status"] for x in log.rows if x["statement_id"] in ids]
+        verdicts[bench] = dict(sorted(Counter(statuses).items()))
+        common.check_server_errors(statuses, cfg.max_server_error_share, f"{bench}",
+                                   f"no table written; the samples are kept in {folder}, and a "
+                                   "rerun redoes the ones that got a server error")
         common.write_parquet(log.rows, folder / "samples.parquet", "samples")
         if repair_rows:
             common.write_parquet(repair_rows, folder / "repair_sft.parquet", "sft")
@@ -486,7 +505,6 @@ def main(argv=None):
                       if p not in found]
             common.write_parquet(found, folder / "found_proofs.parquet", "proof_bank")
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
-        ids = {r["statement_id"] for r in rows}
         scored = [x for x in log.rows if x["statement_id"] in ids and x["sample_idx"] < n]
         everyone = trajectory_successes(scored, n)           # any round of the trajectory
         succ = {r["statement_id"]: everyone.get(r["statement_id"], [False] * n) for r in rows}
@@ -500,7 +518,9 @@ def main(argv=None):
                  "generated tokens": sum(x["n_tokens"] for x in log.rows),
                  "verifier": "stand-in server (NOT Lean)" if "standin" in (client.identity or "")
                  else "Lean server",
-                 "search budget": label}
+                 "search budget": label,
+                 # every attempt's verdict, the infrastructure's errors among them
+                 "verdicts": ", ".join(f"{k} {v}" for k, v in verdicts[bench].items())}
         if memory_note:
             extra["proof memory"] = memory_note
         if cfg.mode == "correction":
@@ -527,7 +547,8 @@ def main(argv=None):
                                   anchors=any("minif2f" in b for b in benches)))
     common.write_manifest(out, [out / "config.json"] + written,
                           extra={"stage": "04_eval", "mode": cfg.mode,
-                          "lean_client": dict(client.stats), "generated_tokens": ev.tokens})
+                          "lean_client": dict(client.stats), "generated_tokens": ev.tokens,
+                          "verdicts": verdicts})
     for p in written:
         if p.suffix == ".md":
             print(p.read_text())

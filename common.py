@@ -102,6 +102,7 @@ class VerifySettings:
     check_axioms: bool = False           # #print axioms on every proof that verifies
     reject_native_decide: bool = False   # for benchmarks that forbid native_decide
     goal_states: bool = False            # ask for infotrees: goal states in Kimina's feedback
+    max_server_error_share: float = 0.02  # more server errors among the verified: stop, loudly
 
 
 @dataclasses.dataclass
@@ -328,6 +329,18 @@ def load_checkpoint(ckpt: Path, model, lora: bool) -> dict:
         raise SystemExit(f"{ckpt / 'trainer_state.pt'}: not a plain trainer state "
                          f"({type(exc).__name__}: {str(exc)[:200]}); it is not loaded with "
                          "unrestricted pickle, which could run code") from exc
+
+
+def check_server_errors(statuses: list[str], limit: float, where: str, then: str) -> None:
+    """Stop, loudly, when more than `limit` of the attempts that reached the verifier got a
+    server error: their zeros would be trained on (03) or reported as failures (04)."""
+    # a timeout is Lean's verdict on a slow proof; a server error is the infrastructure's
+    sent = [s for s in statuses if s not in ("no_proof", "rejected")]
+    errors = sum(s == "server_error" for s in sent)
+    if sent and errors / len(sent) > limit:
+        raise SystemExit(f"{where}: {errors} of {len(sent)} verifications were server errors "
+                         f"(over --max_server_error_share {limit}); is the Lean server up, and is "
+                         f"LEAN_SERVER_API_KEY right? {then}")
 
 
 # ---------------------------------------------------------------------------------------------

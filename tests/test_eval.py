@@ -520,3 +520,48 @@ def test_repair_resumes_a_trajectory_cut_between_rounds(tmp_path, tiny_model, st
     assert [r["statement_id"] for r in repair_rows] == ["toy/0", "toy/1"]
     assert all("omega" in r["prev_attempt"] and "omega could not" in r["lean_feedback"]
                for r in repair_rows)
+
+
+def test_server_errors_are_counted_fail_loudly_and_are_redone(tmp_path, tiny_model, make_standin,
+                                                              monkeypatch):
+    """Issue #34: a wrong API key made every verdict a server error and 04 reported pass@1 0.00
+    with exit 0, and a rerun with the right key kept the failures as done. Now the share of
+    server errors stops 04 (samples kept), a rerun redoes exactly those, and the table and the
+    manifest count every verdict."""
+    url, _ = make_standin(api_key="k1")
+    monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
+    monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "results")
+    monkeypatch.setenv("LEAN_SERVER_API_URL", url)
+    monkeypatch.setenv("LEAN_SERVER_API_KEY", "wrong")
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy",
+                    "--run_name", "k", "--toy_n_statements", "100"], check=True,
+                   capture_output=True, env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
+    import re
+    statement = re.compile(r"theorem toy_\d+ : [^\n]*:= by")
+
+    def scripted(self, prompts, seeds, *a, **k):   # every answer a proof that reaches the server
+        out = []
+        for p in prompts:
+            text = answer_block(statement.search(p).group(0), "rfl").replace(HEADER,
+                                                                             "import Mathlib\n\n")
+            out.append(generation.Generation(text, [1] * 5, [0.0] * 5, "eos"))
+        return out
+    monkeypatch.setattr(generation.HFGenerator, "generate", scripted)
+    args = ["--run_name", "k", "--model", tiny_model, "--tag", "t", "--n_samples", "2",
+            "--max_new_tokens", "8", "--max_problems", "4", "--bootstrap", "0", "--lean_retries", "0"]
+    with pytest.raises(SystemExit, match=r"toy: 8 of 8 verifications were server errors .*"
+                                         r"LEAN_SERVER_API_KEY"):
+        ev.main(args)
+    folder = tmp_path / "runs/k/04_eval/t/toy/single/n2-t8"
+    assert {json.loads(x)["status"] for x in (folder / "samples.jsonl").read_text().splitlines()} \
+        == {"server_error"}
+    assert not (tmp_path / "results/k/t/toy_single_n2-t8.md").exists()   # no table of failures
+    monkeypatch.setenv("LEAN_SERVER_API_KEY", "k1")
+    ev.main(args)                                            # the same command, the right key
+    rows = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and "server_error" not in {r["status"] for r in rows}
+    counts = json.loads((tmp_path / "runs/k/04_eval/t/manifest.json").read_text())["verdicts"]
+    assert sum(counts["toy"].values()) == 8 and "server_error" not in counts["toy"]
+    table = (tmp_path / "results/k/t/toy_single_n2-t8.md").read_text()
+    assert "verdicts" in table and any(f"{k} {v}" in table for k, v in counts["toy"].items())

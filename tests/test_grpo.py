@@ -280,7 +280,10 @@ def test_faults_cost_error_verdicts_not_the_run(rl_run, make_standin, monkeypatc
                                   r.gen.token_ids, r.gen.logprobs, r.gen.finish)
         return real_score(rollouts, client, c)
     monkeypatch.setattr(rollouts, "score", score_with_planted)   # where rollout_step finds it
-    grpo.train(cfg(model=model, max_steps=4, gen_chunks=1, lean_retries=1))
+    # tolerate every server error: this test is about what they cost (the default stops a run
+    # once more than half a step's verifications fail: the test after this one)
+    grpo.train(cfg(model=model, max_steps=4, gen_chunks=1, lean_retries=1,
+                   max_server_error_share=1.0))
     out = run / "03_grpo"
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]          # the run finished
@@ -290,6 +293,33 @@ def test_faults_cost_error_verdicts_not_the_run(rl_run, make_standin, monkeypatc
     ro = pd.read_parquet(out / "rollouts/step_000004.parquet")
     assert (ro.reward == 0).all() and (ro.status == "server_error").sum() >= 1
     assert json.loads((out / "manifest.json").read_text())["lean_client"]["failed_snippets"] >= 4
+
+
+def test_a_failing_server_stops_the_run_loudly_before_training_on_the_step(rl_run,
+                                                                         make_standin,
+                                                                         monkeypatch):
+    run, model = rl_run
+    url, _ = make_standin()
+    monkeypatch.setenv("LEAN_SERVER_API_URL", url)
+    import rollouts
+    real_score = rollouts.score
+
+    def score_planted(rs, client, c):   # one right proof per call, so the server is asked
+        r = rs[0]
+        stmt = r.item.row["formal_statement"]
+        r.gen = generation.Generation(f"<think>\nx\n</think>\n```lean4\n{r.item.row['header']}"
+                                      f"{stmt}\n  rfl\n```", r.gen.token_ids, r.gen.logprobs,
+                                      r.gen.finish)
+        return real_score(rs, client, c)
+    monkeypatch.setattr(rollouts, "score", score_planted)
+    grpo.train(cfg(model=model, max_steps=1, gen_chunks=1, save_every=1))
+    # the server now fails every check (HTTP 500); the rerun resumes at step 1, stops at step 2
+    requests.post(url + "/_standin/faults", json={"rates": {"500": 1.0}})
+    with pytest.raises(SystemExit, match=r"step 2: 1 of 1 verifications were server errors"):
+        grpo.train(cfg(model=model, max_steps=3, gen_chunks=1, lean_retries=1, save_every=1))
+    out = run / "03_grpo"
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1] and not (out / "step_000002").exists()   # nothing of step 2 trained
 
 
 def test_resume_is_exact(rl_run, standin, monkeypatch):
