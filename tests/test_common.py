@@ -198,7 +198,7 @@ def test_shared_settings_have_one_default_in_every_stage():
               common.SamplingSettings, common.VerifySettings, common.RepairSettings,
               common.ToolSettings, common.LoraSettings)
     departures = {("04_eval.py", "top_p"), ("04_eval.py", "check_axioms"),
-                  ("05_iterate.py", "top_p")}
+                  ("05_iterate.py", "top_p"), ("03_rl_grpo.py", "max_server_error_share")}
     for group in groups:
         for f in dataclasses.fields(group):
             for script, cfg in stages.items():
