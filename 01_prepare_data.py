@@ -37,6 +37,7 @@ class Settings(common.RunSettings):
     max_win_rate: float = 1.0
     tokenizer: str = ""                  # length filter with the target model's tokenizer
     max_prompt_tokens: int = 8192        # Kimina: 8192
+    max_statement_chars: int = 32768     # without --tokenizer: a cap on a statement's length
     valid_fraction: float = 0.02         # held out of the training pools, by statement hash
     ngram: int = 8                       # conclusion n-gram overlap diagnostic (reported only)
     # toy task (docs/DESIGN.md: why these values)
@@ -56,6 +57,7 @@ import itertools  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -169,22 +171,44 @@ def read_local(path: Path, rejects, name: str) -> Iterator[dict]:
         raise SystemExit(f"source {name}: no such file {path}")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
-            yield from batch.to_pylist()
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+                yield from batch.to_pylist()
+        except Exception as exc:   # pyarrow raises several types for a cut or corrupt file
+            raise SystemExit(f"source {name}: {path} is not a readable Parquet file "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from exc
         return
     if path.suffix == ".json":
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except UnicodeDecodeError as exc:
+            raise SystemExit(f"source {name}: {path} is not UTF-8 text (byte {exc.start}: "
+                             f"{exc.reason})") from exc
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"source {name}: {path} is not JSON (line {exc.lineno}, column "
+                             f"{exc.colno}: {exc.msg})") from exc
         if not isinstance(data, list):
-            raise SystemExit(f"{path}: expected a JSON list of objects")
-        yield from data
+            raise SystemExit(f"source {name}: {path} holds a JSON {type(data).__name__}, "
+                             "expected a list of objects")
+        for idx, row in enumerate(data):
+            if isinstance(row, dict):
+                yield row
+            else:
+                rejects.add(f"{path.name}:[{idx}]", name, "load",
+                            f"item {idx} is a JSON {type(row).__name__}, not an object", row)
         return
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
             try:
-                yield json.loads(raw.decode("utf-8"))
+                row = json.loads(raw.decode("utf-8"))
+                if not isinstance(row, dict):
+                    rejects.add(f"{path.name}:{lineno}", name, "load", f"line {lineno} is a "
+                                f"JSON {type(row).__name__}, not an object", raw[:500])
+                    continue
+                yield row
             except UnicodeDecodeError as exc:
                 rejects.add(f"{path.name}:{lineno}", name, "load",
                             f"non-UTF-8 bytes at line {lineno} ({exc.reason})", raw[:500])
@@ -334,6 +358,8 @@ def proof_body(row: dict, src: Source, statement: str) -> str:
 def to_record(name: str, src: Source, row: dict, idx: int) -> dict:
     """One raw row -> a record with the contract's columns (+ theorem_name), or RowError."""
     text = row.get(src.statement_column)
+    if text is not None and not isinstance(text, str):
+        raise RowError(f"{src.statement_column} is a {type(text).__name__}, not text")
     if not isinstance(text, str) or not text.strip():
         raise RowError(f"empty or missing {src.statement_column}")
     header, body = split_header(text)
@@ -470,6 +496,11 @@ class Cleaner:
                 self.overlap[pool] += bool(ngrams(statement_conclusion(rec["formal_statement"]),
                                                   self.cfg.ngram)
                                            & self.eval_ngrams)
+                if len(rec["formal_statement"]) > self.cfg.max_statement_chars:
+                    self.rejects.add(rec["statement_id"], ld.name, "length",
+                                     f"statement has {len(rec['formal_statement'])} characters > "
+                                     f"--max_statement_chars {self.cfg.max_statement_chars}", row)
+                    continue
                 if self.tokenizer is not None:
                     n_tok = prompt_tokens(self.tokenizer, rec)
                     if n_tok > self.cfg.max_prompt_tokens:
@@ -567,13 +598,17 @@ def main(argv=None):
                          "stepfun trace corrects itself "
                          "in the REPL (use --toy_sft_repair 0)")
     out = common.stage_dir(cfg.run_name, "01_data")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)   # the manifest marks a finished stage
-    rejects = Rejects(out / "rejects.parquet")
+    # everything is written into a staging folder and published only when the stage finishes:
+    # a crashed rerun leaves the last finished outputs and their manifest as they were
+    staged = out / ".partial"
+    common.lock_folder(out)
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    rejects = Rejects(staged / "rejects.parquet")
     # the toy's class
     extra = {**POOL_COLUMNS, "toy_tactic": "string"} if cfg.task == "toy" else POOL_COLUMNS
-    writers = {"rl": common.ParquetAppender(out / "rl_prompts.parquet", "statements", extra),
-               "sft": common.ParquetAppender(out / "sft.parquet", "sft", extra)}
+    writers = {"rl": common.ParquetAppender(staged / "rl_prompts.parquet", "statements", extra),
+               "sft": common.ParquetAppender(staged / "sft.parquet", "sft", extra)}
     multiplicity, overlap = {}, {"rl": 0, "sft": 0}
     try:
         if cfg.task == "toy":
@@ -595,21 +630,27 @@ def main(argv=None):
                     writers[pool].add(rec)
             counts, overlap = dict(cleaner.counts), dict(cleaner.overlap)
             multiplicity = cleaner.multiplicity
-    finally:   # what was cleaned so far, and every reject with its reason, is on disk
+    except BaseException:
+        print(f"01 stopped: nothing published in {out}; what it had cleaned, and every reject "
+              f"with its reason, is in {staged}", file=sys.stderr)
+        raise
+    finally:
         files = [rejects.writer.close()] + [w.close() for w in writers.values()]
     for pool, specs in (("rl", cfg.rl_sources), ("sft", cfg.sft_sources)):
         if specs and cfg.task == "lean" and not writers[pool].rows:
-            raise SystemExit(f"no {pool} rows left after cleaning ({specs}); see "
-                             f"{out / 'rejects.parquet'}")
+            raise SystemExit(f"no {pool} rows left after cleaning ({specs}); nothing published, "
+                             f"the rejects with their reasons are in {staged / 'rejects.parquet'}")
     for name, recs in evals.items():
-        files.append(common.write_parquet(recs, out / f"eval_{name}.parquet", "statements"))
+        files.append(common.write_parquet(recs, staged / f"eval_{name}.parquet", "statements"))
     table = counts_table(counts, evals)
-    (out / "counts.md").write_text(table)
-    common.save_config(cfg, out)
+    (staged / "counts.md").write_text(table)
+    common.save_config(cfg, staged)
+    files = common.publish(staged, out, [f.name for f in files] + ["counts.md", "config.json"])
     import pyarrow.parquet as pq
-    rows = {p.name: pq.read_metadata(p).num_rows for p in files}
-    schema = {p.name: [f"{f.name}: {f.type}" for f in pq.read_schema(p)] for p in files}
-    common.write_manifest(out, files + [out / "config.json", out / "counts.md"], extra={
+    tables = [p for p in files if p.suffix == ".parquet"]
+    rows = {p.name: pq.read_metadata(p).num_rows for p in tables}
+    schema = {p.name: [f"{f.name}: {f.type}" for f in pq.read_schema(p)] for p in tables}
+    common.write_manifest(out, files, extra={
         "rows": rows, "schema": schema, "stage": "01_data",
         "counts": {f"{pool}/{name}": c for (pool, name), c in sorted(counts.items())},
         "rejects_by_step": dict(sorted(rejects.by_step.items())),

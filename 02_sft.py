@@ -320,6 +320,8 @@ def train(cfg: Settings) -> Path:
     common.check_choices(cfg)
     out = common.stage_dir(cfg.run_name, "02_cpt" if cfg.objective == "cpt" else "02_sft")
     out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        common.lock_folder(out)
     (out / "manifest.json").unlink(missing_ok=True)
     if cfg.objective == "cpt":
         if not cfg.corpus:

@@ -412,6 +412,7 @@ def train(cfg: Settings) -> Path:
     out = common.stage_dir(cfg.run_name, "03_grpo")
     (out / "rollouts").mkdir(parents=True, exist_ok=True)
     if is_main:
+        common.lock_folder(out)
         (out / "manifest.json").unlink(missing_ok=True)
     model_path, data_path, eval_path = resolve_paths(cfg)
     cfg = dataclasses.replace(cfg, prompt_format=formats.format_for(model_path, cfg.prompt_format))

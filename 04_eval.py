@@ -225,8 +225,9 @@ def sample_settings(cfg: Settings, model_path: str, server: str, memory: str) ->
 
 
 def open_samples(folder: Path, settings: dict) -> "SampleLog":
-    """The sample log of this budget; a resume with other sample settings stops, naming them."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """The sample log of this budget, locked for this run; a resume with other sample settings
+    stops, naming them."""
+    common.lock_folder(folder)
     path = folder / "sample_settings.json"
     if path.exists() and (folder / "samples.jsonl").exists():
         before = json.loads(path.read_text())

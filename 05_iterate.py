@@ -59,6 +59,7 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -155,6 +156,15 @@ class StageCalls:
         self.rl("check", "model", "unsolved.parquet", "memory.parquet", 1)
 
 
+def _die_with_parent() -> None:
+    """In the stage's process, before it runs: SIGTERM when 05 dies (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass   # not Linux: 05's own handler still stops the stage on an ordinary exit
+
+
 def run_stage(script: str, settings, runs_root: Path, launcher: str = "") -> None:
     """One stage script in its own process (as a user runs it), its runs/ under runs_root, its
     command line made from its typed settings (common.settings_argv)."""
@@ -164,10 +174,20 @@ def run_stage(script: str, settings, runs_root: Path, launcher: str = "") -> Non
     # the stages' own tables go under results/<run>/05_iterate/, their folders under
     # runs/<run>/05_iterate/
     results_root = common.RESULTS_ROOT / runs_root.parent.name / runs_root.name
-    done = subprocess.run(cmd, env={**os.environ, "PROVER_RUNS_DIR": str(runs_root),
-                                    "PROVER_RESULTS_DIR": str(results_root)})
-    if done.returncode:
-        raise SystemExit(f"{script} failed (exit {done.returncode}); rerun 05_iterate.py to "
+    # the stage runs in a process group of its own, stopped with 05: on 05's exit or error
+    # here, and by the kernel when 05 is killed outright (PR_SET_PDEATHSIG), so a rerun of 05
+    # never races a stage left running
+    proc = subprocess.Popen(cmd, env={**os.environ, "PROVER_RUNS_DIR": str(runs_root),
+                                      "PROVER_RESULTS_DIR": str(results_root)},
+                            start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        returncode = proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
+    if returncode:
+        raise SystemExit(f"{script} failed (exit {returncode}); rerun 05_iterate.py to "
                          "resume at this stage")
 
 
@@ -300,7 +320,7 @@ def iterate(cfg: Settings) -> Path:
     calls = StageCalls(cfg, fmt)
     calls.check_all()
     top = common.stage_dir(cfg.run_name, "05_iterate")
-    top.mkdir(parents=True, exist_ok=True)
+    common.lock_folder(top)
     (top / "manifest.json").unlink(missing_ok=True)
     common.save_config(cfg, top)
     bank, evals = load_sets(cfg)
@@ -400,4 +420,6 @@ def iterate(cfg: Settings) -> Path:
 
 
 if __name__ == "__main__":
+    # SIGTERM ends 05 through Python (finally blocks run), so the running stage is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     iterate(common.parse_settings(Settings, sys.argv[1:], description=__doc__))

@@ -252,6 +252,33 @@ def stage_dir(run_name: str, stage: str) -> Path:
     return RUNS_ROOT / run_name / stage
 
 
+_LOCKS: dict = {}   # folder -> its open lock file, held by this process until it exits
+
+
+def lock_folder(folder: Path) -> None:
+    """Hold an exclusive lock on an output folder for the rest of this process (released by
+    the system when it exits, kill -9 included). Another run holding it is an error naming it:
+    two runs writing one folder interleave their samples, metrics and checkpoints."""
+    import fcntl
+    folder.mkdir(parents=True, exist_ok=True)
+    if str(folder.resolve()) in _LOCKS:
+        return   # this process holds it already (a stage called twice in one process)
+    fh = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        other = fh.read().strip() or "another process"
+        fh.close()
+        raise SystemExit(f"{folder} is in use by {other}: wait for it to finish, or stop it; "
+                         "two runs on one folder would interleave what they write") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:160]})")
+    fh.flush()
+    _LOCKS[str(folder.resolve())] = fh
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -272,6 +299,23 @@ def write_manifest(folder: Path, files: Iterable[Path], extra: dict | None = Non
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
+
+
+def publish(staged: Path, out: Path, names: list[str]) -> list[Path]:
+    """Move a finished stage's files from its staging folder into its output folder: the old
+    manifest goes first (files and manifest never disagree: a crash in between leaves none),
+    the new one is written after, by the caller. Files of the last run not written again go."""
+    import shutil
+    (out / "manifest.json").unlink(missing_ok=True)
+    for old in out.glob("*.parquet"):
+        if old.name not in names:
+            old.unlink()
+    moved = []
+    for name in names:
+        (staged / name).replace(out / name)
+        moved.append(out / name)
+    shutil.rmtree(staged, ignore_errors=True)
+    return moved
 
 
 def find_checkpoint(resume: str, stage_folder: Path) -> Path | None:
@@ -502,12 +546,32 @@ def read_rows(path: Path, kind: str) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+def require_published(path: Path) -> None:
+    """A file of 01's output folder (runs/<run>/01_data/, what 02, 03 and 04 read) is read only
+    when 01 finished: its manifest.json, written last, lists the file with this size and is not
+    older than it. A crashed or running 01's files are refused, naming the folder."""
+    folder = Path(path).parent
+    if folder.name != "01_data":
+        return   # a user's own file, a sample log, an iteration's data: no manifest to check
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        raise SystemExit(f"{folder}: no manifest.json: the stage that writes it did not finish "
+                         f"(it crashed, or is running); rerun it before reading {Path(path).name}")
+    listed = json.loads(manifest.read_text()).get("files", {}).get(Path(path).name)
+    stat = Path(path).stat()
+    newer = stat.st_mtime > manifest.stat().st_mtime
+    if listed is None or listed["bytes"] != stat.st_size or newer:
+        raise SystemExit(f"{path} changed after {manifest} was written (or is not in it): "
+                         "rerun the stage that writes it")
+
+
 def read_parquet(path: Path, kind: str):
     """Read and validate a stage artifact; returns a pandas DataFrame."""
     import pyarrow.parquet as pq
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file (did the previous stage run?)")
+    require_published(path)
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file

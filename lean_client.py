@@ -267,7 +267,8 @@ _FORBIDDEN = [
 ]
 _NATIVE = [(r"\bnative_decide\b|\bdecide\s+\+native\b|\bnative\s*:=\s*true\b|\bofReduceBool\b",
             "uses native_decide (Lean.ofReduceBool), refused for this benchmark")]
-_DECL_HEAD = (r"(?m)^[ \t]*((?:@\[[^\]\n]*\][ \t]*)?)((?:private|protected|noncomputable|nonrec)[ \t]+)*"
+_DECL_HEAD = (r"(?m)^[ \t]*((?:@\[[^\]\n]*\][ \t]*)?)"
+              r"((?:private|protected|noncomputable|nonrec)[ \t]+)*"
               r"(theorem|lemma|def|abbrev|structure|inductive|class|example)[ \t]+([^\s:({\[]*)")
 
 
@@ -412,7 +413,7 @@ class LeanClient:
                  line_numbering: str = "snippet", check_axioms: bool = False,
                  allowed_axioms: tuple[str, ...] = DEFAULT_ALLOWED_AXIOMS,
                  reject_native_decide: bool = False, server_identity: str | None = None,
-                 infotree: str | None = None):
+                 infotree: str | None = None, max_batch_seconds: float | None = None):
         url = url or os.environ.get("LEAN_SERVER_API_URL", "")
         self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
         if not self.urls:
@@ -427,6 +428,8 @@ class LeanClient:
         self.max_workers = max_workers or 4 * len(self.urls)
         self.http_timeout = http_timeout or self.timeout * self.batch_size + 60
         self.max_retries, self.backoff = max_retries, backoff
+        # whatever the server does (hangs, 500s, splits), a batch gives error verdicts by then
+        self.max_batch_seconds = max_batch_seconds or 2 * self.http_timeout
         self.endpoint, self.line_numbering = endpoint, line_numbering
         # native_decide is accepted unless refused (Kimina's verified proofs use it); when
         # accepted, its axioms pass the #print axioms check and show in Verdict.axioms
@@ -599,16 +602,18 @@ class LeanClient:
             bar.close()
         return out
 
-    def _send_batch(self, codes: list[str], timeout: int) -> dict[str, dict]:
-        """code -> result object; never raises."""
+    def _send_batch(self, codes: list[str], timeout: int, deadline: float = 0.0
+                    ) -> dict[str, dict]:
+        """code -> result object; never raises, and never runs past the batch's deadline."""
+        deadline = deadline or time.monotonic() + self.max_batch_seconds
         try:
-            return self._post_with_retries(codes, timeout)
+            return self._post_with_retries(codes, timeout, deadline)
         except _BatchFailure as fail:
-            if fail.splittable and len(codes) > 1:
+            if fail.splittable and len(codes) > 1 and time.monotonic() < deadline:
                 self._bump("splits")
                 mid = len(codes) // 2
-                return {**self._send_batch(codes[:mid], timeout),
-                        **self._send_batch(codes[mid:], timeout)}
+                return {**self._send_batch(codes[:mid], timeout, deadline),
+                        **self._send_batch(codes[mid:], timeout, deadline)}
             self._bump("failed_snippets", len(codes))
             return {c: {"error": f"verification failed: {fail}", "time": 0.0} for c in codes}
         except Exception as exc:  # a bug or an odd library error must not end a training run
@@ -627,7 +632,8 @@ class LeanClient:
                            "timeout": timeout, "infotree_type": self.infotree,
                            "disable_cache": False}
 
-    def _post_with_retries(self, codes: list[str], timeout: int) -> dict[str, dict]:
+    def _post_with_retries(self, codes: list[str], timeout: int, deadline: float
+                           ) -> dict[str, dict]:
         path, payload = self._payload(codes, timeout)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         last, splittable = "no attempt", False
@@ -635,18 +641,24 @@ class LeanClient:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self._bump("retries")
-                time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+                pause = min(30.0, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _BatchFailure(f"{last}; gave up at the batch's bound of "
+                                    f"{self.max_batch_seconds:.0f} s", splittable=False)
             url = self.urls[(start + attempt) % len(self.urls)]  # a retry tries the next server
             self._bump("requests")
             try:
                 resp = self.session.post(url + path, json=payload, headers=headers,
-                                         timeout=self.http_timeout)
+                                         timeout=min(self.http_timeout, left))
             except requests.ConnectionError as exc:
                 refused = "NewConnectionError" in repr(exc) or "refused" in str(exc).lower()
                 last, splittable = f"{url}: connection failed ({type(exc).__name__})", not refused
                 continue
-            except requests.Timeout:
-                last, splittable = f"{url}: no answer within {self.http_timeout:.0f} s", True
+            except requests.Timeout:   # a server that does not answer a batch won't answer halves
+                last = f"{url}: no answer within {min(self.http_timeout, left):.0f} s"
+                splittable = False
                 continue
             if resp.status_code == 429 or resp.status_code >= 500:
                 last, splittable = f"{url}: HTTP {resp.status_code}", resp.status_code >= 500

@@ -248,3 +248,25 @@ def test_every_stage_checks_its_choice_settings_at_parse_time():
         for key in keys:
             with pytest.raises(SystemExit, match=f"--{key} must be"):
                 common.parse_settings(mod.Settings, [f"--{key}", "no_such_value"])
+
+
+def test_a_second_run_on_a_locked_folder_stops_naming_the_first(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    folder = tmp_path / "runs/r/03_grpo"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, "
+                               f"{str(ROOT)!r}); import common; from pathlib import Path; "
+                               f"common.lock_folder(Path({str(folder)!r})); print('held', "
+                               "flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=rf"in use by pid {holder.pid} "):
+            common.lock_folder(folder)
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    common.lock_folder(folder)          # released when its holder died (kill -9 included)
+    common.lock_folder(folder)          # and a process may take its own lock again

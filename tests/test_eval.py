@@ -536,7 +536,8 @@ def test_server_errors_are_counted_fail_loudly_and_are_redone(tmp_path, tiny_mod
     monkeypatch.setenv("LEAN_SERVER_API_KEY", "wrong")
     subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy",
                     "--run_name", "k", "--toy_n_statements", "100"], check=True,
-                   capture_output=True, env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
+                   capture_output=True,
+                   env={**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")})
     import re
     statement = re.compile(r"theorem toy_\d+ : [^\n]*:= by")
 
@@ -549,7 +550,8 @@ def test_server_errors_are_counted_fail_loudly_and_are_redone(tmp_path, tiny_mod
         return out
     monkeypatch.setattr(generation.HFGenerator, "generate", scripted)
     args = ["--run_name", "k", "--model", tiny_model, "--tag", "t", "--n_samples", "2",
-            "--max_new_tokens", "8", "--max_problems", "4", "--bootstrap", "0", "--lean_retries", "0"]
+            "--max_new_tokens", "8", "--max_problems", "4", "--bootstrap", "0", "--lean_retries",
+            "0"]
     with pytest.raises(SystemExit, match=r"toy: 8 of 8 verifications were server errors .*"
                                          r"LEAN_SERVER_API_KEY"):
         ev.main(args)

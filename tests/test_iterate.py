@@ -144,3 +144,48 @@ def test_stage_command_lines_come_from_typed_settings():
         argv = common.settings_argv(built)
         assert common.parse_settings(c.classes[script], argv) == built
         assert "--seed" not in argv              # a default is not repeated on the command line
+
+
+def stage_processes(marker: str) -> list[int]:
+    """Pids of the processes whose command line holds `marker`."""
+    pids = []
+    for proc in os.listdir("/proc"):
+        if proc.isdigit():
+            try:
+                cmd = open(f"/proc/{proc}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmd and "05_iterate.py" not in cmd:
+                pids.append(int(proc))
+    return pids
+
+
+@pytest.mark.slow
+def test_killing_05_stops_its_running_stage(tmp_path, standin):
+    """Issue #34: killing 05 left its child stage running, and the natural rerun raced it."""
+    import signal
+    import time
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PROVER_RUNS_DIR": str(runs), "LEAN_SERVER_API_URL": standin,
+           "PROVER_RESULTS_DIR": str(tmp_path / "results")}
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy",
+                    "--run_name", "kk", "--toy_n_statements", "400"], check=True,
+                   capture_output=True, env=env)
+    model = generation.build_tiny_model(["<|im_start|>user\ntheorem toy : 1 = 1 := by rfl"] * 20,
+                                        tmp_path / "tiny")
+    marker = str(model)   # every stage 05 starts names the model
+    proc = subprocess.Popen([sys.executable, str(ROOT / "05_iterate.py"), "--run_name", "kk",
+                             "--model", str(model), "--prompt_format", "kimina", "--width", "8",
+                             "--max_new_tokens", "64", "--retrieve_k", "0"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not stage_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = stage_processes(marker)
+    assert children, "05 started no stage"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while stage_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not stage_processes(marker), "the stage outlived 05"

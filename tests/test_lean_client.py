@@ -658,3 +658,40 @@ def test_the_mark_never_reaches_feedback_or_a_lean_error(recorder, standin):
     [ok] = fast_client(standin).verify([toy("t", "1 = 1", "rfl")])
     assert ok.status == "valid" and ok.messages == []
     assert "lean_client checked" not in json.dumps(ok.raw) and "lean_client" not in ok.code
+
+
+def test_a_hung_server_costs_a_bounded_time(tmp_path):
+    """Issue #34: a server that accepts and never answers held one batch of 8 for about 11 hours
+    (a wait of timeout x batch + 60 s, split on timeouts, 5 attempts). Now a batch ends with
+    error verdicts by `max_batch_seconds` whatever the server does."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept_and_hold():   # read nothing, answer nothing: the connection just hangs
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    try:
+        client = LeanClient(f"http://127.0.0.1:{srv.getsockname()[1]}", timeout=1, batch_size=8,
+                            max_retries=4, backoff=0.05, http_timeout=1.0, max_batch_seconds=3.0)
+        t0 = time.monotonic()
+        verdicts = client.verify([toy(f"t{i}", "1 = 1", "rfl") for i in range(8)])
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        srv.close()
+    assert {v.status for v in verdicts} == {"server_error"}
+    assert "no answer within" in verdicts[0].error and took < 5.0, took
+    assert client.stats["splits"] == 0                  # no halving of a batch nobody answers
+    # the default bound: two full waits of the batch's HTTP timeout
+    assert LeanClient("http://x", timeout=60, batch_size=8).max_batch_seconds == 2 * (60 * 8 + 60)

@@ -202,7 +202,9 @@ def test_training_proofs_that_collide_with_an_eval_set_are_rejected(tmp_path):
                      "minif2f_valid_proofs", "--eval_sets", "minif2f_valid,proofnet_test",
                      expect_ok=False)
     assert "no sft rows left after cleaning (minif2f_valid_proofs)" in proc.stderr
-    rej = common.read_parquet(out_dir(tmp_path, "b") / "rejects.parquet", "rejects")
+    # a failed 01 publishes nothing; its rejects, with their reasons, are in its staging folder
+    assert not (out_dir(tmp_path, "b") / "rejects.parquet").exists()
+    rej = common.read_parquet(out_dir(tmp_path, "b") / ".partial/rejects.parquet", "rejects")
     # the 67 valid proofs are miniF2F-valid problems: all go to rejects, each naming its hit
     hits = rej[(rej.source == "minif2f_valid_proofs") & (rej.step == "decontaminate")]
     assert len(hits) == 67 and hits.reason.str.contains("minif2f_valid:").all()
@@ -242,7 +244,8 @@ def test_wrong_columns_and_empty_result(tmp_path):
     proc = run_stage(tmp_path, "--run_name", "x", "--rl_sources", str(only), "--sft_sources", "",
                      expect_ok=False)
     assert "no rl rows left after cleaning" in proc.stderr
-    rejects = common.read_parquet(out_dir(tmp_path, "x") / "rejects.parquet", "rejects")
+    assert "rejects with their reasons are in" in proc.stderr
+    rejects = common.read_parquet(out_dir(tmp_path, "x") / ".partial/rejects.parquet", "rejects")
     assert list(rejects.step) == ["decontaminate"]     # the reason survives the failed run
 
 
@@ -467,3 +470,84 @@ def test_hub_unreachable_names_the_way_out(tmp_path):
                      "--sft_sources", "",
                      expect_ok=False)
     assert "cannot load AI-MO/Kimina-Prover-Promptset" in proc.stderr and "--hf_mirror" in proc.stderr
+
+
+def test_a_killed_rerun_leaves_the_last_finished_outputs_as_they_were(tmp_path):
+    """Issue #34: a crashed 01 rerun replaced good outputs with partial ones (sft.parquet went
+    from 67 rows to 0) and later stages used them. Now 01 publishes only when it finishes; a
+    kill -9 mid-run leaves the last outputs and their manifest; a folder whose manifest is
+    missing, or older than its files, is refused by the stages that read it."""
+    import signal
+    import time
+    args = ["--run_name", "k", "--rl_sources", "leanworkbook_6k", "--sft_sources",
+            "minif2f_valid_proofs", "--eval_sets", "proofnet_test"]
+    run_stage(tmp_path, *args)
+    out = out_dir(tmp_path, "k")
+    def outputs():   # the published files (the lock file holds whoever ran last)
+        return {p.name: p.read_bytes() for p in out.iterdir()
+                if p.is_file() and not p.name.startswith(".")}
+    before = outputs()
+    env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "01_prepare_data.py"), *args,
+                             "--sft_sources", "minif2f_valid_proofs,leanworkbook_6k"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staged = out / ".partial"
+    deadline = time.monotonic() + 60
+    part = staged / "rl_prompts.parquet.tmp"
+    while time.monotonic() < deadline and not part.exists():
+        time.sleep(0.005)   # kill it while it writes its replacements (a few seconds of it)
+    assert part.exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert staged.exists()
+    assert outputs() == before and "manifest.json" in before
+    assert len(common.read_rows(out / "sft.parquet", "sft")) == 67      # still readable, whole
+    # a folder without its manifest, or with a file newer than it, is refused by name
+    time.sleep(0.01)
+    (out / "sft.parquet").touch()
+    with pytest.raises(SystemExit, match="sft.parquet changed after .*manifest.json"):
+        common.read_rows(out / "sft.parquet", "sft")
+    (out / "manifest.json").unlink()
+    with pytest.raises(SystemExit, match="01_data: no manifest.json"):
+        common.read_rows(out / "rl_prompts.parquet", "statements")
+
+
+def test_bad_files_and_rows_are_named_errors_or_rejects_never_tracebacks(tmp_path):
+    """Issue #34: a JSONL line that is not an object, a .json that is not a list of objects, a
+    non-UTF-8 .json, a cut Parquet file, an integer statement, a 1 MB statement."""
+    good = {"name": "g", "formal_statement": "theorem g (x : ℕ) : x + 0 = x := by sorry"}
+    jl = write_jsonl(tmp_path / "mixed.jsonl", [good, {"name": "i", "formal_statement": 7},
+                                                {"name": "big", "formal_statement":
+                                                 "theorem big : " + "1 + " * 300_000 + "1 = 1 := by"}],
+                     extra_lines=[b"[1, 2]\n", b'"just a string"\n'])
+    run_stage(tmp_path, "--run_name", "m", "--rl_sources", str(jl), "--sft_sources", "",
+              "--eval_sets", "proofnet_test")
+    rej = common.read_parquet(out_dir(tmp_path, "m") / "rejects.parquet", "rejects")
+    reasons = " | ".join(rej.statement_id + ": " + rej.reason)
+    assert "mixed.jsonl:4: line 4 is a JSON list, not an object" in reasons
+    assert "mixed.jsonl:5: line 5 is a JSON str, not an object" in reasons
+    assert "formal_statement is a int, not text" in reasons and "empty or missing" not in reasons
+    assert "characters > --max_statement_chars 32768" in reasons
+    assert len(common.read_rows(out_dir(tmp_path, "m") / "rl_prompts.parquet", "statements")) == 1
+    for name, content, message in (
+            ("top.json", json.dumps({"a": 1}).encode(), "holds a JSON dict, expected a list"),
+            ("latin.json", '[{"formal_statement": "théorème"}]'.encode("latin-1"),
+             "latin.json is not UTF-8 text"),
+            ("broken.json", b'[{"formal_statement": ', "broken.json is not JSON (line 1"),
+            ("cut.parquet", None, "cut.parquet is not a readable Parquet file")):
+        path = tmp_path / name
+        if content is None:   # a Parquet file cut in the middle of a write
+            full = tmp_path / "full.parquet"
+            pq.write_table(pa.table({"formal_statement": [good["formal_statement"]] * 50}), full)
+            path.write_bytes(full.read_bytes()[:200])
+        else:
+            path.write_bytes(content)
+        proc = run_stage(tmp_path, "--run_name", "b", "--rl_sources", str(path),
+                         "--sft_sources", "", "--eval_sets", "proofnet_test", expect_ok=False)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr[-800:])
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([good, 3, ["x"]]))
+    run_stage(tmp_path, "--run_name", "j", "--rl_sources", str(items), "--sft_sources", "",
+              "--eval_sets", "proofnet_test")
+    rej = common.read_parquet(out_dir(tmp_path, "j") / "rejects.parquet", "rejects")
+    assert list(rej.statement_id) == ["items.json:[1]", "items.json:[2]"]

@@ -41,6 +41,7 @@ def make_run(tmp_path, grpo_right_share: dict[str, float], turn2_pass: float, n_
                                      "completion": text})
     run = tmp_path / "run"
     common.write_parquet(rows, run / "01_data/eval_toy.parquet", "statements")
+    common.write_manifest(run / "01_data", [run / "01_data/eval_toy.parquet"])   # 01 finished
     for tag, ss in samples.items():
         d = run / "04_eval" / tag / "toy" / "single" / "n8-t64"
         d.mkdir(parents=True)
