@@ -120,7 +120,7 @@ SOURCES = {
                             status_file="wkbk_1009.parquet"),
     "goedel_pset": Source(hub="Goedel-LM/Goedel-Pset-v1"),
     "minif2f_test_kimina": Source(hub="AI-MO/minif2f_test", hub_split="train", raw_informal=True),
-    # bundled with this repository (data/README.md gives origins and licenses)
+    # bundled with this repository (data/MANIFEST.tsv gives origins, commits and licenses)
     "minif2f_test": Source(path="minif2f/deepseek_v15_minif2f.jsonl", split="test",
                            header_column="header"),
     "minif2f_valid": Source(path="minif2f/deepseek_v15_minif2f.jsonl", split="valid",
