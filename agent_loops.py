@@ -107,6 +107,7 @@ def repl_text(v, line_numbering: str) -> str:
         return f"repl cannot return status in {v.time} seconds!"
     shift = 1 - (1 if line_numbering == "after_imports" else 0)
     out = json.loads(json.dumps(v.raw["response"]))
+    out.pop("env", None)   # StepFun's run_sketch (demo/pylean.py) drops it: a clean sketch is {}
     for item in (out.get("messages") or []) + (out.get("sorries") or []):
         for key in ("pos", "endPos"):
             if isinstance(item.get(key), dict) and "line" in item[key]:
@@ -115,11 +116,12 @@ def repl_text(v, line_numbering: str) -> str:
 
 
 def sketch_of(text: str) -> str | None:
-    """The code of the last <sketch> in a segment that stopped at </sketch>, `import Mathlib`
-    removed (the REPL has Mathlib loaded), or None."""
-    end = text.rfind("</sketch>")
-    start = text.rfind("<sketch>", 0, end)
-    if end < 0 or start < 0:
+    """The code between the first <sketch> and the first </sketch> of a segment that stopped at
+    </sketch>, as StepFun's demo takes it (str.find of both), `import Mathlib` removed (the REPL
+    has Mathlib loaded), or None."""
+    end = text.find("</sketch>")
+    start = text.find("<sketch>")
+    if end < 0 or start < 0 or start > end:
         return None
     return text[start + len("<sketch>"):end].replace("import Mathlib", "").strip()
 

@@ -333,6 +333,7 @@ def toy_tool_trace(stmt: str, order: list[str]) -> str:
     for tactic in order:
         sketch = f"{stmt}\n  {tactic}"
         answer = Checker(sketch, "snippet").run()
+        answer.pop("env")   # the REPL text the model sees has none (agent_loops.repl_text)
         thinking += f"<sketch>\n{sketch}\n</sketch>\n<REPL>\n{json.dumps(answer, ensure_ascii=False)}\n</REPL>"
         if not answer["messages"]:
             return kimina_completion(TOY_HEADER, stmt, f"\n  {tactic}", thinking + TOOL_DONE)

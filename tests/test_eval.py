@@ -267,6 +267,17 @@ def test_tool_loop_is_stepfuns(tmp_path, tiny_model, standin):
     assert formats.STEPFUN_SYSTEM in first_prompt
     assert f"<|im_start|>user\n```lean4\n{HEADER}{rows[0]['formal_statement']}\n```<|im_end|>" in first_prompt
     assert all(p.endswith("</REPL>") for p in e.gen.prompts if "\n<REPL>\n" in p)
+    # as the demo's run_sketch passes it: no `env` key (a clean sketch would show {})
+    assert all('"env"' not in p.split("<REPL>")[-1] for p in e.gen.prompts if "</REPL>" in p)
+
+
+def test_the_sketch_run_is_the_one_stepfuns_demo_takes():
+    # demo/interact_with_lean4repl.py (stepfun-ai/StepFun-Prover-Preview 78ac29e): the text
+    # between response_text.find('<sketch>') and response_text.find('</sketch>'), with
+    # `import Mathlib` removed and stripped
+    seg = "a <sketch>\nimport Mathlib\nfirst\n more <sketch>\nsecond\n</sketch>"
+    assert agent_loops.sketch_of(seg) == "first\n more <sketch>\nsecond"
+    assert agent_loops.sketch_of("no sketch </sketch>") is None
 
 
 def test_tool_loop_ends_at_the_context_budget(tmp_path, tiny_model, standin):
