@@ -380,7 +380,7 @@ def to_record(name: str, src: Source, row: dict, idx: int) -> dict:
         raise RowError("no theorem name")
     informal = first_present(row, INFORMAL_COLUMNS)
     if not src.raw_informal and informal.lstrip().startswith("/-"):
-        informal = informal.strip().lstrip("/-").rstrip("-/").strip()
+        informal = formats.docstring_body(informal)
     record = {"statement_id": f"{name}/{first_present(row, ID_COLUMNS) or idx}", "source": name,
               "split": "", "header": header, "formal_statement": statement,
               "informal_problem": informal.strip() if src.raw_informal else informal,

@@ -214,12 +214,25 @@ def format_for(model: str, requested: str = "auto", mode: str = "") -> str:
     return found or ("stepfun" if mode == "tool" else "kimina")
 
 
+def docstring_body(text: str) -> str:
+    """What lies between a docstring's `/--` (or `/-`) and `-/`, its whitespace kept (it starts
+    with one: `/-- text-/`), so lean_file writes the docstring back byte for byte."""
+    body = text.strip()
+    body = body[3:] if body.startswith("/--") else body[2:] if body.startswith("/-") else body
+    return body[:-2] if body.endswith("-/") else body
+
+
 def lean_file(row: dict, docstring: bool = True) -> str:
     """header + the informal problem as a `/-- -/` docstring + the theorem: the whole-file
-    statement DeepSeek-Prover-V2 and Goedel-Prover-V2 are prompted with."""
-    informal = (row.get("informal_problem") or "").strip()
-    if informal and not informal.startswith("/-"):
-        informal = f"/-- {informal}-/"
+    statement DeepSeek-Prover-V2 and Goedel-Prover-V2 are prompted with. A docstring's body
+    (01 keeps its whitespace) is written back as it was; plain text gets `/-- text-/`."""
+    informal = row.get("informal_problem") or ""
+    if informal[:1].isspace() and informal.strip():   # a docstring's body, as written
+        informal = f"/--{informal}-/"
+    else:
+        informal = informal.strip()
+        if informal and not informal.startswith("/-"):
+            informal = f"/-- {informal}-/"
     doc = informal + "\n" if informal and docstring else ""
     return (row.get("header") or "") + doc + normalize_statement(row["formal_statement"])
 

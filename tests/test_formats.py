@@ -32,10 +32,10 @@ def test_deepseek_v2_matches_its_readme_example():
 
 def goedel_rows():
     rows = [json.loads(l) for l in (ROOT / "data/minif2f/goedel_v2_minif2f_test.jsonl").open()]
-    for r in rows[:20]:
+    for r in rows:   # all 244: docstrings and comments byte for byte
         header, rest = split_header(r["formal_statement"])
-        # as 01 stores it
-        informal = r["informal_prefix"].strip().lstrip("/-").rstrip("-/").strip()
+        # as 01 stores it (01_prepare_data.to_record calls formats.docstring_body)
+        informal = formats.docstring_body(r["informal_prefix"])
         yield r["formal_statement"], {"header": header, "informal_problem": informal,
                                       "formal_statement": rest[rest.index("theorem"):]}
 
@@ -192,3 +192,31 @@ def test_decision_index_is_the_proofs_first_token():
     assert tok.decode(ids[at:]).lstrip().startswith("omega")
     assert not tok.decode(ids[:at]).rstrip().endswith("omega")
     assert formats.decision_index(tok, "no statement here", [1, 2], stmt) is None
+
+
+def test_benchmark_docstrings_are_written_back_byte_for_byte(tmp_path):
+    # DeepSeek-Prover-V1.5's miniF2F (data/minif2f/deepseek_v15_minif2f.jsonl): header +
+    # informal_prefix + formal_statement is the whole file DeepSeek-/Goedel-style prompts show.
+    # Through 01 as a user runs it, every row comes back as written; imo_1964_p1_2's docstring
+    # ends "\n-/", which rebuilding it from stripped text lost.
+    import os
+    import subprocess
+    import sys
+    import common
+    from lean_client import normalize_statement
+    env = {**os.environ, "PROVER_RUNS_DIR": str(tmp_path / "runs")}
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--run_name", "d",
+                    "--rl_sources", "", "--sft_sources", "",
+                    "--eval_sets", "minif2f_test,minif2f_valid"], check=True, capture_output=True,
+                   env=env)
+    source = {r["name"]: r for r in map(json.loads,
+                                        (ROOT / "data/minif2f/deepseek_v15_minif2f.jsonl").open())}
+    seen = 0
+    for split in ("test", "valid"):
+        for row in common.read_rows(tmp_path / f"runs/d/01_data/eval_minif2f_{split}.parquet",
+                                    "statements"):
+            raw = source[row["theorem_name"]]
+            want = raw["header"] + raw["informal_prefix"] + normalize_statement(raw["formal_statement"])
+            assert formats.lean_file(row) == want, row["theorem_name"]
+            seen += 1
+    assert seen == len(source) == 488 and "\n-/" in source["imo_1964_p1_2"]["informal_prefix"]
