@@ -291,7 +291,7 @@ class Evaluator:
 
     def verify(self, rows, texts) -> list:
         """Extract, gate and verify; None where the completion holds no proof of the statement."""
-        return formats.verify_completions(self.client, rows, texts)
+        return formats.verify_completions(self.client, rows, texts, self.fmt)
 
     def tool_generate(self, prompts, seeds) -> list[tuple[str, int]]:
         """StepFun's loop (agent_loops.tool_rollouts, the one 03 --rollout tool trains with): the
@@ -344,7 +344,7 @@ class Evaluator:
                 pending.result()
         bar.close()
         if cfg.mode == "repair":   # from the whole log: a resumed run keeps the fixes of before
-            repair_rows += repairs_in_log(log.rows, rows, memory, cfg)
+            repair_rows += repairs_in_log(log.rows, rows, memory, cfg, self.fmt)
 
     def finish_chunk(self, bench, todo, prompts, outs, log: SampleLog) -> None:
         rows = [r for r, _ in todo]
@@ -399,7 +399,7 @@ class Evaluator:
                                           len(r.gen.token_ids), self.feedback(r.verdict, rnd)))
                 if not r.ok:
                     continue
-                proof = formats.extract_proof(r.gen.text, row["formal_statement"])
+                proof = formats.extract_proof(r.gen.text, row["formal_statement"], self.fmt)
                 proved = {"statement_id": row["statement_id"],
                           "formal_statement": row["formal_statement"],
                           "header": row["header"], "proof": proof, "source": bench,
@@ -502,7 +502,7 @@ def main(argv=None):
             common.write_parquet(repair_rows, folder / "repair_sft.parquet", "sft")
         if cfg.mode == "repair":   # this evaluation's new proofs: training data for the next
                                    # iteration
-            found += [p for p in found_in_log(log.rows, rows, cfg.run_name, bench)
+            found += [p for p in found_in_log(log.rows, rows, cfg.run_name, bench, ev.fmt)
                       if p not in found]
             common.write_parquet(found, folder / "found_proofs.parquet", "proof_bank")
         n = cfg.repair_width if cfg.mode == "repair" else cfg.n_samples
@@ -606,7 +606,7 @@ def next_round_feedback(cfg: Settings, feedback: str) -> str:
 
 
 def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory,
-                   cfg: Settings) -> list[dict]:
+                   cfg: Settings, fmt: str = "kimina") -> list[dict]:
     """Round-level samples (OProver) from a sample log, so a resumed run loses none: every
     verified round with the proofs retrieved for it (JSON; the memory is frozen, so the same)
     and, for a fix (round t > 1), the attempt and feedback of round t - 1, in the SFT schema:
@@ -621,7 +621,8 @@ def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory,
             continue
         retrieved = memory.retrieve(row["formal_statement"], cfg.retrieve_k, row["statement_id"])
         out.append({**{c: row.get(c, "") for c in common.STATEMENT_COLUMNS}, "split": "train",
-                    "formal_proof": formats.extract_proof(x["completion"], row["formal_statement"]),
+                    "formal_proof": formats.extract_proof(x["completion"], row["formal_statement"],
+                                                          fmt),
                     "completion": x["completion"], "prev_attempt": prev["completion"] if prev
                     else None,
                     "lean_feedback": next_round_feedback(cfg, prev["feedback"]) if prev else None,
@@ -629,14 +630,15 @@ def repairs_in_log(samples: list[dict], rows: list[dict], memory: ProofMemory,
     return out
 
 
-def found_in_log(samples: list[dict], rows: list[dict], run: str, bench: str) -> list[dict]:
+def found_in_log(samples: list[dict], rows: list[dict], run: str, bench: str,
+                 fmt: str = "kimina") -> list[dict]:
     """Verified proofs in a sample log (also those of an earlier, resumed part of the run)."""
     by_id = {r["statement_id"]: r for r in rows}
     out = []
     for x in samples:
         row = by_id.get(x["statement_id"])
         if x["ok"] and row:
-            proof = formats.extract_proof(x["completion"], row["formal_statement"])
+            proof = formats.extract_proof(x["completion"], row["formal_statement"], fmt)
             out.append({"statement_id": row["statement_id"],
                         "formal_statement": row["formal_statement"],
                         "header": row["header"], "proof": proof, "source": bench, "run": run})

@@ -69,10 +69,16 @@ _LEAN_BLOCK = re.compile(r"```lean4?[ \t]*\n(.*?)```", re.S)
 _TACTICS_BLOCK = re.compile(r"```tactics[ \t]*\n(.*?)```", re.S)
 
 
-def extract_proof(completion: str, statement: str) -> str | None:
+def extract_proof(completion: str, statement: str, fmt: str = "kimina") -> str | None:
     """The tactic proof after `:= by` in the last lean4 block that contains the statement
     verbatim, or None. The caller rebuilds header + statement + proof, so a model that edits
-    the statement gets None (and reward 0)."""
+    the statement gets None (and reward 0). `deepseek_v2_noncot` continues the file after
+    `:= by`: its proof is the completion up to the first ``` (DeepSeek-Prover-V1.5's
+    post_process_output), checked as header + statement + that continuation (docs/FORMATS.md)."""
+    if fmt == "deepseek_v2_noncot":
+        cut = completion.find("```")
+        proof = (completion[:cut] if cut >= 0 else completion).rstrip()
+        return proof if proof.strip() else None
     stmt = normalize_statement(statement)
     for block in reversed(_LEAN_BLOCK.findall(completion)):
         at = block.find(stmt)
@@ -106,13 +112,13 @@ def build_lean_code(header: str, statement: str, proof: str) -> str:
     return f"{header}{normalize_statement(statement)}{proof}"
 
 
-def verify_completions(client, rows: list[dict], texts: list[str]) -> list:
-    """Extract each completion's proof of its row's statement (header, formal_statement) and
-    verify them all through `client` (a LeanClient) in one call: a Verdict per completion, None
-    where the completion holds no proof of the statement."""
+def verify_completions(client, rows: list[dict], texts: list[str], fmt: str = "kimina") -> list:
+    """Extract each completion's proof of its row's statement (header, formal_statement) in
+    the answer shape of prompt format `fmt` and verify them all through `client` (a LeanClient)
+    in one call: a Verdict per completion, None where it holds no proof of the statement."""
     items, where = [], []
     for k, (row, text) in enumerate(zip(rows, texts)):
-        proof = extract_proof(text, row["formal_statement"])
+        proof = extract_proof(text, row["formal_statement"], fmt)
         if proof is not None:
             items.append({"id": str(k), "statement": row["formal_statement"],
                           "header": row.get("header") or "",
@@ -133,6 +139,8 @@ def format_errors(completion: str, statement: str, *, require_tactic_blocks: boo
     only make sense for models distilled on Kimina's long reasoning traces. Other prompt
     formats (`fmt`) are held only to a final lean4 block with the statement unchanged.
     """
+    if fmt == "deepseek_v2_noncot":   # a continuation of the file: no shape to check
+        return [] if extract_proof(completion, statement, fmt) is not None else ["no_proof"]
     if fmt != "kimina":
         blocks = list(_LEAN_BLOCK.finditer(completion))
         found = blocks and normalize_statement(statement) in blocks[-1].group(1)

@@ -70,7 +70,7 @@ def score(rollouts: list[Rollout], client: LeanClient, cfg, verdicts=None) -> No
     already verified (the repair loop verifies each round to go on)."""
     if verdicts is None:
         verdicts = formats.verify_completions(client, [r.item.row for r in rollouts],
-                                              [r.gen.text for r in rollouts])
+                                              [r.gen.text for r in rollouts], cfg.prompt_format)
     for r, v in zip(rollouts, verdicts):
         r.format_errors = formats.format_errors(r.gen.text, r.item.row["formal_statement"],
                                                require_tactic_blocks=cfg.require_tactic_blocks,
@@ -185,7 +185,7 @@ def agent_rollout_step(items, step, gen, tok, client, cfg, memory,
                                      cfg.max_new_tokens,
                                      cfg.temperature, cfg.top_p),
         lambda its, texts: timed("time_verify_wait", formats.verify_completions, client,
-                                 [items[i].row for i, _ in its], texts),
+                                 [items[i].row for i, _ in its], texts, cfg.prompt_format),
         lambda v, rnd: formats.lean_feedback(v, style, round_idx=rnd) if v is not None and not v.ok
                                       else "",
         lambda it, rnd: generation.rollout_seed(cfg.seed, step, index[it[0]], it[1], rnd))

@@ -220,3 +220,29 @@ def test_benchmark_docstrings_are_written_back_byte_for_byte(tmp_path):
             assert formats.lean_file(row) == want, row["theorem_name"]
             seen += 1
     assert seen == len(source) == 488 and "\n-/" in source["imo_1964_p1_2"]["informal_prefix"]
+
+
+def test_deepseek_noncot_continuations_are_checked_as_deepseek_does(standin):
+    """DeepSeek-Prover-V1.5 (deepseek-ai/DeepSeek-Prover-V1.5 2c4ba91, prover/utils.py
+    post_process_output and prover/workers/search.py _post_process): the model continues the
+    file after `:= by`; the proof is its output up to the first ```, and Lean checks
+    header + formal_statement + that proof. Before, nothing was extracted: every answer scored 0."""
+    from conftest import HEADER
+    from lean_client import LeanClient
+    row = {"statement_id": "s", "header": HEADER, "formal_statement": "theorem t : 1 + 1 = 2 := by",
+           "informal_problem": ""}
+    prompt = formats.render(None, formats.prompt_messages(row, "deepseek_v2_noncot"),
+                            "deepseek_v2_noncot")
+    assert prompt.endswith(":= by")
+    right, wrong = "\n  rfl\n```\nextra text after the fence", "\n  omega\n```"
+    assert formats.extract_proof(right, row["formal_statement"], "deepseek_v2_noncot") == "\n  rfl"
+    assert formats.extract_proof("```", row["formal_statement"], "deepseek_v2_noncot") is None
+    assert formats.format_errors(right, row["formal_statement"], fmt="deepseek_v2_noncot") == []
+    verdicts = formats.verify_completions(LeanClient(standin), [row] * 3,
+                                          [right, wrong, "```"], "deepseek_v2_noncot")
+    assert verdicts[0].ok and verdicts[0].code == HEADER + "theorem t : 1 + 1 = 2 := by\n  rfl"
+    assert verdicts[1].status == "lean_error" and verdicts[2] is None
+    # the SFT target of the format is the same shape: a continuation closed by a fence
+    target = formats.target_completion("deepseek_v2_noncot", HEADER, row["formal_statement"],
+                                       "\n  rfl", "")
+    assert formats.extract_proof(target, row["formal_statement"], "deepseek_v2_noncot") == "\n  rfl"
