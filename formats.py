@@ -38,7 +38,7 @@ def target_completion(fmt: str, header: str, statement: str, proof: str, thinkin
     and Goedel-V2's proof plan then the whole file in a lean4 block; OProver's bare lean4 block;
     the non-CoT prompt's continuation (the proof, then the closing fence)."""
     code = build_lean_code(header, statement, proof).strip("\n")
-    if fmt in ("kimina", "stepfun"):
+    if fmt in ("kimina", "kimina_preview", "stepfun"):
         return kimina_completion(header, statement, proof, thinking)
     if fmt in ("deepseek_v2", "goedel_v2"):
         return f"{thinking.strip()}\n\n```lean4\n{code}\n```"
@@ -189,11 +189,16 @@ def format_errors(completion: str, statement: str, *, require_tactic_blocks: boo
 # DeepSeekNonCoTHandler); StepFun-Prover-Preview demo/interact_with_lean4repl.py. OProver's
 # prompt is not public: `oprover` is our layout of its compact round state (statement, retrieved
 # proofs, the last attempt, its diagnostics), one user turn per round.
-FORMATS = ("kimina", "deepseek_v2", "deepseek_v2_noncot", "goedel_v2", "stepfun", "oprover")
-MODEL_FORMATS = (("kimina-prover", "kimina"), ("deepseek-prover-v2", "deepseek_v2"),
+FORMATS = ("kimina", "kimina_preview", "deepseek_v2", "deepseek_v2_noncot", "goedel_v2",
+           "stepfun", "oprover")
+# the first name that matches wins: Kimina-Prover-Preview(-Distill) before Kimina-Prover(-RL)
+MODEL_FORMATS = (("kimina-prover-preview", "kimina_preview"), ("kimina-prover", "kimina"),
+                 ("deepseek-prover-v2", "deepseek_v2"),
                  ("goedel-prover-v2", "goedel_v2"), ("stepfun-prover", "stepfun"),
                  ("oprover", "oprover"))
-FEEDBACK_STYLE = {"deepseek_v2": "goedel", "deepseek_v2_noncot": "goedel", "goedel_v2": "goedel"}
+FEEDBACK_STYLE = {"deepseek_v2": "goedel", "deepseek_v2_noncot": "goedel", "goedel_v2": "goedel",
+                  "kimina_preview": "goedel"}
+KIMINA_PREVIEW_SYSTEM = "You are an expert in mathematics and Lean 4."
 DSV2_PLAN = ("Before producing the Lean 4 code to formally prove the given theorem, "
              "provide a detailed proof plan "
              "outlining the main proof steps and strategies.\nThe plan should highlight "
@@ -249,6 +254,15 @@ def first_turn(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
     if fmt == "kimina":
         msgs = kimina_messages(row["formal_statement"], row.get("informal_problem") or "",
                                row.get("header") or "")
+    elif fmt == "kimina_preview":    # its model card's prompt, as Goedel's KiminaCoTHandler builds
+        stmt = lean_file(row).split(":= by")[0] + ":= by"   # it: "# Problem:" + the file's
+        problem = "\n".join(line for line in stmt.splitlines()   # lines but header and blanks
+                            if not line.startswith(("import", "set_option", "open"))
+                            and line.strip())
+        msgs = [{"role": "system", "content": KIMINA_PREVIEW_SYSTEM},
+                {"role": "user", "content": "Think about and solve the following problem step by "
+                 f"step in Lean 4.\n# Problem:{problem}\n# Formal statement:\n```lean4\n{stmt}"
+                 "\n```\n"}]
     elif fmt == "deepseek_v2":       # the README's example: `:= by` then `  sorry` on its own line
         msgs = [{"role": "user", "content": "Complete the following Lean 4 code:\n\n```lean4\n"
                  f"{(lean_file(row) + chr(10) + '  sorry').strip()}\n```\n\n{DSV2_PLAN}"}]

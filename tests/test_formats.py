@@ -246,3 +246,26 @@ def test_deepseek_noncot_continuations_are_checked_as_deepseek_does(standin):
     target = formats.target_completion("deepseek_v2_noncot", HEADER, row["formal_statement"],
                                        "\n  rfl", "")
     assert formats.extract_proof(target, row["formal_statement"], "deepseek_v2_noncot") == "\n  rfl"
+
+
+def test_kimina_preview_distill_is_prompted_as_its_card_and_picked_by_name():
+    # Goedel-LM/Goedel-Prover-V2 2e9036e, src/utils.py, KiminaCoTHandler.prover_inference (its
+    # comment points at the AI-MO/Kimina-Prover-Preview-Distill-7B card): the whole file cut at
+    # ':= by'; "# Problem:" + its lines that are not import/set_option/open or blank; the system
+    # text "You are an expert in mathematics and Lean 4."
+    for lean4_code, row in list(goedel_rows())[:30]:
+        stmt = lean4_code.split(":= by")[0] + ":= by"
+        problem = "\n".join(line for line in stmt.splitlines()
+                            if not (line.startswith("import") or line.startswith("set_option")
+                                    or line.startswith("open") or line.strip() == ""))
+        user = "Think about and solve the following problem step by step in Lean 4."
+        user += f"\n# Problem:{problem}"
+        user += f"\n# Formal statement:\n```lean4\n{stmt}\n```\n"
+        assert formats.first_turn(row, "kimina_preview") == [
+            {"role": "system", "content": "You are an expert in mathematics and Lean 4."},
+            {"role": "user", "content": user}], row["formal_statement"][:40]
+    # auto picks by model name: the Preview family is not the RL recipe's
+    assert formats.format_for("AI-MO/Kimina-Prover-Preview-Distill-7B") == "kimina_preview"
+    assert formats.format_for("AI-MO/Kimina-Prover-Distill-1.7B") == "kimina"
+    assert formats.format_for("AI-MO/Kimina-Prover-RL-1.7B") == "kimina"
+    assert formats.FEEDBACK_STYLE["kimina_preview"] == "goedel"   # Goedel's correction turn
