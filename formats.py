@@ -66,6 +66,18 @@ def thinking_from_proof(informal: str, proof: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _LEAN_BLOCK = re.compile(r"```lean4?[ \t]*\n(.*?)```", re.S)
+_GOEDEL_BLOCK = re.compile(r"```lean4\n(.*?)\n```", re.S)
+# the families whose own pipelines check the model's proof under the original statement, the
+# model's own statement text dropped (Goedel-Prover-V2 src/utils.py replace_statement_in_proof;
+# its KiminaCoTHandler does the same for Kimina-Prover-Preview); Kimina's recipe stays strict
+GOEDEL_FAMILY = ("deepseek_v2", "goedel_v2", "kimina_preview")
+
+
+def _goedel_uncomment(code: str) -> str:
+    """Comments out as Goedel's remove_comments takes them: `/- ... -/` blocks (not nested),
+    then everything after `--` on each line; stripped."""
+    code = re.sub(r"/-.*?-/", "", code, flags=re.S)
+    return "\n".join(line.split("--", 1)[0] for line in code.split("\n")).strip()
 _TACTICS_BLOCK = re.compile(r"```tactics[ \t]*\n(.*?)```", re.S)
 
 
@@ -79,6 +91,13 @@ def extract_proof(completion: str, statement: str, fmt: str = "kimina") -> str |
         cut = completion.find("```")
         proof = (completion[:cut] if cut >= 0 else completion).rstrip()
         return proof if proof.strip() else None
+    if fmt in GOEDEL_FAMILY:   # Goedel-Prover-V2's replace_statement_in_proof (docs/FORMATS.md)
+        blocks = _GOEDEL_BLOCK.findall(completion) or _LEAN_BLOCK.findall(completion)
+        if not blocks:
+            return None
+        code = _goedel_uncomment(blocks[-1])
+        head = re.search(r"(?:^|\s)theorem\s+.*?:=\s*by", code, re.S)
+        return code[head.end():] if head else None
     stmt = normalize_statement(statement)
     for block in reversed(_LEAN_BLOCK.findall(completion)):
         at = block.find(stmt)
@@ -139,7 +158,7 @@ def format_errors(completion: str, statement: str, *, require_tactic_blocks: boo
     only make sense for models distilled on Kimina's long reasoning traces. Other prompt
     formats (`fmt`) are held only to a final lean4 block with the statement unchanged.
     """
-    if fmt == "deepseek_v2_noncot":   # a continuation of the file: no shape to check
+    if fmt == "deepseek_v2_noncot" or fmt in GOEDEL_FAMILY:   # as their pipelines take a proof
         return [] if extract_proof(completion, statement, fmt) is not None else ["no_proof"]
     if fmt != "kimina":
         blocks = list(_LEAN_BLOCK.finditer(completion))

@@ -269,3 +269,27 @@ def test_kimina_preview_distill_is_prompted_as_its_card_and_picked_by_name():
     assert formats.format_for("AI-MO/Kimina-Prover-Distill-1.7B") == "kimina"
     assert formats.format_for("AI-MO/Kimina-Prover-RL-1.7B") == "kimina"
     assert formats.FEEDBACK_STYLE["kimina_preview"] == "goedel"   # Goedel's correction turn
+
+
+def test_a_reflowed_statement_is_checked_as_each_family_does(standin):
+    """Goedel-Prover-V2 (2e9036e, src/utils.py replace_statement_in_proof, used by its handlers'
+    problem_check): the last lean4 block, comments removed, the text after its first
+    `theorem ... := by`, under the ORIGINAL statement. A model that writes a two-line statement
+    on one line is then checked, not dropped. Kimina's recipe stays strict (the block must hold
+    the statement verbatim)."""
+    from conftest import HEADER
+    from lean_client import LeanClient
+    stmt = "theorem t (x : ℕ)\n    (h : x = 2) : x + 1 = 3 := by"
+    row = {"statement_id": "r", "header": HEADER, "formal_statement": stmt, "informal_problem": ""}
+    reflowed = (f"plan\n\n```lean4\n{HEADER}/-- doc -/\ntheorem t (x : ℕ) (h : x = 2) : x + 1 = 3 "
+                ":= by -- the statement on one line\n  subst h\n  rfl\n```")
+    want = " \n  subst h\n  rfl"   # after `:= by`, Goedel's comment removal leaving the space
+    for fmt in ("goedel_v2", "deepseek_v2", "kimina_preview"):
+        assert formats.extract_proof(reflowed, stmt, fmt) == want, fmt
+        assert formats.format_errors(reflowed, stmt, fmt=fmt) == [], fmt
+    assert formats.extract_proof(reflowed, stmt, "kimina") is None
+    [v] = formats.verify_completions(LeanClient(standin), [row], [reflowed], "goedel_v2")
+    assert v.code == HEADER + stmt + want                      # the original statement is checked
+    # no theorem in the block, or no block: nothing to check
+    assert formats.extract_proof("```lean4\nexample : 1 = 1 := by rfl\n```", stmt, "goedel_v2") is None
+    assert formats.extract_proof("no code", stmt, "goedel_v2") is None
