@@ -13,7 +13,7 @@ iteration), iterations.jsonl, manifest.json (last); results/<run>/iterations.{md
     python 05_iterate.py --run_name op --iterations 3 --backend vllm               # one GPU
     python 05_iterate.py --run_name sf --loop tool --prompt_format stepfun --backend vllm
     python 05_iterate.py --run_name op --launcher "accelerate launch --num_processes 8"
-CPU toy: README ("Training the loops"). GPU recipes: recipes/oprover_iterate.sh,
+CPU toy: the commands at the end of docs/RESULTS.md. GPU recipes: recipes/oprover_iterate.sh,
 recipes/stepfun_tool_rl.sh. Departures from OProver and StepFun: docs/DESIGN.md.
 """
 from dataclasses import dataclass

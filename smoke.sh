@@ -3,7 +3,7 @@
 # Lean: lean_standin_server.py). Sets up .venv first, then 01 -> 02 -> 04 (SFT model) -> 03 ->
 # 04 (RL model), and collects tables and plots in results/<run>/.
 #   bash smoke.sh                        # tiny preset (~1M-parameter Qwen3)
-#   PRESET=smollm2 bash smoke.sh         # the real SmolLM2-135M-Instruct (slow: see README)
+#   PRESET=smollm2 bash smoke.sh         # the real SmolLM2-135M-Instruct (slow: see docs/RESULTS.md)
 #   SFT_STEPS, SFT_LR (smollm2), RL_STEPS, EVAL_PROBLEMS, RL_LR: override the preset's values
 #   RUN: the run folder (default smoke, or smoke_<preset>)
 #   SEED=1 bash smoke.sh                 # another seed for 02, 03 and both 04 evaluations
@@ -25,7 +25,7 @@ export PROVER_RUNS_DIR=${PROVER_RUNS_DIR:-$PWD/runs}
 [ -z "${RESULTS_DIR:-}" ] || export PROVER_RESULTS_DIR=$RESULTS_DIR
 if [ "$PRESET" = tiny ]; then
   # 8,000 SFT steps: at 4,000 the 0.85M model copied a theorem's name only when the proposition
-  # was long, so the `∣` class (short propositions) never earned a reward in RL (README)
+  # was long, so the `∣` class (short propositions) never earned a reward in RL (docs/RESULTS.md)
   SFT_STEPS=${SFT_STEPS:-8000}; RL_STEPS=${RL_STEPS:-100}; EVAL_PROBLEMS=${EVAL_PROBLEMS:-200}; SFT_CORRECT=0.4
   # 8 prompts x 8 samples, two updates per step (mini-batches of 4 prompts); the k3 KL term to
   # the SFT model keeps the format while the tactic choice moves (recipes/smoke_sweep.sh)
@@ -33,7 +33,7 @@ if [ "$PRESET" = tiny ]; then
             --eval_max_problems 64 --eval_every 50)
 else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller of everything
   # 150 SFT steps at lr 1e-4: after 60 at 5e-5 the tactic choice ignored the relation (25-33%
-  # right per class where the data has 40%), and RL from there narrowed to one tactic (README).
+  # right per class where the data has 40%), and RL from there narrowed to one tactic (docs/RESULTS.md).
   # SFT data with the right tactic 60% of the time: at 40% (the tiny preset's) 150 steps left
   # p(right tactic) at 0.30-0.36 per class (recipes/tactic_probe.py), and RL from there moved
   # one tactic up on every class (results/smoke_smollm2_sweep_sft40/)
@@ -44,7 +44,7 @@ else   # SmolLM2-135M: about 7 s per SFT step on 2 cores, so fewer and smaller o
   # turns). At 20 updates `omega` (four relations, so each gets a quarter of the class's
   # rollouts) had not yet moved on every seed; with 10 updates of a shuffled mix (a class's
   # share of a run's first turns 19-32%) at least one class fell on every seed; at 1e-5 with 4 prompts a step ten steps collapsed the choice, at
-  # 2e-6 with 8 prompts the policy drifted to one tactic (README, recipes/smoke_smollm2_settings.txt).
+  # 2e-6 with 8 prompts the policy drifted to one tactic (docs/RESULTS.md, recipes/smoke_smollm2_settings.txt).
   # Micro-batches of 8 rollouts (the same gradient as 16); even so an update reached 10.2 GB,
   # so two runs at once in 24 GB, not three. No validation inside 03
   # (--eval_every 0): at 10-15 min a pass it would be a third of the run, and 04 measures the
@@ -57,9 +57,9 @@ step() { echo; echo "[smoke $(date +%H:%M:%S)] === $* ==="; }
 if [ -z "${LEAN_SERVER_API_URL:-}" ]; then
   source recipes/standin.sh   # the stand-in on a free localhost port, stopped when this script exits
   # SFT proofs use the right tactic SFT_CORRECT of the time (uniform would be 25%: from there
-  # 100 RL steps did not find the rule, README), and every SFT statement also gets a correction
+  # 100 RL steps did not find the rule, docs/RESULTS.md), and every SFT statement also gets a correction
   # row (wrong attempt, the stand-in's feedback, another tactic): with a quarter, the tiny model
-  # never copied the statement in the second turn (README, recipes/copy_probe.py)
+  # never copied the statement in the second turn (docs/RESULTS.md, recipes/copy_probe.py)
   DATA_ARGS=(--task toy --toy_sft_correct "$SFT_CORRECT" --toy_sft_repair 1.0)
   RL_ARGS=(--require_tactic_blocks false --max_new_tokens 64)
   [ "$PRESET" = tiny ] || RL_ARGS+=(--balance_by toy_tactic)   # 01's class column (toy only)

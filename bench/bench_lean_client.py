@@ -7,7 +7,7 @@ W / L unique proofs per second (the physical limit). We report:
   - its item throughput (duplicates included) against a plain sequential loop of
     `requests.post`, one snippet per request, measured on a prefix of the same items.
 
-    python bench/bench_lean_client.py                      # the README numbers
+    python bench/bench_lean_client.py                      # the README's benchmark numbers
     python bench/bench_lean_client.py --proofs 400 --baseline 100   # quicker
 The stand-in is not Lean: these are numbers about the client and the protocol, not about Lean.
 """

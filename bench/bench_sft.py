@@ -6,7 +6,7 @@ the same number of steps, in one process. Reported: median seconds per step afte
 training tokens per second, and the ratio ours / TRL (goal: >= 1).
 
     pip install -r requirements-bench.txt          # trl
-    python bench/bench_sft.py                       # the README numbers
+    python bench/bench_sft.py                       # the README's benchmark numbers
 """
 import argparse
 import json

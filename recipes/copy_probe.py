@@ -1,14 +1,14 @@
 """Does an SFT model copy the statement at the first turn and in the correction (second) turn?
 On a run's SFT rows (toy task): greedy answers that contain the row's statement verbatim, and
 the teacher-forced completion loss per token, for first-turn rows and correction rows apart.
-The README's figures on the cost of correction rows (issue #16) come from this.
+docs/RESULTS.md's figures on the cost of correction rows (issue #16) come from this.
 
     .venv/bin/python recipes/copy_probe.py --model runs/smoke/02_sft/final/model --data
     runs/smoke/01_data/sft.parquet
 
 With --samples (04's samples.jsonl of the toy eval set) it reads what a model wrote instead:
 the share of samples that copied the theorem's name and its proposition, per relation and per
-length of the proposition (the README's account of why the `norm_num` class earns no reward).
+length of the proposition (docs/RESULTS.md's account of why the `norm_num` class earns no reward).
 
     .venv/bin/python recipes/copy_probe.py --samples
     runs/smoke/04_eval/sft/toy/single/n8-t64/samples.jsonl \

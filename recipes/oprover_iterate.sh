@@ -2,7 +2,7 @@
 # OProver-style iterative post-training (arXiv 2605.17283; docs/PROTOCOL.md and docs/RECIPES.md) on a
 # small released prover, on one GPU machine with the Hub and a Kimina Lean Server
 # (docker run -d -p 80:8000 projectnumina/kimina-lean-server:2.0.0). NOT run here (no GPU):
-# the same code runs on CPU in tests/test_iterate.py and in the README's toy loop.
+# the same code runs on CPU in tests/test_iterate.py and in the toy loop of docs/RESULTS.md.
 # Per iteration (05_iterate.py): agentic proving on the question bank with retrieval from the
 # memory (OProver: top-k verified proofs, previous attempt, Lean diagnostics, stop at the first
 # verified proof) -> new proofs into the memory (decontaminated against miniF2F) -> SFT on the

@@ -4,7 +4,7 @@ statement copied, `:= by`, then the tactic): per class, the mean probability of 
 tactic and of each tactic. No sampling, so two checkpoints compare without sampling noise and
 without the copying of the statement in the way: it separates learning the rule (the right
 tactic's probability rises in every class) from sharpening a preference (one tactic rises in
-every class). The README's smollm2 smoke reads its SFT and RL models with it.
+every class). docs/RESULTS.md's smollm2 smoke reads its SFT and RL models with it.
 
     .venv/bin/python recipes/tactic_probe.py --model runs/smoke_smollm2/02_sft/final/model \
         --data runs/smoke_smollm2/01_data/eval_toy.parquet --problems 200

@@ -15,7 +15,7 @@
 # CHECKS REPL checks (default 2). The table: results/$RUN/tool_vs_single.md.
 #   bash smoke.sh && bash recipes/toy_tool_rl.sh      # about 40 min on 2 cores
 # The committed table (results/toy_tool/) is against the smoke as it was then, with 4,000 SFT
-# steps (smoke.sh now runs 8,000; README "Results"), which this reproduces:
+# steps (smoke.sh now runs 8,000; docs/RESULTS.md), which this reproduces:
 #   SFT_STEPS=4000 RUN=smoke_sft4k bash smoke.sh && SINGLE=smoke_sft4k bash recipes/toy_tool_rl.sh
 #   CHECKS=4 RUN=toy_tool_c4 bash recipes/toy_tool_rl.sh
 # Stages resume: a finished 01/02/03 is kept, 04 resumes from its sample log.

@@ -1,4 +1,4 @@
-"""The README's main command, end to end, with small step counts (slow)."""
+"""The README's first command (smoke.sh), end to end, with small step counts (slow)."""
 import json
 import os
 import subprocess
