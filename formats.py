@@ -397,14 +397,18 @@ def lean_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -
     goedel: Goedel-Prover-V2's correction turn (src/utils.py get_error_str and the DeepSeek
             CoT handler's correction prompt): up to 8 errors, 4 lines before, the span wrapped
             in <error></error>, the line after; `round_idx` is the failed attempt's round
-            (1 = the first attempt, Goedel's "Round 0").
+            (1 = the first attempt, Goedel's "Round 0"). An attempt whose check returned no
+            result (a timeout, a server error) gets no correction turn: "" (Goedel's
+            load_data_for_correction skips a compile result without `errors`).
     Lines are the client's snippet lines (it normalises old servers' after-import numbering).
     """
     if style == "kimina":
         return kimina_feedback(verdict)
     if style != "goedel":
         raise ValueError(f"unknown feedback style {style!r} (kimina or goedel)")
-    if verdict.status in ("timeout", "server_error", "rejected"):
+    if verdict.status in ("timeout", "server_error"):
+        return ""
+    if verdict.status == "rejected":   # our gate's refusal: Goedel would compile an error
         body = f"\nSystem error: {verdict.error or verdict.status}\n"
     else:
         body = goedel_error_str(verdict.code, verdict.errors)

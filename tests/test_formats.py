@@ -293,3 +293,12 @@ def test_a_reflowed_statement_is_checked_as_each_family_does(standin):
     # no theorem in the block, or no block: nothing to check
     assert formats.extract_proof("```lean4\nexample : 1 = 1 := by rfl\n```", stmt, "goedel_v2") is None
     assert formats.extract_proof("no code", stmt, "goedel_v2") is None
+
+
+def test_goedel_gives_no_correction_turn_to_an_attempt_without_a_result():
+    # Goedel-Prover-V2 2e9036e, src/utils.py load_data_for_correction: `if "errors" not in
+    # comp_data["result"]: continue` - a timed-out compile gets no correction prompt at all
+    from lean_client import Verdict
+    timeout = Verdict("x", "timeout", "theorem t : 1 = 1 := by\n  rfl", error="timed out")
+    assert formats.lean_feedback(timeout, "goedel") == ""
+    assert formats.lean_feedback(timeout, "kimina").startswith("# System Error:")   # Kimina's own
