@@ -316,6 +316,7 @@ def sft_format(data_path: Path) -> str:
 def train(cfg: Settings) -> Path:
     from accelerate import Accelerator
     placement = generation.device_policy(cfg.device, cfg.dtype)
+    threads = generation.cpu_threads(cfg.threads)
     accelerator = Accelerator(cpu=placement.device == "cpu")
     common.check_choices(cfg)
     out = common.stage_dir(cfg.run_name, "02_cpt" if cfg.objective == "cpt" else "02_sft")
@@ -386,7 +387,8 @@ def train(cfg: Settings) -> Path:
     metrics = None   # files are written by the main process only (two writers race on the rename)
     if accelerator.is_main_process:
         common.save_config(cfg, out,
-                           extra={"resolved_model": model_name, "total_steps": total_steps})
+                           extra={"resolved_model": model_name, "total_steps": total_steps,
+                                  "cpu_threads": threads})
         metrics = common.MetricsLog(out / "metrics.jsonl", resume_step=step, wandb=cfg.wandb,
                                     run_name=cfg.run_name, config=dataclasses.asdict(cfg))
     units = epoch_units(train_ex, epoch, cfg)

@@ -406,6 +406,7 @@ def train(cfg: Settings) -> Path:
     # Setup: processes, data, models, verifier, resume
     # -----------------------------------------------------------------------------------------
     placement = generation.device_policy(cfg.device, cfg.dtype)
+    threads = generation.cpu_threads(cfg.threads)
     procs = start_processes(placement)
     world, rank, is_main = procs.world, procs.rank, procs.is_main
     check_settings(cfg, world)
@@ -453,7 +454,8 @@ def train(cfg: Settings) -> Path:
     if is_main:
         common.save_config(cfg, out, extra={
             "resolved_model": model_path, "data": str(data_path), "processes": world,
-            "eval_data": str(eval_path), "total_steps": total, "placement": vars(placement)})
+            "eval_data": str(eval_path), "total_steps": total, "placement": vars(placement),
+            "cpu_threads": threads})
         kept = step if ckpt else -1   # no checkpoint: a crashed run's step-0 validation goes too
         metrics = common.MetricsLog(out / "metrics.jsonl", kept, cfg.wandb, cfg.run_name,
                                     dataclasses.asdict(cfg))

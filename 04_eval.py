@@ -452,11 +452,12 @@ def main(argv=None):
     if cfg.mode == "recompute":
         return recompute(cfg, caption)
     generation.device_policy(cfg.device, cfg.dtype)   # a missing GPU stops here, before any work
+    threads = generation.cpu_threads(cfg.threads)
     model_path = resolve_model(cfg)
     tag = cfg.tag or model_tag(model_path)
     benches = load_benchmarks(cfg)
     out = common.stage_dir(cfg.run_name, "04_eval") / tag
-    common.save_config(cfg, out, extra={"resolved_model": model_path})
+    common.save_config(cfg, out, extra={"resolved_model": model_path, "cpu_threads": threads})
     client = LeanClient(timeout=cfg.lean_timeout, batch_size=cfg.lean_batch_size,
                         check_axioms=cfg.check_axioms,
                         reject_native_decide=cfg.reject_native_decide,

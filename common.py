@@ -76,6 +76,7 @@ class DeviceSettings:
                                          # cuda:N
     dtype: str = "auto"                  # auto (bfloat16 on CUDA, float32 on CPU) | float32 |
                                          # bfloat16
+    threads: int = 0                     # CPU intra-op threads; 0: the cores not busy (>= 1)
 
 
 @dataclasses.dataclass

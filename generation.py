@@ -126,6 +126,24 @@ class Placement:
     dtype: str                           # float32 | bfloat16
 
 
+def cpu_threads(threads: int = 0) -> int:
+    """torch's intra-op threads for CPU work: `threads` if given, else the cores that the
+    1-minute load average leaves free, at least one. Measured by bench/bench_threads.py on 2
+    cores (docs/RESULTS.md): on an idle machine two threads ran the smoke's SFT step, generation
+    and GRPO update 1.9-2.1x faster than one; with one core busy elsewhere, one thread ran them
+    2.2-3.4x faster than two (oversubscribed threads wait on each other)."""
+    import torch
+    if threads <= 0:
+        cores = os.cpu_count() or 1
+        try:
+            busy = round(os.getloadavg()[0])
+        except OSError:
+            busy = 0
+        threads = max(1, cores - busy)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def device_policy(device: str = "auto", dtype: str = "auto") -> Placement:
     """The one place that decides device and dtype for every model a stage loads (the policy,
     its reference model, 04's generator): auto is CUDA and bfloat16 when a GPU is visible, else

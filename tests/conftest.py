@@ -11,6 +11,11 @@ sys.path.insert(0, str(ROOT))
 
 from lean_standin_server import StandinProcess  # noqa: E402
 
+# the tests' own computing in one thread: the stage subprocesses and stand-in servers they start
+# take the other core (generation.cpu_threads: a busy core makes a second thread a loss)
+import torch  # noqa: E402
+torch.set_num_threads(1)
+
 HEADER = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\n"
           "open BigOperators Real Nat Topology Rat\n\n")
 

@@ -270,3 +270,21 @@ def test_a_second_run_on_a_locked_folder_stops_naming_the_first(tmp_path):
     time.sleep(0.1)
     common.lock_folder(folder)          # released when its holder died (kill -9 included)
     common.lock_folder(folder)          # and a process may take its own lock again
+
+
+def test_cpu_threads_take_the_free_cores_or_the_setting(monkeypatch):
+    import os
+    import torch
+    import generation
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        assert generation.cpu_threads() == 2 and torch.get_num_threads() == 2   # idle: both
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+        assert generation.cpu_threads() == 1                                   # one busy: one
+        monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+        assert generation.cpu_threads() == 1                                   # never zero
+        assert generation.cpu_threads(2) == 2                                  # the setting wins
+    finally:
+        torch.set_num_threads(before)
