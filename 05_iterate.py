@@ -105,7 +105,7 @@ class StageCalls:
     def build(self, script: str, values: dict):
         cfg = self.cfg
         values = {"seed": cfg.seed, "prompt_format": self.fmt, "device": cfg.device,
-                  "dtype": cfg.dtype, **values}
+                  "dtype": cfg.dtype, "threads": cfg.threads, **values}
         values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
         return common.build_settings(self.classes[script], script, values,
                                      shlex.split(self.extra[script]))
