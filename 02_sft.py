@@ -92,9 +92,7 @@ def setup_model(cfg: Settings, out: Path, rows: list[dict], accelerator, placeme
         name = str(base)
     elif cfg.preset == "smollm2":
         name = str(generation.smollm2_folder())
-    elif cfg.preset:
-        raise SystemExit(f"--preset must be tiny or smollm2, got {cfg.preset!r}")
-    else:
+    else:   # no preset (its values are checked with the other choices when train() starts)
         name = cfg.model
     tok = generation.load_tokenizer(name)
     if not tok.chat_template:
@@ -373,8 +371,6 @@ def train(cfg: Settings) -> Path:
         progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    if cfg.schedule not in ("cosine", "constant"):
-        raise SystemExit(f"--schedule must be cosine or constant, got {cfg.schedule!r}")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     step, epoch, cursor = 0, 0, 0
     ckpt = common.find_checkpoint(cfg.resume, out)

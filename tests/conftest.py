@@ -51,7 +51,7 @@ def print_marks(body: dict, payload):
     """A canned reply as a REPL would give it: each snippet that ends with lean_client's closing
     `#print "..."` gets that string as an info message in its response (when it has one)."""
     import copy
-    import re
+    from lean_client import _MARK
     if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
         return payload
     payload = copy.deepcopy(payload)
@@ -59,7 +59,7 @@ def print_marks(body: dict, payload):
              for i, s in enumerate(body.get("snippets") or body.get("codes") or [])}
     for r in payload["results"]:
         rid = str(r.get("id", r.get("custom_id", "")))
-        mark = re.search(r'#print "(lean_client checked [0-9a-f]{12})"\s*$', codes.get(rid, ""))
+        mark = _MARK.search(codes.get(rid, ""))   # the client's own pattern of its mark
         if mark and isinstance(r.get("response"), dict):
             r["response"].setdefault("messages", [])
             r["response"]["messages"] = list(r["response"]["messages"] or []) + [
