@@ -1,10 +1,10 @@
 """Stage 04: evaluation: pass@k, error correction, repair with retrieval, tool-integrated proving,
 and tables recomputed from recorded verdicts.
 
---mode single (n samples per problem, unbiased pass@k) | correction (then one Kimina second
-turn per failed sample) | repair (OProver/Goedel: trajectories of up to repair_depth rounds with
-proofs retrieved from a frozen proof memory) | tool (StepFun's <sketch>/<REPL> loop) | recompute
-(tables from a recorded verdict file, no generation). Samples are logged as they are verified,
+--mode single (n samples per problem, unbiased pass@k) | correction (then rounds of new
+attempts per failed one, the whole history in the prompt: Kimina 1 x 1, Goedel 2 x 2) | repair
+(OProver: trajectories of up to repair_depth rounds with proofs retrieved from a frozen proof
+memory) | tool (StepFun's <sketch>/<REPL> loop) | recompute (tables from recorded verdicts). Samples are logged as they are verified,
 so a rerun resumes; other sample settings are an error naming them.
 Writes runs/<run>/04_eval/<tag>/<benchmark>/<mode>/<budget>/samples.{jsonl,parquet} and
 results/<run>/<tag>/ (pass@k tables with bootstrap CIs, best@k, curves), config.json and
@@ -39,6 +39,9 @@ class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
     problems_per_chunk: int = 8
     vllm_tp: int = 1
     feedback_style: str = "auto"         # kimina | goedel (auto: the prompt format's own)
+    # correction: Kimina's second turn is 1 round x 1; Goedel-Prover-V2's pipeline.sh 2 x 2
+    correction_rounds: int = 1           # rounds after the first attempt
+    correction_samples: int = 1          # new attempts per failed attempt and round
     # repair (OProver); repair_depth and retrieve_k are the shared ones
     repair_width: int = 8
     repair_feedback: bool = True         # false: later rounds see the attempt, not Lean's
@@ -175,10 +178,12 @@ class SampleLog:
 
 
 BUDGET_KEYS = {"single": ("n_samples", "max_new_tokens"),
-               "correction": ("n_samples", "max_new_tokens"),
+               "correction": ("n_samples", "correction_rounds", "correction_samples",
+                              "max_new_tokens"),
                "repair": ("repair_width", "repair_depth", "retrieve_k", "max_new_tokens"),
                "tool": ("n_samples", "tool_budget", "tool_max_checks", "max_new_tokens")}
-SHORT = {"n_samples": "n", "max_new_tokens": "t", "repair_width": "w", "repair_depth": "d",
+SHORT = {"n_samples": "n", "max_new_tokens": "t", "correction_rounds": "r",
+         "correction_samples": "s", "repair_width": "w", "repair_depth": "d",
          "retrieve_k": "k",
          "tool_budget": "b", "tool_max_checks": "c"}
 
@@ -186,7 +191,8 @@ SHORT = {"n_samples": "n", "max_new_tokens": "t", "repair_width": "w", "repair_d
 def budget_label(cfg: Settings) -> str:
     """The search budget in a name, e.g. n32-t24576 or w8-d3-k3-t16384: one folder and one table
     per budget, so a sweep never mixes budgets."""
-    label = "-".join(f"{SHORT[k]}{getattr(cfg, k)}" for k in BUDGET_KEYS[cfg.mode])
+    label = "-".join(f"{SHORT[k]}{getattr(cfg, k)}" for k in BUDGET_KEYS[cfg.mode]
+                     if not (k.startswith("correction_") and getattr(cfg, k) == 1))  # Kimina's
     return label + ("-nofb" if cfg.mode == "repair" and not cfg.repair_feedback else "")
 
 
@@ -273,9 +279,9 @@ class Evaluator:
         self.style = (formats.FEEDBACK_STYLE.get(self.fmt, "kimina")
                       if cfg.feedback_style == "auto" else cfg.feedback_style)
 
-    def prompt(self, row, retrieved=(), attempt="", feedback="") -> str:
+    def prompt(self, row, retrieved=(), attempt="", feedback="", earlier=()) -> str:
         msgs = formats.prompt_messages({**row, "prev_attempt": attempt, "lean_feedback": feedback},
-                                       self.fmt, retrieved)
+                                       self.fmt, retrieved, earlier)
         return formats.render(self.tok, msgs, self.fmt)
 
     def feedback(self, verdict, rnd: int = 1) -> str:
@@ -352,26 +358,55 @@ class Evaluator:
         records = [sample_row(bench, self.cfg.mode, r, k, 1, p, t, v, n, self.feedback(v))
                    for (r, k), p, (t, n), v in zip(todo, prompts, outs, verdicts)]
         if self.cfg.mode == "correction":
-            failed = [i for i, rec in enumerate(records) if not rec["ok"] and rec["feedback"]
-                      and len(rec["feedback"]) <= 3000]
-            p2 = [self.prompt(rows[i], attempt=records[i]["completion"],
-                              feedback=records[i]["feedback"])
-                  for i in failed]
-            fits = [len(self.tok(p,
-                                 add_special_tokens=False).input_ids) <= self.cfg.max_prompt_tokens
-                    for p in p2]
-            self.dropped_long += fits.count(False)
-            failed, p2 = [i for i, ok in zip(failed, fits) if ok], [p for p, ok in zip(p2, fits)
-                                                                    if ok]
-            gens = self.sample(p2,
-                               [generation.rollout_seed(self.cfg.seed, 2, rows[i]["statement_id"],
-                                                        todo[i][1])
-                                    for i in failed])
-            v2 = self.verify([rows[i] for i in failed], [g.text for g in gens])
-            records += [sample_row(bench, "correction", rows[i], todo[i][1], 2, p, g.text, v,
-                                   len(g.token_ids),
-                                   self.feedback(v, 2)) for i, p, g, v in zip(failed, p2, gens, v2)]
+            records += self.correct(bench, rows, records)
         log.append(records)
+
+    def correct(self, bench, rows: list[dict], records: list[dict]) -> list[dict]:
+        """Correction rounds 2 .. correction_rounds + 1 after the first attempts `records`: each
+        failed attempt with feedback gets correction_samples new attempts, whose prompt carries
+        the whole history (every earlier attempt and its feedback). Kimina's second turn is one
+        round of one; Goedel-Prover-V2's pipeline (scripts/pipeline.sh) runs two rounds of two,
+        and, in goedel style, a problem any attempt has proved gets no further round (its
+        load_data_for_correction). A correction keeps its first attempt's sample_idx (pass@k
+        counts first attempts with everything that grew from them) and names its place in the
+        tree in `branch` ("1", then "1.0")."""
+        cfg, width = self.cfg, self.cfg.correction_samples
+        # (row index, the attempt, the (attempt, feedback) pairs before it)
+        frontier = [(i, rec, ()) for i, rec in enumerate(records)]
+        made = []
+        for rnd in range(2, cfg.correction_rounds + 2):
+            solved = ({x["statement_id"] for x in records + made if x["ok"]}
+                      if self.style == "goedel" else set())
+            failed = [(i, rec, earlier) for i, rec, earlier in frontier
+                      if not rec["ok"] and rec["feedback"] and len(rec["feedback"]) <= 3000
+                      and rec["statement_id"] not in solved]
+            todo, prompts = [], []
+            for i, rec, earlier in failed:
+                p = self.prompt(rows[i], attempt=rec["completion"], feedback=rec["feedback"],
+                                earlier=earlier)
+                if len(self.tok(p, add_special_tokens=False).input_ids) > cfg.max_prompt_tokens:
+                    self.dropped_long += 1
+                    continue
+                todo += [(i, rec, earlier, j) for j in range(width)]
+                prompts += [p] * width
+            if not todo:
+                break
+            branch = [f"{rec.get('branch') or ''}{'.' if rec.get('branch') else ''}{j}"
+                      for _, rec, _, j in todo]
+            # round 2's only branch "0" keeps the seed a one-round run always had
+            seeds = [generation.rollout_seed(cfg.seed, rnd, rows[i]["statement_id"],
+                                             rec["sample_idx"], *([b] if b != "0" else []))
+                     for (i, rec, _, _), b in zip(todo, branch)]
+            gens = self.sample(prompts, seeds)
+            verdicts = self.verify([rows[i] for i, *_ in todo], [g.text for g in gens])
+            frontier = []
+            for (i, rec, earlier, _), b, p, g, v in zip(todo, branch, prompts, gens, verdicts):
+                new = {**sample_row(bench, "correction", rows[i], rec["sample_idx"], rnd, p,
+                                    g.text, v, len(g.token_ids), self.feedback(v, rnd)),
+                       "branch": b}
+                made.append(new)
+                frontier.append((i, new, (*earlier, (rec["completion"], rec["feedback"]))))
+        return made
 
     def repair(self, bench, todo, log: SampleLog, memory: ProofMemory, found: list[dict],
                cut: dict) -> None:
@@ -452,6 +487,8 @@ def main(argv=None):
     if cfg.mode == "recompute":
         return recompute(cfg, caption)
     generation.device_policy(cfg.device, cfg.dtype)   # a missing GPU stops here, before any work
+    if min(cfg.correction_rounds, cfg.correction_samples) < 1:
+        raise SystemExit("--correction_rounds and --correction_samples must be >= 1")
     threads = generation.cpu_threads(cfg.threads)
     model_path = resolve_model(cfg)
     tag = cfg.tag or model_tag(model_path)

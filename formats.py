@@ -328,27 +328,29 @@ def extract_last_block(text: str) -> str:
     return blocks[-1].strip("\n") if blocks else ""
 
 
-def prompt_messages(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
+def prompt_messages(row: dict, fmt: str = "kimina", retrieved=(), earlier=()) -> list[dict]:
     """The messages before the target completion. A row with `prev_attempt` and
     `lean_feedback` is a repair/second turn (Kimina error correction, Goedel self-correction,
     OProver repair data): the attempt as the assistant turn and the feedback (already in the
-    format's feedback style) as the next user turn; OProver's round is one compact user turn."""
+    format's feedback style) as the next user turn; `earlier` holds the (attempt, feedback)
+    pairs of the rounds before it, so a later correction round carries the whole history, as
+    Goedel-Prover-V2's correction prompts do. OProver's round is one compact user turn."""
     attempt, feedback = row.get("prev_attempt"), row.get("lean_feedback")
     repair = isinstance(attempt,
                         str) and attempt.strip() and isinstance(feedback, str) and feedback.strip()
     if fmt == "oprover":
         return [{"role": "user", "content": oprover_state(row, retrieved, attempt if repair else "",
                                                           feedback if repair else "")}]
-    msgs = first_turn(row, fmt, retrieved)
-    if repair and fmt == "deepseek_v2_noncot":   # Goedel's non-CoT correction: the errors as
-                                                 # comments
-        comments = "\n".join(f"-- {line}" for line in feedback.splitlines() if line.strip())
+    if repair and fmt == "deepseek_v2_noncot":   # Goedel's non-CoT correction: the errors alone,
+        failed_round, errors = goedel_round_and_errors(feedback, len(earlier) + 1)
+        comments = "\n".join(f"-- {line}" for line in errors.splitlines() if line.strip())
         return [{"role": "user",
-                 "content": "-- The previous proof attempt resulted in compilation errors:\n"
-                 f"{comments}\n-- Please provide a corrected version. Wrap the "
-                 f"proof in ```lean4 and ```."}]
-    if repair:
-        msgs += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback}]
+                 "content": f"-- The previous proof attempt (Round {failed_round - 1}) resulted "
+                 f"in compilation errors:\n{comments}\n-- Please provide a corrected version. "
+                 "Wrap the proof in ```lean4 and ```."}]
+    msgs = first_turn(row, fmt, retrieved)
+    for a, f in [*earlier, (attempt, feedback)] if repair else []:
+        msgs += [{"role": "assistant", "content": a}, {"role": "user", "content": f}]
     return msgs
 
 
@@ -386,6 +388,18 @@ GOEDEL_TAIL = ("\n\nBefore producing the Lean 4 code to formally prove the "
                "detailed analysis of the error message.")
 
 
+_GOEDEL_HEAD_RE = re.compile(re.escape(GOEDEL_HEAD).replace(r"\{r\}", r"(\d+)"))
+
+
+def goedel_round_and_errors(feedback: str, default_round: int) -> tuple[int, str]:
+    """A Goedel-style correction turn -> (the failed attempt's round, 1-based; its error string
+    alone, what the non-CoT prompt comments out). Other text: (default_round, the text)."""
+    head = _GOEDEL_HEAD_RE.match(feedback)
+    if not head:
+        return default_round, feedback
+    return int(head.group(1)) + 1, feedback[head.end():].removesuffix(GOEDEL_TAIL)
+
+
 def lean_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -> str:
     """The user turn that shows a failed attempt's Lean errors, in a prover's exact layout.
 
@@ -396,9 +410,10 @@ def lean_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -
             server error, or our gate's refusal) is `# System Error:`; no errors gives "".
     goedel: Goedel-Prover-V2's correction turn (src/utils.py get_error_str and the DeepSeek
             CoT handler's correction prompt): up to 8 errors, 4 lines before, the span wrapped
-            in <error></error>, the line after; `round_idx` is the failed attempt's round
-            (1 = the first attempt, Goedel's "Round 0"). An attempt whose check returned no
-            result (a timeout, a server error) gets no correction turn: "" (Goedel's
+            in <error></error>, the line after, quoted from the code as Goedel compiles it
+            (goedel_view: header lines dropped, comments removed); `round_idx` is the failed
+            attempt's round (1 = the first attempt, Goedel's "Round 0"). An attempt whose check
+            returned no result (a timeout, a server error) gets no correction turn: "" (Goedel's
             load_data_for_correction skips a compile result without `errors`).
     Lines are the client's snippet lines (it normalises old servers' after-import numbering).
     """
@@ -411,8 +426,50 @@ def lean_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -
     if verdict.status == "rejected":   # our gate's refusal: Goedel would compile an error
         body = f"\nSystem error: {verdict.error or verdict.status}\n"
     else:
-        body = goedel_error_str(verdict.code, verdict.errors)
+        body = goedel_error_str(*goedel_view(verdict.code, verdict.errors))
     return GOEDEL_HEAD.format(r=round_idx - 1) + body + GOEDEL_TAIL
+
+
+_CLIENT_TAIL = re.compile(r'\n\n#print (?:axioms |"lean_client checked )')
+_GOEDEL_THEOREM = re.compile(r"(?:^|\s)theorem\s+.*?:=\s*by", re.S)
+_GOEDEL_DROPPED = ("import", "set_option", "open")
+
+
+def goedel_view(code: str, errors: list[LeanMessage]) -> tuple[str, list[LeanMessage]]:
+    """The code Goedel-Prover-V2 compiles for an attempt, and our errors moved onto it.
+
+    Goedel compiles replace_statement_in_proof's output (src/utils.py): the statement with its
+    comments removed, cut after `:= by sorry` with `sorry` deleted (so `:= by ` keeps a space),
+    then the model's proof, comments removed; src/compile.py's handle() then drops every line
+    that starts with import, set_option or open (blank lines stay). We verified header +
+    statement as written + the same proof, with lean_client's checks appended; so the proof's
+    lines are Goedel's lines shifted, and an error in the statement keeps its distance from the
+    statement's end."""
+    cut = _CLIENT_TAIL.search(code)
+    code = code[:cut.start()] if cut else code
+    head = _GOEDEL_THEOREM.search(code)
+    split = head.end() if head else 0
+    prefix, proof = code[:split], code[split:]
+    g_prefix = _goedel_uncomment(prefix) + (" " if head else "")
+    ours_at, g_at = prefix.count("\n"), g_prefix.count("\n")
+    col_shift = len(g_prefix.rsplit("\n", 1)[-1]) - len(prefix.rsplit("\n", 1)[-1])
+    lines = (g_prefix + proof).split("\n")
+    kept = [j for j, line in enumerate(lines) if not line.strip().startswith(_GOEDEL_DROPPED)]
+    new_index = {j: k for k, j in enumerate(kept)}
+
+    def move(line: int, col: int) -> tuple[int, int]:
+        j = max(0, line - 1 - ours_at + g_at)           # 0-based line in Goedel's text
+        col = col + col_shift if line - 1 == ours_at else col
+        while j not in new_index and j > 0:             # a dropped line: the one above it
+            j -= 1
+        return new_index.get(j, 0) + 1, max(0, min(col, len(lines[j])))
+
+    moved = []
+    for e in errors:
+        line, col = move(e.line, e.column)
+        end = (None, None) if e.end_line is None else move(e.end_line, e.end_column or 0)
+        moved.append(LeanMessage(e.severity, line, col, end[0], end[1], e.text))
+    return "\n".join(lines[j] for j in kept), moved
 
 
 def goedel_error_str(code: str, errors: list[LeanMessage], limit: int = 8) -> str:

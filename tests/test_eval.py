@@ -384,6 +384,53 @@ def test_correction_mode_reports_before_and_after(tmp_path, tiny_model, standin)
     assert all("omega could not prove the goal" in r["prompt"] for r in second)
 
 
+def test_goedel_correction_rounds_carry_the_history_and_skip_solved_problems(
+        tmp_path, tiny_model, standin):
+    # Goedel-Prover-V2 2e9036e scripts/pipeline.sh (MAX_CORRECTION_ROUNDS=2,
+    # NUM_SAMPLES_CORRECTION=2) and src/utils.py load_data_for_correction: every failed attempt of
+    # an unsolved problem gets 2 new attempts per round, each prompt the whole conversation so
+    # far; a problem any attempt proved gets no further round (Kimina style corrects per sample)
+    rows = toy_rows(2)
+    first_calls = []
+
+    def answer(prompt):
+        stmt = next(r["formal_statement"] for r in rows if r["formal_statement"] in prompt)
+        if "(Round" not in prompt:                     # a first attempt
+            first_calls.append(stmt)
+            right = stmt == rows[0]["formal_statement"] and first_calls.count(stmt) == 1
+            return answer_block(stmt, "rfl" if right else "omega"), "eos"
+        # wrong until the prompt holds two rounds of feedback (the third attempt)
+        return answer_block(stmt, "rfl" if "(Round 1)" in prompt else "omega"), "eos"
+
+    cfg = ev.Settings(mode="correction", n_samples=2, run_name="g", prompt_format="goedel_v2",
+                      correction_rounds=2, correction_samples=2)
+    e = make_evaluator(cfg, tiny_model, standin, answer)
+    assert e.style == "goedel"
+    log = ev.SampleLog(tmp_path / "g")
+    e.run_problems("toy", rows, log, None, [])
+    by_round = {rnd: [r for r in log.rows if r["round"] == rnd] for rnd in (1, 2, 3)}
+    # t0 was proved by its first sample: no corrections for it, its failed sample included
+    assert [r["ok"] for r in by_round[1] if r["statement_id"] == "toy/0"] == [True, False]
+    assert all(r["statement_id"] == "toy/1" for r in by_round[2] + by_round[3])
+    assert len(by_round[2]) == 4 and not any(r["ok"] for r in by_round[2])      # 2 failed x 2
+    assert len(by_round[3]) == 8 and all(r["ok"] for r in by_round[3])          # 4 failed x 2
+    assert sorted(r["branch"] for r in by_round[3]) == ["0.0", "0.0", "0.1", "0.1", "1.0",
+                                                        "1.0", "1.1", "1.1"]
+    assert {r["sample_idx"] for r in by_round[3]} == {0, 1}                    # their roots
+    third = by_round[3][0]["prompt"]     # both earlier attempts and both feedback turns in it
+    assert third.count("<|im_start|>assistant") == 3
+    assert third.index("(Round 0)") < third.index("(Round 1)")
+    # Kimina style, one round of one: every failed first attempt gets its second turn
+    first_calls.clear()
+    cfg = ev.Settings(mode="correction", n_samples=2, run_name="k")
+    e = make_evaluator(cfg, tiny_model, standin, answer)
+    log = ev.SampleLog(tmp_path / "k")
+    e.run_problems("toy", rows, log, None, [])
+    assert len([r for r in log.rows if r["round"] == 2]) == 3
+    assert ev.budget_label(cfg) == "n2-t24576" and "r2-s2" in ev.budget_label(
+        ev.Settings(mode="correction", correction_rounds=2, correction_samples=2))
+
+
 def test_verl_export_and_batched_reward(tmp_path, standin, monkeypatch):
     # concurrent per-sample calls (verl's reward loop awaits one coroutine per sample) share requests
     import asyncio

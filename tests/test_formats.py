@@ -59,6 +59,34 @@ def test_goedel_v2_correction_turn_is_history_plus_feedback():
                                    "goedel_v2")
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
     assert msgs[1]["content"] == "answer 1" and msgs[2]["content"].startswith("The proof (Round 0) is not correct.")
+    # Goedel-Prover-V2 2e9036e src/utils.py generate_correction_prompt: round 2's prompt is the
+    # previous prompt's messages + its assistant answer + the new feedback (the whole history)
+    fb2 = formats.GOEDEL_HEAD.format(r=1) + "\nError 1:\n,,," + formats.GOEDEL_TAIL
+    msgs2 = formats.prompt_messages({**row, "prev_attempt": "answer 2", "lean_feedback": fb2},
+                                    "goedel_v2", earlier=[("answer 1", fb)])
+    assert msgs2 == msgs + [{"role": "assistant", "content": "answer 2"},
+                            {"role": "user", "content": fb2}]
+
+
+def test_goedel_noncot_correction_prompt_is_its_handlers():
+    # Goedel-Prover-V2 2e9036e src/utils.py DeepSeekNonCoTHandler.generate_correction_prompt,
+    # run on this error string for correction rounds 1 and 2: only the error string is
+    # commented out (not the CoT prompt's head and tail), with the failed attempt's round
+    err = ("\nError 1:\n\nCorresponding Code:\n```lean4\n\ntheorem t (x : ℕ) (h : x = 2) : "
+           "x + x = 5 := by \n  subst h\n  <error>norm_num</error>\n\n```\n\n"
+           "Error Message: unsolved goals\n⊢ False\n\n")
+    theirs = ("-- The previous proof attempt (Round {r}) resulted in compilation errors:\n"
+              "-- Error 1:\n-- Corresponding Code:\n-- ```lean4\n-- theorem t (x : ℕ) "
+              "(h : x = 2) : x + x = 5 := by \n--   subst h\n--   <error>norm_num</error>\n"
+              "-- ```\n-- Error Message: unsolved goals\n-- ⊢ False\n-- Please provide a "
+              "corrected version. Wrap the proof in ```lean4 and ```.")
+    _, row = next(goedel_rows())
+    for failed_round, earlier in ((1, []), (2, [("answer 1", "feedback 1")])):
+        fb = formats.GOEDEL_HEAD.format(r=failed_round - 1) + err + formats.GOEDEL_TAIL
+        msgs = formats.prompt_messages({**row, "prev_attempt": "answer", "lean_feedback": fb},
+                                       "deepseek_v2_noncot", earlier=earlier)
+        assert formats.render(None, msgs, "deepseek_v2_noncot") == theirs.format(
+            r=failed_round - 1)
 
 
 def test_stepfun_matches_its_demo():

@@ -565,15 +565,18 @@ def test_kimina_feedback_is_byte_identical_to_the_recipe():
 
 
 def test_goedel_feedback_is_byte_identical_to_its_utils():
-    # Goedel-Prover-V2 src/utils.py get_error_str (error_thres=True) inside the DeepSeekCoTHandler
-    # correction prompt, written out by hand for this response; the failed attempt was round 1
+    # Goedel-Prover-V2 2e9036e: the expected bytes are its own functions' output, run on this
+    # attempt: src/utils.py DeepSeekCoTHandler.problem_check (replace_statement_in_proof) on
+    # "import Mathlib\n\ntheorem t ... := by sorry" and the answer holding INFOTREE_CODE,
+    # src/compile.py handle() (the import line dropped), then get_error_str(error_thres=True)
+    # with the error on the `norm_num` line. The failed attempt was round 1.
     v = parse_result("0", INFOTREE_CODE, INFOTREE_RESULT)
     assert lean_feedback(v, "goedel", round_idx=1) == (
         "The proof (Round 0) is not correct. Following is the compilation "
         "error message, where we use "
         "<error></error> to signal the position of the error.\n\n"
         "\nError 1:\n\nCorresponding Code:\n```lean4\n"
-        "import Mathlib\n\ntheorem t (x : ℕ) (h : x = 2) : x + x = 5 := by\n  subst h\n"
+        "\ntheorem t (x : ℕ) (h : x = 2) : x + x = 5 := by \n  subst h\n"
         "  <error>norm_num</error>\n"
         "\n```\n\nError Message: unsolved goals\n⊢ False\n\n"
         "\n\nBefore producing the Lean 4 code to formally prove the given "
