@@ -9,6 +9,7 @@ import hashlib
 import inspect
 import json
 import os
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,9 +24,10 @@ MODELS_ROOT = Path(os.environ.get("PROVER_MODELS_DIR", PROJECT_ROOT / "models"))
 CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
                    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
                    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                  num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=32)
+# 2 layers (the least that copies by induction; 4 until 2026-12-07): an SFT row about 1.7x
+# cheaper, and about as good per row (docs/RESULTS.md, issue #36)
+TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32)
 
 
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
@@ -126,20 +128,40 @@ class Placement:
     dtype: str                           # float32 | bfloat16
 
 
+def busy_cores(cores: set[int], seconds: float = 0.3) -> float:
+    """How many of `cores` other processes keep busy now: their /proc/stat idle time sampled
+    over `seconds` while this process sleeps. Not the load average: it lags by minutes, so right
+    after one stage ends the next would still see a busy core (05 and smoke.sh run stages back
+    to back). Without /proc/stat (not Linux): the 1-minute load average."""
+    def idle_and_total() -> tuple[int, int]:
+        idle = total = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *ticks = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                    t = [int(x) for x in ticks[:8]]
+                    idle, total = idle + t[3] + t[4], total + sum(t)   # idle + iowait
+        return idle, total
+    try:
+        i0, t0 = idle_and_total()
+        time.sleep(seconds)
+        i1, t1 = idle_and_total()
+    except OSError:
+        return min(float(len(cores)), os.getloadavg()[0])
+    return len(cores) * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
 def cpu_threads(threads: int = 0) -> int:
-    """torch's intra-op threads for CPU work: `threads` if given, else the cores that the
-    1-minute load average leaves free, at least one. Measured by bench/bench_threads.py on 2
-    cores (docs/RESULTS.md): on an idle machine two threads ran the smoke's SFT step, generation
-    and GRPO update 1.9-2.1x faster than one; with one core busy elsewhere, one thread ran them
-    2.2-3.4x faster than two (oversubscribed threads wait on each other)."""
+    """torch's intra-op threads for CPU work: `threads` if given, else the cores this process
+    may run on that others leave free now (busy_cores), at least one. Measured by
+    bench/bench_threads.py on 2 cores (docs/RESULTS.md): on an idle machine two threads ran the
+    smoke's SFT step, generation and GRPO update 1.9-2.1x faster than one; with one core busy
+    elsewhere, one thread ran them 2.2-3.4x faster than two (oversubscribed threads wait)."""
     import torch
     if threads <= 0:
-        cores = os.cpu_count() or 1
-        try:
-            busy = round(os.getloadavg()[0])
-        except OSError:
-            busy = 0
-        threads = max(1, cores - busy)
+        cores = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else set(range(os.cpu_count() or 1))
+        threads = max(1, len(cores) - round(busy_cores(cores)))
     torch.set_num_threads(threads)
     return threads
 

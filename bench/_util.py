@@ -20,12 +20,13 @@ def load_stage(name: str, file: str):
     return mod
 
 
-def toy_run(prefix: str, run_name: str = "b") -> Path:
-    """A temp runs folder holding stage 01's toy task; common.RUNS_ROOT points at it."""
+def toy_run(prefix: str, run_name: str = "b", args=()) -> Path:
+    """A temp runs folder holding stage 01's toy task (more 01 flags in `args`);
+    common.RUNS_ROOT points at it."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ["PROVER_RUNS_DIR"] = str(work / "runs")
     common.RUNS_ROOT = work / "runs"
     subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
-                    run_name],
+                    run_name, *args],
                    check=True, capture_output=True, env=os.environ)
     return work

@@ -1,12 +1,14 @@
 """Benchmark: 02_sft.py's training loop against TRL's SFTTrainer, same model, data and settings.
 
 Both train the same tiny Qwen3 (identical initial weights, tokenizer trained on the data) on the
-same toy SFT rows, batch 8, fp32, no gradient checkpointing, loss on completion tokens only, for
-the same number of steps, in one process. Reported: median seconds per step after warm-up,
-training tokens per second, and the ratio ours / TRL (goal: >= 1).
+smoke's toy SFT rows (first turns and correction turns), batch 8, fp32, no gradient
+checkpointing, loss on completion tokens only, for the same number of steps, in one process.
+Reported: mean seconds per step after warm-up, training tokens per second, and the ratio
+ours / TRL.
 
     pip install -r requirements-bench.txt          # trl
-    python bench/bench_sft.py                       # the README's benchmark numbers
+    python bench/bench_sft.py                       # both as they come
+    python bench/bench_sft.py --group_by_length     # both batching rows of similar length
 """
 import argparse
 import json
@@ -23,9 +25,13 @@ def main():
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--group_by_length", action="store_true",
+                   help="both loops batch rows of similar length (ours: --group_by_length true, "
+                        "TRL: its group_by_length)")
     args = p.parse_args()
 
-    work = toy_run("bench_sft_")
+    # the smoke's SFT data (smoke.sh's DATA_ARGS): every statement also has a correction row
+    work = toy_run("bench_sft_", args=("--toy_sft_correct", "0.4", "--toy_sft_repair", "1.0"))
     data = work / "runs/b/01_data/sft.parquet"
     rows = [r for r in common.read_rows(data, "sft") if r["split"] != "valid"]
     base = generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"]
@@ -35,12 +41,15 @@ def main():
     # ---- ours: the stage's own train() on a copy of the base model
     sft = load_stage("sft", "02_sft.py")
     cfg = sft.Settings(run_name="ours", data=str(data), model=str(base), batch_size=args.batch_size,
+                       prompt_format="kimina",
                        max_steps=args.steps, lr=1e-3, warmup_steps=0, schedule="constant",
-                       eval_every=0, save_every=0, max_seq_len=512, grad_clip=1.0)
+                       eval_every=0, save_every=0, max_seq_len=512, grad_clip=1.0,
+                       group_by_length=args.group_by_length)
     sft.train(cfg)
     ours = [json.loads(l)
             for l in (work / "runs/ours/02_sft/metrics.jsonl").read_text().splitlines()]
-    ours_sec = statistics.median(r["sec_per_step"] for r in ours[args.warmup:])
+    # means, not medians: with grouped batches a step's time follows its length
+    ours_sec = statistics.mean(r["sec_per_step"] for r in ours[args.warmup:])
     tok = generation.load_tokenizer(str(base))
     examples, _ = sft.tokenize_rows(rows, tok, cfg)
     mean_tokens = statistics.mean(len(e["input_ids"]) for e in examples)
@@ -60,20 +69,27 @@ def main():
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t0)
 
+    # TRL 1.16 on transformers 5 has no group_by_length (its padding-free packing needs flash
+    # attention, a GPU): there TRL runs its plain batches, and the result says so
+    import dataclasses
+    has_grouping = "group_by_length" in {f.name for f in dataclasses.fields(SFTConfig)}
+    trl_grouping = {"group_by_length": True} if args.group_by_length and has_grouping else {}
     trl_cfg = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch_size,
                         max_steps=args.steps, learning_rate=1e-3, lr_scheduler_type="constant",
                         warmup_steps=0, max_grad_norm=1.0, max_length=512, packing=False,
                         completion_only_loss=True, gradient_checkpointing=False, bf16=False,
                         fp16=False,
                         use_cpu=True, report_to="none", save_strategy="no", logging_steps=1000,
-                        dataloader_num_workers=0, seed=0, disable_tqdm=True)
+                        dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                        **trl_grouping)
     trainer = SFTTrainer(model=generation.load_model(str(base)), args=trl_cfg, train_dataset=ds,
                          processing_class=tok, callbacks=[Timer()])
     trainer.train()
-    trl_sec = statistics.median(times[args.warmup:])
+    trl_sec = statistics.mean(times[args.warmup:])
 
     tokens_per_step = mean_tokens * args.batch_size
-    result = {"model_params": sum(p.numel() for p in generation.load_model(str(base)).parameters()),
+    result = {"ours_group_by_length": args.group_by_length,
+              "trl_group_by_length": bool(trl_grouping), "model_params": sum(p.numel() for p in generation.load_model(str(base)).parameters()),
               "batch_size": args.batch_size, "mean_tokens_per_row": round(mean_tokens, 1),
               "steps_timed": args.steps - args.warmup,
               "ours_sec_per_step": round(ours_sec, 4), "trl_sec_per_step": round(trl_sec, 4),

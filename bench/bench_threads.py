@@ -1,7 +1,7 @@
 """Benchmark: torch's intra-op threads (1 against 2) for the smoke's three CPU workloads, on an
 idle machine and on one where another process keeps a core busy.
 
-Workloads at the tiny smoke's shape (the 0.85M Qwen3, its toy data): an SFT step (batch 8,
+Workloads at the tiny smoke's shape (the tiny preset's Qwen3, its toy data): an SFT step (batch 8,
 02's collate and loss), HF generation (64 prompts x 32 new tokens, 03's generator), and a GRPO
 update (03's update() on those 64 rollouts). Each configuration runs in its own process (the
 thread count is set before any work); reported: median seconds over the repeats, and the ratio

@@ -2,6 +2,8 @@ import dataclasses
 import itertools
 import json
 import random
+import sys
+import time
 
 import pytest
 
@@ -278,13 +280,30 @@ def test_cpu_threads_take_the_free_cores_or_the_setting(monkeypatch):
     import generation
     before = torch.get_num_threads()
     try:
-        monkeypatch.setattr(os, "cpu_count", lambda: 2)
-        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+        monkeypatch.setattr(generation, "busy_cores", lambda cores: 0.1)
         assert generation.cpu_threads() == 2 and torch.get_num_threads() == 2   # idle: both
-        monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+        monkeypatch.setattr(generation, "busy_cores", lambda cores: 1.2)
         assert generation.cpu_threads() == 1                                   # one busy: one
-        monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+        monkeypatch.setattr(generation, "busy_cores", lambda cores: 2.0)
         assert generation.cpu_threads() == 1                                   # never zero
         assert generation.cpu_threads(2) == 2                                  # the setting wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_cores_sees_a_spinning_process_now_not_a_minute_later():
+    """The thread policy reads what the cores do now: a process spinning on one core counts as
+    about one busy core within a second (the load average would take a minute to show it, and
+    another to forget it)."""
+    import os
+    import subprocess
+    import generation
+    cores = set(os.sched_getaffinity(0))
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert generation.busy_cores(cores, seconds=0.5) >= 0.7
+    finally:
+        spin.kill()
+        spin.wait()

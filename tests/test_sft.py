@@ -1,5 +1,6 @@
 """02_sft.py on the tiny preset: labels, packing, exact resume, LoRA merge, bad input."""
 import importlib.util
+import dataclasses
 import json
 import subprocess
 import sys
@@ -93,6 +94,48 @@ def test_packed_batch_has_the_same_loss_as_separate_rows(toy_data, runs):
         packed, n = sft.token_loss_sum(model, packed_batch)
     assert n == sum(sum(t != -100 for t in e["labels"][1:]) for e in examples)
     assert float(packed) == pytest.approx(separate, rel=1e-5)
+
+
+def test_loss_from_the_logits_tail_equals_the_full_logits_loss(toy_data, runs):
+    # token_loss_sum projects onto the vocabulary only from the batch's first label on; the
+    # value must be the plain cross-entropy over every completion token of full logits
+    rows = common.read_rows(toy_data, "sft")[:6]
+    out = runs / "tail"
+    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows],
+                                out)
+    tok, model = generation.load_tokenizer(str(out)), generation.load_model(str(out))
+    examples, _ = sft.tokenize_rows(rows, tok, settings(toy_data))
+    batch = sft.collate(examples, [[i] for i in range(6)], tok.pad_token_id)
+    with torch.no_grad():
+        got, n = sft.token_loss_sum(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+        labels = batch["labels"][:, 1:]
+        want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 labels.reshape(-1), ignore_index=-100,
+                                                 reduction="sum")
+    assert n == int((labels != -100).sum()) and float(got) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_group_by_length_batches_similar_rows_and_keeps_every_row(toy_data):
+    rows = [r for r in common.read_rows(toy_data, "sft") if r["split"] != "valid"]
+    tok = generation.train_tiny_tokenizer([formats.render_prompt_text(r) + r["completion"]
+                                           for r in rows])
+    cfg = settings(toy_data, batch_size=4)
+    examples, _ = sft.tokenize_rows(rows, tok, cfg)
+    plain = sft.epoch_units(examples, 0, cfg)
+    grouped = sft.epoch_units(examples, 0, dataclasses.replace(cfg, group_by_length=True))
+    assert sorted(u[0] for u in grouped) == sorted(u[0] for u in plain)    # each row once
+    assert grouped == sft.epoch_units(examples, 0, dataclasses.replace(cfg,
+                                                                       group_by_length=True))
+
+    def padding(units):   # padded positions over all batches of 4
+        total = 0
+        for k in range(0, len(units) - 3, 4):
+            lens = [len(examples[u[0]]["input_ids"]) for u in units[k:k + 4]]
+            total += 4 * max(lens) - sum(lens)
+        return total
+    assert padding(grouped) < 0.5 * padding(plain)
 
 
 def test_resume_is_exact(toy_data, runs):
