@@ -79,13 +79,17 @@ def test_repair_rows_become_earlier_turns(toy_data):
     assert len(formats.prompt_messages(plain)) == 2
 
 
-def test_packed_batch_has_the_same_loss_as_separate_rows(toy_data, runs):
-    rows = common.read_rows(toy_data, "sft")[:5]
-    out = runs / "pk"
+def tiny_on_rows(toy_data, folder, n: int):
+    """A tiny model built on the first n SFT rows, its tokenizer, and those rows' examples."""
+    rows = common.read_rows(toy_data, "sft")[:n]
     generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows],
-                                out)
-    tok, model = generation.load_tokenizer(str(out)), generation.load_model(str(out))
-    examples, _ = sft.tokenize_rows(rows, tok, settings(toy_data))
+                                folder)
+    tok, model = generation.load_tokenizer(str(folder)), generation.load_model(str(folder))
+    return tok, model, sft.tokenize_rows(rows, tok, settings(toy_data))[0]
+
+
+def test_packed_batch_has_the_same_loss_as_separate_rows(toy_data, runs):
+    tok, model, examples = tiny_on_rows(toy_data, runs / "pk", 5)
     with torch.no_grad():
         separate = sum(float(sft.token_loss_sum(model,
                                                 sft.collate(examples, [[i]], tok.pad_token_id))[0])
@@ -99,12 +103,7 @@ def test_packed_batch_has_the_same_loss_as_separate_rows(toy_data, runs):
 def test_loss_from_the_logits_tail_equals_the_full_logits_loss(toy_data, runs):
     # token_loss_sum projects onto the vocabulary only from the batch's first label on; the
     # value must be the plain cross-entropy over every completion token of full logits
-    rows = common.read_rows(toy_data, "sft")[:6]
-    out = runs / "tail"
-    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows],
-                                out)
-    tok, model = generation.load_tokenizer(str(out)), generation.load_model(str(out))
-    examples, _ = sft.tokenize_rows(rows, tok, settings(toy_data))
+    tok, model, examples = tiny_on_rows(toy_data, runs / "tail", 6)
     batch = sft.collate(examples, [[i] for i in range(6)], tok.pad_token_id)
     with torch.no_grad():
         got, n = sft.token_loss_sum(model, batch)
