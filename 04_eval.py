@@ -140,12 +140,15 @@ class SampleLog:
                 except ValueError:
                     pass   # a line cut by a crash: that sample is redone
             # a server error is the infrastructure's, not the proof's: its attempt is redone,
-            # and so are the later rounds of its trajectory, which followed from it
+            # and so are the later rounds of its trajectory, which followed from it. A correction
+            # tree is redone whole from its first attempt (the same seeds: the same attempts, the
+            # verdicts cached): a run resumes from first attempts only
             cut = {}
             for r in self.rows:
                 if r["status"] == "server_error":
                     key = (r["statement_id"], r["sample_idx"])
-                    cut[key] = min(cut.get(key, r["round"]), r["round"])
+                    at = 1 if r["mode"] == "correction" else r["round"]
+                    cut[key] = min(cut.get(key, at), at)
             kept = [r for r in self.rows
                     if r["round"] < cut.get((r["statement_id"], r["sample_idx"]), 1 << 30)]
             self.redone, self.rows = len(self.rows) - len(kept), kept

@@ -431,6 +431,21 @@ def test_goedel_correction_rounds_carry_the_history_and_skip_solved_problems(
         ev.Settings(mode="correction", correction_rounds=2, correction_samples=2))
 
 
+def test_a_server_error_in_a_correction_round_redoes_its_whole_tree(tmp_path):
+    # a resumed correction run starts from first attempts only: a correction that got a server
+    # error takes its first attempt (and its siblings) with it, so the tree is redone, not lost
+    rec = dict(statement_id="toy/0", benchmark="toy", mode="correction", prompt="p",
+               completion="c", lean_code="", feedback="f", n_tokens=1)
+    rows = [dict(rec, sample_idx=0, round=1, status="lean_error", ok=False),
+            dict(rec, sample_idx=0, round=2, status="server_error", ok=False, branch="0"),
+            dict(rec, sample_idx=0, round=2, status="lean_error", ok=False, branch="1"),
+            dict(rec, sample_idx=1, round=1, status="valid", ok=True)]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = ev.SampleLog(tmp_path)
+    assert [(r["sample_idx"], r["round"]) for r in log.rows] == [(1, 1)] and log.redone == 3
+    assert ("toy/0", 0, 1) not in log.done          # so run_problems samples it again
+
+
 def test_verl_export_and_batched_reward(tmp_path, standin, monkeypatch):
     # concurrent per-sample calls (verl's reward loop awaits one coroutine per sample) share requests
     import asyncio
