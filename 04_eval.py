@@ -139,10 +139,9 @@ class SampleLog:
                     self.rows.append(json.loads(line))
                 except ValueError:
                     pass   # a line cut by a crash: that sample is redone
-            # a server error is the infrastructure's, not the proof's: its attempt is redone,
-            # and so are the later rounds of its trajectory, which followed from it. A correction
-            # tree is redone whole from its first attempt (the same seeds: the same attempts, the
-            # verdicts cached): a run resumes from first attempts only
+            # a server error is the infrastructure's, not the proof's: its attempt is redone, and
+            # so are the later rounds that followed from it (a correction tree whole: reruns
+            # resume from first attempts; same seeds, cached verdicts)
             cut = {}
             for r in self.rows:
                 if r["status"] == "server_error":
@@ -365,14 +364,12 @@ class Evaluator:
         log.append(records)
 
     def correct(self, bench, rows: list[dict], records: list[dict]) -> list[dict]:
-        """Correction rounds 2 .. correction_rounds + 1 after the first attempts `records`: each
-        failed attempt with feedback gets correction_samples new attempts, whose prompt carries
-        the whole history (every earlier attempt and its feedback). Kimina's second turn is one
-        round of one; Goedel-Prover-V2's pipeline (scripts/pipeline.sh) runs two rounds of two,
-        and, in goedel style, a problem any attempt has proved gets no further round (its
-        load_data_for_correction). A correction keeps its first attempt's sample_idx (pass@k
-        counts first attempts with everything that grew from them) and names its place in the
-        tree in `branch` ("1", then "1.0")."""
+        """Rounds 2 .. correction_rounds + 1 after the first attempts `records`: each failed
+        attempt with feedback gets correction_samples new ones, prompted with the whole history.
+        Kimina: one round of one; Goedel-Prover-V2 (scripts/pipeline.sh): two of two, and in
+        goedel style no round for a problem any attempt proved (load_data_for_correction). A
+        correction keeps its root's sample_idx (pass@k counts first attempts with their trees)
+        and its place in `branch` ("1", then "1.0")."""
         cfg, width = self.cfg, self.cfg.correction_samples
         # (row index, the attempt, the (attempt, feedback) pairs before it)
         frontier = [(i, rec, ()) for i, rec in enumerate(records)]
