@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 
-from lean_client import LeanMessage, Verdict, normalize_statement, strip_lean_comments
+from lean_client import (MARK_PREFIX, LeanMessage, Verdict, normalize_statement,
+                         strip_lean_comments)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,6 +72,11 @@ _GOEDEL_BLOCK = re.compile(r"```lean4\n(.*?)\n```", re.S)
 # model's own statement text dropped (Goedel-Prover-V2 src/utils.py replace_statement_in_proof;
 # its KiminaCoTHandler does the same for Kimina-Prover-Preview); Kimina's recipe stays strict
 GOEDEL_FAMILY = ("deepseek_v2", "goedel_v2", "kimina_preview")
+# Goedel's return_theorem_to_replace; the header lines its compile step (and its Kimina handler's
+# problem text) leave out; what lean_client appends to every snippet it sends
+_GOEDEL_THEOREM = re.compile(r"(?:^|\s)theorem\s+.*?:=\s*by", re.S)
+_GOEDEL_DROPPED = ("import", "set_option", "open")
+_CLIENT_TAIL = re.compile(r'\n\n#print (?:axioms |"' + re.escape(MARK_PREFIX) + ")")
 
 
 def _goedel_uncomment(code: str) -> str:
@@ -96,7 +102,7 @@ def extract_proof(completion: str, statement: str, fmt: str = "kimina") -> str |
         if not blocks:
             return None
         code = _goedel_uncomment(blocks[-1])
-        head = re.search(r"(?:^|\s)theorem\s+.*?:=\s*by", code, re.S)
+        head = _GOEDEL_THEOREM.search(code)
         return code[head.end():] if head else None
     stmt = normalize_statement(statement)
     for block in reversed(_LEAN_BLOCK.findall(completion)):
@@ -276,7 +282,7 @@ def first_turn(row: dict, fmt: str = "kimina", retrieved=()) -> list[dict]:
     elif fmt == "kimina_preview":    # its model card's prompt, as Goedel's KiminaCoTHandler builds
         stmt = lean_file(row).split(":= by")[0] + ":= by"   # it: "# Problem:" + the file's
         problem = "\n".join(line for line in stmt.splitlines()   # lines but header and blanks
-                            if not line.startswith(("import", "set_option", "open"))
+                            if not line.startswith(_GOEDEL_DROPPED)
                             and line.strip())
         msgs = [{"role": "system", "content": KIMINA_PREVIEW_SYSTEM},
                 {"role": "user", "content": "Think about and solve the following problem step by "
@@ -428,11 +434,6 @@ def lean_feedback(verdict: Verdict, style: str = "kimina", round_idx: int = 1) -
     else:
         body = goedel_error_str(*goedel_view(verdict.code, verdict.errors))
     return GOEDEL_HEAD.format(r=round_idx - 1) + body + GOEDEL_TAIL
-
-
-_CLIENT_TAIL = re.compile(r'\n\n#print (?:axioms |"lean_client checked )')
-_GOEDEL_THEOREM = re.compile(r"(?:^|\s)theorem\s+.*?:=\s*by", re.S)
-_GOEDEL_DROPPED = ("import", "set_option", "open")
 
 
 def goedel_view(code: str, errors: list[LeanMessage]) -> tuple[str, list[LeanMessage]]:
