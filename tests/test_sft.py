@@ -34,6 +34,18 @@ def toy_data(tmp_path_factory):
     return root / "d" / "01_data" / "sft.parquet"
 
 
+@pytest.fixture(scope="module")
+def repair_data(tmp_path_factory):
+    """Toy SFT rows from stage 01 where every statement also has a correction row (smoke.sh's
+    data): a first turn and its correction begin with the same prompt."""
+    root = tmp_path_factory.mktemp("runs")
+    import os
+    subprocess.run([sys.executable, str(ROOT / "01_prepare_data.py"), "--task", "toy", "--run_name",
+                    "d", "--toy_n_statements", "120", "--toy_sft_repair", "1.0"], check=True,
+                   env={**os.environ, "PROVER_RUNS_DIR": str(root)}, capture_output=True)
+    return root / "d" / "01_data" / "sft.parquet"
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RUNS_ROOT", tmp_path / "runs")
@@ -98,6 +110,78 @@ def test_packed_batch_has_the_same_loss_as_separate_rows(toy_data, runs):
         packed, n = sft.token_loss_sum(model, packed_batch)
     assert n == sum(sum(t != -100 for t in e["labels"][1:]) for e in examples)
     assert float(packed) == pytest.approx(separate, rel=1e-5)
+
+
+def test_shared_prefix_families_have_the_loss_and_gradients_of_rows_apart(repair_data, runs):
+    # --share_prefix: a correction row begins with its first turn's prompt (and, on the toy, most
+    # of its answer); it runs in the same sequence without those tokens, attending to the first
+    # turn's copy. The loss and every gradient must be those of the rows run apart.
+    rows = [r for r in common.read_rows(repair_data, "sft")[:40] if r["split"] != "valid"]
+    folder = runs / "share"
+    generation.build_tiny_model([formats.render_prompt_text(r) + r["completion"] for r in rows],
+                                folder)
+    tok, model = generation.load_tokenizer(str(folder)), generation.load_model(str(folder))
+    # and a first turn with two correction rows: another attempt at the same statement
+    rows.append(dict(rows[1], statement_id=rows[1]["statement_id"] + "b",
+                     prev_attempt=rows[0]["completion"]))
+    examples, _ = sft.tokenize_rows(rows, tok, settings(repair_data))
+    families = sft.prompt_families(examples, 4096)
+    assert sorted(i for f in families for i in f) == list(range(len(examples)))
+    grown = [f for f in families if len(f) > 1]
+    assert grown and all(bool(rows[f[0]]["prev_attempt"]) is False and
+                         all(rows[i]["statement_id"].split("#")[0] ==
+                             rows[f[0]]["statement_id"].split("#")[0] for i in f)
+                         for f in grown)
+    for f in grown:
+        root = examples[f[0]]
+        for i in f[1:]:
+            member = examples[i]
+            # the root's whole prompt is shared, never a loss-bearing token of the member
+            assert sft.first_label(root) <= member["shared"] < sft.first_label(member)
+            assert member["input_ids"][:member["shared"]] == root["input_ids"][:member["shared"]]
+    units = grown[:3] + [f for f in families if len(f) == 1][:1]
+    batch = sft.collate(examples, units, tok.pad_token_id)
+    apart = [[i] for u in units for i in u]
+    assert batch["input_ids"].shape[1] < max(len(examples[u[0]]["input_ids"]) +
+                                             len(examples[u[-1]]["input_ids"]) for u in units)
+
+    def loss_and_grads(batches):
+        model.zero_grad()
+        total, n = 0.0, 0
+        for b in batches:
+            s, c = sft.token_loss_sum(model, b)
+            s.backward()
+            total, n = total + float(s.detach()), n + c
+        return total, n, [p.grad.clone() for p in model.parameters()]
+    shared = loss_and_grads([batch])
+    separate = loss_and_grads([sft.collate(examples, [u], tok.pad_token_id) for u in apart])
+    assert shared[1] == separate[1] and shared[0] == pytest.approx(separate[0], rel=1e-5)
+    # float32 summation order differs: equal to 1e-5 of each tensor's largest entry
+    assert all(float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+               for a, b in zip(shared[2], separate[2]))
+
+
+def test_share_prefix_trains_every_row_once_an_epoch(repair_data, runs):
+    cfg = settings(repair_data, run_name="sp", share_prefix=True, group_by_length=True,
+                   batch_size=2, max_steps=4, eval_every=4, save_every=0)
+    sft.train(cfg)
+    metrics = [json.loads(x) for x in (runs / "sp/02_sft/metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 4 and metrics[-1]["heldout_loss"] > 0
+    tok = generation.load_tokenizer(str(runs / "sp/02_sft/final/model"))
+    examples, _ = sft.tokenize_rows([r for r in common.read_rows(repair_data, "sft")
+                                     if r["split"] != "valid"], tok, cfg)
+    families = sft.prompt_families(examples, cfg.max_seq_len)
+    units = sft.epoch_units(examples, 0, cfg, families)
+    assert sorted(i for u in units for i in u) == list(range(len(examples)))
+    # step 1's tokens per second counts what ran: a shared prefix once
+    ran = sum(sft.unit_length(examples, u) for u in units[:2])
+    assert ran < sum(len(examples[i]["input_ids"]) for u in units[:2] for i in u) or \
+        all(len(u) == 1 for u in units[:2])
+    assert metrics[0]["tokens_per_sec"] * metrics[0]["sec_per_step"] == pytest.approx(ran,
+                                                                                       rel=1e-6)
+    with pytest.raises(SystemExit, match="--share_prefix is for SFT rows"):
+        sft.train(settings(repair_data, run_name="sp2", share_prefix=True, objective="cpt",
+                           corpus=str(repair_data)))
 
 
 def test_loss_from_the_logits_tail_equals_the_full_logits_loss(toy_data, runs):
