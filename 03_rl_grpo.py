@@ -41,6 +41,8 @@ class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
     epochs: int = 15
     max_steps: int = 0                   # 0: run the epochs
     micro_batch_size: int = 16           # rollouts per forward pass (memory only)
+    share_prompts: int = 2048            # a group's prompt once per forward row of up to this
+                                         # many tokens (the same values; 0: a row per rollout)
     grad_checkpointing: bool = False     # Kimina: on (GPU memory); slower on CPU
     ppo_epochs: int = 1
     grad_clip: float = 1.0
@@ -227,6 +229,9 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
             # (a zero-variance group): it gets a forward pass for the entropy metrics only
             idle = [] if use_kl else [i for i in own if rollouts[i].advantage == 0.0]
             trained = [i for i in own if use_kl or rollouts[i].advantage != 0.0]
+            # micro-batches of whole groups, so a prompt runs once in each (share_prompts):
+            # the split is for memory only, the mini-batch's gradient is the same
+            idle, trained = by_prompt(rollouts, idle), by_prompt(rollouts, trained)
             optimizer.zero_grad(set_to_none=True)
             chunks = [(group[u:u + cfg.micro_batch_size], with_grad)
                       for group, with_grad in ((trained, True), (idle, False))
@@ -235,20 +240,23 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
                 pairs = [rollouts[i].sequence() for i in micro]
                 if not with_grad:
                     with torch.no_grad():
-                        _, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device)
+                        _, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device,
+                                                         cfg.share_prompts)
                     stats["tokens"] += float(mask.sum())
                     stats["idle_rollouts"] += len(micro)
                     if epoch == 0:
                         log_entropy(stats, rollouts, micro, ent, mask)
                     continue
-                logp, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device)
+                logp, ent, mask = sequence_logprobs(model, pairs, cfg.temperature, device,
+                                                    cfg.share_prompts)
                 old_lp = torch.zeros_like(logp)
                 for b, i in enumerate(micro):
                     old_lp[b, :len(old[i])] = old[i].to(device)
                 ref_lp = None
                 if ref_model is not None:
                     with torch.no_grad():
-                        ref_lp, _, _ = sequence_logprobs(ref_model, pairs, cfg.temperature, device)
+                        ref_lp, _, _ = sequence_logprobs(ref_model, pairs, cfg.temperature,
+                                                         device, cfg.share_prompts)
                 adv = torch.tensor([rollouts[i].advantage for i in micro], device=device,
                                    dtype=torch.float32)
                 loss, st = policy_loss(logp, old_lp, adv, mask, cfg, cfg.max_new_tokens, ref_lp,
@@ -283,6 +291,14 @@ def update(model, ref_model, optimizer, rollouts: list[Rollout], cfg: Settings, 
     if ref_model is not None:
         out["kl"] = totals["kl_sum"] / tokens
     return out
+
+
+def by_prompt(rollouts: list[Rollout], idx: list[int]) -> list[int]:
+    """idx reordered so rollouts of the same prompt are neighbours (first appearance order)."""
+    groups: dict[tuple, list[int]] = {}
+    for i in idx:
+        groups.setdefault(tuple(rollouts[i].prompt_ids), []).append(i)
+    return [i for g in groups.values() for i in g]
 
 
 def log_entropy(stats: Counter, rollouts: list[Rollout], micro: list[int], ent, mask) -> None:

@@ -43,7 +43,8 @@ def group_advantages(rollouts: list, cfg) -> tuple[list, int]:
 # Policy loss
 # ---------------------------------------------------------------------------------------------
 
-def sequence_logprobs(model, batch: list[tuple], temperature: float, device):
+def sequence_logprobs(model, batch: list[tuple], temperature: float, device,
+                      share_prompts: int = 0):
     """Per-token log-probs (and entropies) of each completion given its prompt: [B, T] with a mask.
 
     Items are (prompt_ids, completion_ids) or (prompt_ids, completion_ids, keep): keep[t] = 0
@@ -51,7 +52,17 @@ def sequence_logprobs(model, batch: list[tuple], temperature: float, device):
     tool-integrated rollout): they condition what follows but are masked out of the loss, the
     importance ratio and the entropy, as StepFun's tool-integrated RL does.
     Prompts are left-padded so every completion starts at the same column; the vocabulary
-    projection then runs only on completion positions (logits_to_keep), not on the prompts."""
+    projection then runs only on completion positions (logits_to_keep), not on the prompts.
+    share_prompts > 0: completions of the same prompt (a GRPO group) run in one sequence after
+    a single copy of it, up to that many tokens a sequence (shared_prompt_logprobs)."""
+    for b, (p, c, *keep) in enumerate(batch):
+        if keep and len(keep[0]) != len(c):
+            raise ValueError(f"rollout {b}: keep mask has {len(keep[0])} entries for "
+                             f"{len(c)} completion tokens")
+    if share_prompts:
+        rows = prompt_rows(batch, share_prompts)
+        if len(rows) < len(batch):
+            return shared_prompt_logprobs(model, batch, rows, temperature, device)
     p_max = max(len(item[0]) for item in batch)
     t_max = max(len(item[1]) for item in batch)
     ids = torch.zeros((len(batch), p_max + t_max), dtype=torch.long)
@@ -63,9 +74,6 @@ def sequence_logprobs(model, batch: list[tuple], temperature: float, device):
         ids[b, p_max:p_max + len(c)] = torch.tensor(c)
         attn[b, p_max - len(p):p_max + len(c)] = 1
         targets[b, :len(c)] = torch.tensor(c)
-        if keep and len(keep[0]) != len(c):
-            raise ValueError(f"rollout {b}: keep mask has {len(keep[0])} entries for "
-                             f"{len(c)} completion tokens")
         mask[b, :len(c)] = torch.tensor(keep[0], dtype=torch.float) if keep else 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     ids, attn, pos, targets, mask = (t.to(device) for t in (ids, attn, pos, targets, mask))
@@ -73,6 +81,71 @@ def sequence_logprobs(model, batch: list[tuple], temperature: float, device):
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
                    logits_to_keep=t_max + 1).logits[:, :t_max].float() / temperature
     lsm = torch.log_softmax(logits, -1)
+    logp = lsm.gather(-1, targets[..., None]).squeeze(-1) * mask
+    ent = -(lsm.exp() * lsm).sum(-1) * mask
+    return logp, ent, mask
+
+
+def prompt_rows(batch: list[tuple], max_len: int) -> list[list[int]]:
+    """Items of the batch grouped into rows: one prompt, then as many of its completions as fit
+    in max_len tokens (a completion that does not fit starts a new row with its own copy)."""
+    rows, open_row, used = [], {}, []
+    for b, (p, c, *_) in enumerate(batch):
+        r = open_row.get(tuple(p))
+        if r is not None and used[r] + len(c) <= max_len:
+            rows[r].append(b)
+            used[r] += len(c)
+        else:
+            open_row[tuple(p)] = len(rows)
+            rows.append([b])
+            used.append(len(p) + len(c))
+    return rows
+
+
+def shared_prompt_logprobs(model, batch: list[tuple], rows: list[list[int]],
+                           temperature: float, device):
+    """sequence_logprobs with each row's prompt run once: [prompt][c1][c2]..., completion j
+    attending to the prompt and to itself only (a block mask), at the positions it would have
+    after its prompt. The prompt's last position predicts every completion's first token;
+    each completion's own positions predict the rest. The same values as one sequence per
+    item (tests/test_grpo.py); fewer tokens when a group's prompt is long against its
+    completions, as on the CPU toy."""
+    width = max(len(batch[r[0]][0]) + sum(len(batch[b][1]) for b in r) for r in rows)
+    t_max = max(len(item[1]) for item in batch)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    pos = torch.zeros_like(ids)
+    allowed = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+    src_row = torch.zeros((len(batch), t_max), dtype=torch.long)
+    src_col = torch.zeros((len(batch), t_max), dtype=torch.long)
+    targets = torch.zeros((len(batch), t_max), dtype=torch.long)
+    mask = torch.zeros((len(batch), t_max))
+    for r, members in enumerate(rows):
+        p = batch[members[0]][0]
+        n_p = len(p)
+        ids[r, :n_p] = torch.tensor(p)
+        pos[r, :n_p] = torch.arange(n_p)
+        allowed[r, 0, :n_p, :n_p] = torch.tril(torch.ones(n_p, n_p, dtype=torch.bool))
+        at = n_p
+        for b in members:
+            _, c, *keep = batch[b]
+            n = len(c)
+            ids[r, at:at + n] = torch.tensor(c)
+            pos[r, at:at + n] = torch.arange(n_p, n_p + n)
+            allowed[r, 0, at:at + n, :n_p] = True
+            allowed[r, 0, at:at + n, at:at + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            src_row[b] = r
+            src_col[b] = n_p - 1                       # padding reads a real column, masked
+            src_col[b, 1:n] = torch.arange(at, at + n - 1)
+            targets[b, :n] = torch.tensor(c)
+            mask[b, :n] = torch.tensor(keep[0], dtype=torch.float) if keep else 1
+            at += n
+    allowed |= torch.eye(width, dtype=torch.bool)     # padding attends to itself (no NaN)
+    first = int(src_col[:, 0].min())
+    ids, pos, allowed, targets, mask = (t.to(device) for t in (ids, pos, allowed, targets, mask))
+    logits = model(input_ids=ids, attention_mask=allowed, position_ids=pos,
+                   logits_to_keep=width - first).logits
+    picked = logits[src_row.to(device), (src_col - first).to(device)].float() / temperature
+    lsm = torch.log_softmax(picked, -1)
     logp = lsm.gather(-1, targets[..., None]).squeeze(-1) * mask
     ent = -(lsm.exp() * lsm).sum(-1) * mask
     return logp, ent, mask

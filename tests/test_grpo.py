@@ -149,6 +149,44 @@ def test_one_update_moves_logprobs_by_the_sign_of_the_advantage(tiny):
     assert stats["updates"] == 1 and stats["clip_fraction"] == 0.0
 
 
+def test_a_groups_prompt_runs_once_with_the_same_logprobs_and_the_same_update(tiny):
+    """share_prompts: a group's completions follow one copy of its prompt in a row (a block
+    mask, their own positions). Log-probs, entropies, a tool rollout's keep mask and the
+    update's gradient must be those of one sequence per rollout."""
+    import copy
+    import random
+    tok, model, _ = tiny
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, len(tok), (n,), generator=g).tolist() for n in (9, 14)]
+    batch = [(prompts[k % 2], torch.randint(3, len(tok), (3 + k,), generator=g).tolist())
+             for k in range(7)]
+    batch[3] = (*batch[3], [1, 0, 0, 1, 1, 1])             # a tool rollout's REPL tokens
+    random.Random(1).shuffle(batch)
+    rows = rl_objective.prompt_rows(batch, 2048)
+    assert len(rows) == 2 and sorted(b for r in rows for b in r) == list(range(7))
+    assert len(rl_objective.prompt_rows(batch, 30)) > 2      # a row holds at most 30 tokens
+    with torch.no_grad():
+        plain = grpo.sequence_logprobs(model, batch, 0.7, "cpu")
+        for limit in (2048, 30):
+            shared = grpo.sequence_logprobs(model, batch, 0.7, "cpu", share_prompts=limit)
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain, shared))
+    item = grpo.PromptItem({"statement_id": "p"})
+    rollouts = [grpo.Rollout(item, p, generation.Generation("", c, plain[0][i, :len(c)].tolist(),
+                                                            "eos"),
+                             reward=float(i % 3 == 0), n_tokens=len(c))
+                for i, (p, c, *_) in enumerate(batch)]
+    grads = []
+    for share in (0, 2048):
+        m = copy.deepcopy(model)
+        c = cfg(group_size=7, mini_batch_prompts=1, prompts_per_step=1, micro_batch_size=4,
+                grad_clip=0.0, lr=1.0, share_prompts=share)
+        rl_objective.group_advantages(rollouts, c)
+        grpo.update(m, None, torch.optim.SGD(m.parameters(), lr=1.0), rollouts, c, 1, "cpu")
+        grads.append({n: p.detach() for n, p in m.named_parameters()})
+    assert any(not torch.equal(grads[0][n], p.detach()) for n, p in model.named_parameters())
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5) for n in grads[0])
+
+
 def test_zero_advantage_rollouts_skip_the_backward_and_leave_the_update_unchanged(tiny):
     """Without a KL term a zero-variance group adds nothing to the gradient, so update() runs it
     forward only (for the entropy metrics): the step must equal the full loss's gradient step."""
