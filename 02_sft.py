@@ -37,7 +37,8 @@ class Settings(common.RunSettings, common.DeviceSettings, common.FormatSettings,
     truncate: bool = False               # cut over-long rows (counted) instead of failing
     packing: bool = False                # several rows per sequence, attention kept apart
     share_prefix: bool = False           # rows that begin with the same prompt (a first turn and
-                                         # its correction turns) share those tokens: same loss
+                                         # its correction turns) share those tokens, the same
+                                         # loss; batch_size then counts these families
     group_by_length: bool = False        # micro-batches of rows of similar length (less padding)
     grad_checkpointing: bool = False     # slower on CPU; saves memory on GPU
     # model and data

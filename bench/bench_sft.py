@@ -9,8 +9,12 @@ ours / TRL.
     pip install -r requirements-bench.txt          # trl
     python bench/bench_sft.py                       # both as they come
     python bench/bench_sft.py --group_by_length     # both batching rows of similar length
+    python bench/bench_sft.py --group_by_length --share_prefix   # ours also runs a first turn
+                                    # and its correction row as one family (02 --share_prefix):
+                                    # batch_size/2 families a step, the same rows per step
 """
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -28,6 +32,9 @@ def main():
     p.add_argument("--group_by_length", action="store_true",
                    help="both loops batch rows of similar length (ours: --group_by_length true, "
                         "TRL: its group_by_length)")
+    p.add_argument("--share_prefix", action="store_true",
+                   help="ours: 02 --share_prefix, batch_size/2 families (a first turn and its "
+                        "correction row each) a step; TRL has no such option")
     args = p.parse_args()
 
     # the smoke's SFT data (smoke.sh's DATA_ARGS): every statement also has a correction row
@@ -44,7 +51,9 @@ def main():
                        prompt_format="kimina",
                        max_steps=args.steps, lr=1e-3, warmup_steps=0, schedule="constant",
                        eval_every=0, save_every=0, max_seq_len=512, grad_clip=1.0,
-                       group_by_length=args.group_by_length)
+                       group_by_length=args.group_by_length, share_prefix=args.share_prefix)
+    if args.share_prefix:   # every statement of the smoke's data has one correction row
+        cfg = dataclasses.replace(cfg, batch_size=args.batch_size // 2)
     sft.train(cfg)
     ours = [json.loads(l)
             for l in (work / "runs/ours/02_sft/metrics.jsonl").read_text().splitlines()]
@@ -71,7 +80,6 @@ def main():
 
     # TRL 1.16 on transformers 5 has no group_by_length (its padding-free packing needs flash
     # attention, a GPU): there TRL runs its plain batches, and the result says so
-    import dataclasses
     has_grouping = "group_by_length" in {f.name for f in dataclasses.fields(SFTConfig)}
     trl_grouping = {"group_by_length": True} if args.group_by_length and has_grouping else {}
     trl_cfg = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch_size,
@@ -88,7 +96,7 @@ def main():
     trl_sec = statistics.mean(times[args.warmup:])
 
     tokens_per_step = mean_tokens * args.batch_size
-    result = {"ours_group_by_length": args.group_by_length,
+    result = {"ours_group_by_length": args.group_by_length, "ours_share_prefix": args.share_prefix,
               "trl_group_by_length": bool(trl_grouping), "model_params": sum(p.numel() for p in generation.load_model(str(base)).parameters()),
               "batch_size": args.batch_size, "mean_tokens_per_row": round(mean_tokens, 1),
               "steps_timed": args.steps - args.warmup,
