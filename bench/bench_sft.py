@@ -97,7 +97,9 @@ def main():
 
     tokens_per_step = mean_tokens * args.batch_size
     result = {"ours_group_by_length": args.group_by_length, "ours_share_prefix": args.share_prefix,
-              "trl_group_by_length": bool(trl_grouping), "model_params": sum(p.numel() for p in generation.load_model(str(base)).parameters()),
+              "trl_group_by_length": bool(trl_grouping),
+              "model_params": sum(p.numel()
+                                  for p in generation.load_model(str(base)).parameters()),
               "batch_size": args.batch_size, "mean_tokens_per_row": round(mean_tokens, 1),
               "steps_timed": args.steps - args.warmup,
               "ours_sec_per_step": round(ours_sec, 4), "trl_sec_per_step": round(trl_sec, 4),

@@ -2,10 +2,11 @@
 
 The smoke's toy SFT rows (every statement a first turn and a correction row, smoke.sh's 01
 flags), the tiny Qwen3 built on them with each shape, and 02's own collate, token_loss_sum,
-backward, gradient clipping and AdamW, timed over the first `--steps` batches of each layout (after
-`--warmup`), the configurations taking turns step by step. Layouts: `rows` (02 --group_by_length, --batch_size rows a step) and `families`
-(02 --share_prefix --group_by_length: a first turn and its correction row in one sequence,
-their common prefix once; --batch_size/2 families, so the same rows a step). Printed: ms per
+backward, gradient clipping and AdamW, timed over the first `--steps` batches of each layout
+(after `--warmup`), the configurations taking turns step by step. Layouts: `rows`
+(02 --group_by_length, --batch_size rows a step) and `families` (02 --share_prefix
+--group_by_length: a first turn and its correction row in one sequence, their common prefix
+once; --batch_size/2 families, so the same rows a step). Printed: ms per
 step and per row, and each configuration's speed against the first (the 2-layer shape with
 an MLP of 384 until 2026-12-08, rows), measured in this process.
 
