@@ -53,6 +53,8 @@ def main():
         ours_sec = statistics.median(r["time_step"] for r in ours)
         wait_share = sum(r["time_verify_wait"] for r in ours) / sum(r["time_step"] for r in ours)
         ours_len = statistics.mean(r["response_length"] for r in ours)
+        ours_parts = {f"ours_{k}_sec": round(statistics.median(r[f"time_{k}"] for r in ours), 4)
+                      for k in ("generate", "verify_wait", "update")}
 
         # ---- TRL: the same reward through the same client, called per batch of completions
         from datasets import Dataset
@@ -101,7 +103,7 @@ def main():
     result = {"steps_timed": args.steps - args.warmup, "latency_ms_per_proof": args.latency_ms,
               "ours_sec_per_step": round(ours_sec, 3), "trl_sec_per_step": round(trl_sec, 3),
               "speedup_ours_over_trl": round(trl_sec / ours_sec, 2),
-              "ours_verify_wait_share": round(wait_share, 4),
+              "ours_verify_wait_share": round(wait_share, 4), **ours_parts,
               "ours_mean_completion_tokens": round(ours_len, 1),
               "trl_mean_completion_tokens": round(statistics.mean(lengths[args.warmup:]), 1)
               if lengths else None}
