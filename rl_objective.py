@@ -54,33 +54,40 @@ def sequence_logprobs(model, batch: list[tuple], temperature: float, device,
     Prompts are left-padded so every completion starts at the same column; the vocabulary
     projection then runs only on completion positions (logits_to_keep), not on the prompts.
     share_prompts > 0: completions of the same prompt (a GRPO group) run in one sequence after
-    a single copy of it, up to that many tokens a sequence (shared_prompt_logprobs)."""
+    a single copy of it, up to that many tokens a sequence (shared_prompt_logits)."""
+    t_max = max(len(item[1]) for item in batch)
+    targets = torch.zeros((len(batch), t_max), dtype=torch.long)
+    mask = torch.zeros((len(batch), t_max))
     for b, (p, c, *keep) in enumerate(batch):
         if keep and len(keep[0]) != len(c):
             raise ValueError(f"rollout {b}: keep mask has {len(keep[0])} entries for "
                              f"{len(c)} completion tokens")
+        targets[b, :len(c)] = torch.tensor(c)
+        mask[b, :len(c)] = torch.tensor(keep[0], dtype=torch.float) if keep else 1
+    targets, mask = targets.to(device), mask.to(device)
     if share_prompts:
         rows = prompt_rows(batch, share_prompts)
         if len(rows) < len(batch):
-            return shared_prompt_logprobs(model, batch, rows, temperature, device)
+            logits = shared_prompt_logits(model, batch, rows, device)
+            return token_stats(logits, targets, mask, temperature)
     p_max = max(len(item[0]) for item in batch)
-    t_max = max(len(item[1]) for item in batch)
     ids = torch.zeros((len(batch), p_max + t_max), dtype=torch.long)
     attn = torch.zeros_like(ids)
-    targets = torch.zeros((len(batch), t_max), dtype=torch.long)
-    mask = torch.zeros((len(batch), t_max))
-    for b, (p, c, *keep) in enumerate(batch):
+    for b, (p, c, *_) in enumerate(batch):
         ids[b, p_max - len(p):p_max] = torch.tensor(p)
         ids[b, p_max:p_max + len(c)] = torch.tensor(c)
         attn[b, p_max - len(p):p_max + len(c)] = 1
-        targets[b, :len(c)] = torch.tensor(c)
-        mask[b, :len(c)] = torch.tensor(keep[0], dtype=torch.float) if keep else 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    ids, attn, pos, targets, mask = (t.to(device) for t in (ids, attn, pos, targets, mask))
+    ids, attn, pos = (t.to(device) for t in (ids, attn, pos))
     # logits at columns p_max-1 .. p_max+t_max-2 predict the completion tokens
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                   logits_to_keep=t_max + 1).logits[:, :t_max].float() / temperature
-    lsm = torch.log_softmax(logits, -1)
+                   logits_to_keep=t_max + 1).logits[:, :t_max]
+    return token_stats(logits, targets, mask, temperature)
+
+
+def token_stats(logits, targets, mask, temperature: float):
+    """Log-prob of each target token and the entropy at its position (float32), masked."""
+    lsm = torch.log_softmax(logits.float() / temperature, -1)
     logp = lsm.gather(-1, targets[..., None]).squeeze(-1) * mask
     ent = -(lsm.exp() * lsm).sum(-1) * mask
     return logp, ent, mask
@@ -102,13 +109,12 @@ def prompt_rows(batch: list[tuple], max_len: int) -> list[list[int]]:
     return rows
 
 
-def shared_prompt_logprobs(model, batch: list[tuple], rows: list[list[int]],
-                           temperature: float, device):
-    """sequence_logprobs with each row's prompt run once: [prompt][c1][c2]..., completion j
-    attending to the prompt and to itself only (a block mask), at the positions it would have
-    after its prompt. The prompt's last position predicts every completion's first token;
-    each completion's own positions predict the rest. The same values as one sequence per
-    item (tests/test_grpo.py); fewer tokens when a group's prompt is long against its
+def shared_prompt_logits(model, batch: list[tuple], rows: list[list[int]], device):
+    """sequence_logprobs' logits [B, T, V] with each row's prompt run once: [prompt][c1][c2]...,
+    completion j attending to the prompt and to itself only (a block mask), at the positions it
+    would have after its prompt. The prompt's last position predicts every completion's first
+    token; each completion's own positions predict the rest. The same values as one sequence
+    per item (tests/test_grpo.py); fewer tokens when a group's prompt is long against its
     completions, as on the CPU toy."""
     width = max(len(batch[r[0]][0]) + sum(len(batch[b][1]) for b in r) for r in rows)
     t_max = max(len(item[1]) for item in batch)
@@ -117,8 +123,6 @@ def shared_prompt_logprobs(model, batch: list[tuple], rows: list[list[int]],
     allowed = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
     src_row = torch.zeros((len(batch), t_max), dtype=torch.long)
     src_col = torch.zeros((len(batch), t_max), dtype=torch.long)
-    targets = torch.zeros((len(batch), t_max), dtype=torch.long)
-    mask = torch.zeros((len(batch), t_max))
     for r, members in enumerate(rows):
         p = batch[members[0]][0]
         n_p = len(p)
@@ -127,7 +131,7 @@ def shared_prompt_logprobs(model, batch: list[tuple], rows: list[list[int]],
         allowed[r, 0, :n_p, :n_p] = torch.tril(torch.ones(n_p, n_p, dtype=torch.bool))
         at = n_p
         for b in members:
-            _, c, *keep = batch[b]
+            c = batch[b][1]
             n = len(c)
             ids[r, at:at + n] = torch.tensor(c)
             pos[r, at:at + n] = torch.arange(n_p, n_p + n)
@@ -136,19 +140,13 @@ def shared_prompt_logprobs(model, batch: list[tuple], rows: list[list[int]],
             src_row[b] = r
             src_col[b] = n_p - 1                       # padding reads a real column, masked
             src_col[b, 1:n] = torch.arange(at, at + n - 1)
-            targets[b, :n] = torch.tensor(c)
-            mask[b, :n] = torch.tensor(keep[0], dtype=torch.float) if keep else 1
             at += n
     allowed |= torch.eye(width, dtype=torch.bool)     # padding attends to itself (no NaN)
     first = int(src_col[:, 0].min())
-    ids, pos, allowed, targets, mask = (t.to(device) for t in (ids, pos, allowed, targets, mask))
+    ids, pos, allowed = (t.to(device) for t in (ids, pos, allowed))
     logits = model(input_ids=ids, attention_mask=allowed, position_ids=pos,
                    logits_to_keep=width - first).logits
-    picked = logits[src_row.to(device), (src_col - first).to(device)].float() / temperature
-    lsm = torch.log_softmax(picked, -1)
-    logp = lsm.gather(-1, targets[..., None]).squeeze(-1) * mask
-    ent = -(lsm.exp() * lsm).sum(-1) * mask
-    return logp, ent, mask
+    return logits[src_row.to(device), (src_col - first).to(device)]
 
 
 def policy_loss(logp, old_logp, adv, mask, cfg, max_len: int, ref_logp=None,

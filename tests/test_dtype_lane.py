@@ -67,10 +67,12 @@ def test_no_stage_loads_or_moves_a_model_itself():
 # ---------------------------------------------------------------- mixed precision
 
 
-def test_rl_objective_in_bf16_matches_fp32_within_tolerance(tmp_path):
+@pytest.mark.parametrize("share_prompts", [0, 2048])
+def test_rl_objective_in_bf16_matches_fp32_within_tolerance(tmp_path, share_prompts):
     """The same rollouts through a bf16 and an fp32 copy of one model: log-probs come out float32
     (computed from float32 logits) and the loss and its gradient norm agree within what bf16
-    weights allow: 2% relative on the loss, 5% on the gradient norm (stated tolerances)."""
+    weights allow: 2% relative on the loss, 5% on the gradient norm (stated tolerances). Also
+    with the group's prompt run once (share_prompts, 03's default: a block mask in bf16)."""
     texts = ["<|im_start|>user\nprove it<|im_end|>\n<|im_start|>assistant\n rfl decide omega"] * 30
     folder = generation.build_tiny_model(texts, tmp_path / "tiny")
     tok = generation.load_tokenizer(str(folder))
@@ -87,9 +89,9 @@ def test_rl_objective_in_bf16_matches_fp32_within_tolerance(tmp_path):
         model = generation.load_model(str(folder), generation.Placement("cpu", dtype))
         ref = generation.load_model(str(folder), generation.Placement("cpu", dtype)).eval()
         assert next(model.parameters()).dtype == getattr(torch, dtype)
-        logp, _, mask = rl_objective.sequence_logprobs(model, batch, 1.0, "cpu")
+        logp, _, mask = rl_objective.sequence_logprobs(model, batch, 1.0, "cpu", share_prompts)
         with torch.no_grad():
-            ref_lp, _, _ = rl_objective.sequence_logprobs(ref, batch, 1.0, "cpu")
+            ref_lp, _, _ = rl_objective.sequence_logprobs(ref, batch, 1.0, "cpu", share_prompts)
         old = logp.detach() + 0.05 * mask        # a ratio away from 1, so clipping is in play
         loss, _ = rl_objective.policy_loss(logp, old, adv, mask, cfg, 8, ref_lp)
         assert logp.dtype == torch.float32 and loss.dtype == torch.float32, dtype
